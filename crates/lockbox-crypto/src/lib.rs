@@ -1,0 +1,28 @@
+//! Sans-I/O cryptography for lockbox.
+//!
+//! Everything here is pure computation over bytes: no files, no sockets, no clock (times are
+//! parameters). Keeping it so makes every format testable from vectors and keeps the
+//! security-critical code small enough to review against `SPEC.md`, which gives the exact byte
+//! layout and every domain-separation label used below.
+//!
+//! - [`secret`]: the only way secret bytes are held in memory.
+//! - [`seal`]: records sealed at rest under a KEK.
+//! - [`keyring`]: the keyring file that holds the wrapped root secret and KEKs.
+//! - [`identity`]: the node's Ed25519 signing key and X25519 HPKE key.
+//! - [`audit`]: the hash-chained, checkpoint-signed audit log.
+
+pub mod audit;
+pub mod error;
+pub mod identity;
+pub mod keyring;
+pub mod seal;
+pub mod secret;
+
+mod wire;
+
+pub use audit::*;
+pub use error::*;
+pub use identity::*;
+pub use keyring::*;
+pub use seal::*;
+pub use secret::*;

@@ -1,0 +1,635 @@
+//! `lockboxctl`: the admin and script interface to a lockbox.
+//!
+//! A thin client: every verb is one RPC to the local `lockboxd` over its Unix socket. Output is
+//! for people by default and stable JSON with `--json`; failures print `error: …` on stderr and
+//! exit non-zero, so scripts can rely on both.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use clap::{Parser, Subcommand, ValueEnum};
+use lockbox_proto::v1 as pb;
+use lockbox_proto::v1::lockbox_client::LockboxClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "lockboxctl", version, about = "Drive a lockbox: keys, sealing, audit")]
+struct Cli {
+    /// The lockboxd Unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKBOX_SOCKET",
+        default_value = "/run/lockbox/lockbox.sock"
+    )]
+    socket: PathBuf,
+    /// Stable machine-readable output on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Volume keys: create, get, describe, list, snapshot, clone, rekey, destroy.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Whether the lockbox is sealed, its node id, counts.
+    Status,
+    /// Forget the KEK: only status and unseal work until the next unseal.
+    Seal,
+    /// Unseal (the keyfile method re-reads its key file; the passphrase method needs one).
+    Unseal {
+        /// File holding the passphrase (first line); prompts when absent.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Key-encryption key management.
+    #[command(subcommand)]
+    Kek(KekCommand),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key with fresh random material; prints its id.
+    Create {
+        /// Material length in bytes (64 suits AES-XTS-512 LUKS).
+        #[arg(long, default_value_t = 32)]
+        length: u32,
+        /// A label k=v (repeatable): volume, pool, tenant...
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Clone policy for this key (default: the lockbox's config).
+        #[arg(long, value_enum)]
+        clone_policy: Option<PolicyArg>,
+        /// Use this UUID as the key id (makes the call idempotent).
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// Print the plaintext key (only over the local socket).
+    Get {
+        /// The key id.
+        id: String,
+        /// Output encoding; raw writes the exact bytes.
+        #[arg(long, value_enum, default_value_t = Format::Hex)]
+        format: Format,
+        /// A specific version (default: the current one).
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+    /// Show a key's metadata.
+    Describe {
+        /// The key id.
+        id: String,
+    },
+    /// List keys, optionally only those carrying every given label.
+    List {
+        /// Filter k=v (repeatable, all must match).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Also list destroyed keys' tombstones.
+        #[arg(long)]
+        include_destroyed: bool,
+    },
+    /// New key id with the same material (O(1)); prints the new id.
+    Snapshot {
+        /// The key id.
+        id: String,
+        /// Extra label k=v for the snapshot (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Clone a key: same-key shares the material (O(1)); new-key makes new material, which
+    /// the consumer must then re-encrypt the volume under.
+    Clone {
+        /// The key id.
+        id: String,
+        /// same-key or new-key.
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        /// Extra label k=v for the clone (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Begin a rekey (new version, both readable) or, with --commit, finish it.
+    Rekey {
+        /// The key id.
+        id: String,
+        /// Make the new version current and retire the old one.
+        #[arg(long)]
+        commit: bool,
+    },
+    /// Destroy a key id; its material is shredded when no key id refers to it.
+    Destroy {
+        /// The key id.
+        id: String,
+        /// Also destroy every key id sharing its material.
+        #[arg(long)]
+        cascade: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KekCommand {
+    /// Re-seal every record under a fresh KEK and drop the old one.
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// The newest records.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: u32,
+    },
+    /// Check the whole chain; exits non-zero naming the first bad record.
+    Verify,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Hex,
+    Base64,
+    Raw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Deny,
+    SameKey,
+    NewKey,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    SameKey,
+    NewKey,
+}
+
+fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} must look like key=value")),
+    }
+}
+
+fn labels(v: Vec<(String, String)>) -> HashMap<String, String> {
+    v.into_iter().collect()
+}
+
+fn policy_name(p: i32) -> &'static str {
+    match pb::ClonePolicy::try_from(p) {
+        Ok(pb::ClonePolicy::Deny) => "deny",
+        Ok(pb::ClonePolicy::SameKey) => "same-key",
+        Ok(pb::ClonePolicy::NewKey) => "new-key",
+        _ => "unspecified",
+    }
+}
+
+fn info_json(k: &pb::KeyInfo) -> Value {
+    let origin = k.origin.clone().unwrap_or_default();
+    json!({
+        "key_id": k.key_id,
+        "state": k.state,
+        "length": k.length,
+        "labels": k.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "created_unix_ms": k.created_unix_ms,
+        "origin": {"kind": origin.kind, "from_key_id": origin.from_key_id},
+        "clone_policy": policy_name(k.clone_policy),
+        "current_version": k.current_version,
+        "versions": k.versions.iter().map(|v| json!({
+            "version": v.version, "state": v.state, "created_unix_ms": v.created_unix_ms,
+        })).collect::<Vec<_>>(),
+        "shares_material_with": k.shares_material_with,
+    })
+}
+
+fn status_json(s: &pb::StatusResponse) -> Value {
+    json!({
+        "node_id": s.node_id,
+        "sealed": s.sealed,
+        "unseal_method": s.unseal_method,
+        "kek_id": s.kek_id,
+        "key_count": s.key_count,
+        "version": s.version,
+        "audit_records": s.audit_records,
+        "uptime_seconds": s.uptime_seconds,
+        "hpke_public_key": s.hpke_public_key,
+        "signing_public_key": s.signing_public_key,
+    })
+}
+
+fn print_info(k: &pb::KeyInfo) {
+    let origin = k.origin.clone().unwrap_or_default();
+    println!("key_id:        {}", k.key_id);
+    println!("state:         {}", k.state);
+    println!("length:        {} bytes", k.length);
+    let mut labels: Vec<_> = k.labels.iter().collect();
+    labels.sort();
+    let labels: Vec<String> = labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+    println!("labels:        {}", labels.join(" "));
+    if origin.from_key_id.is_empty() {
+        println!("origin:        {}", origin.kind);
+    } else {
+        println!("origin:        {} of {}", origin.kind, origin.from_key_id);
+    }
+    println!("clone policy:  {}", policy_name(k.clone_policy));
+    println!("version:       {}", k.current_version);
+    for v in &k.versions {
+        println!("  v{}: {}", v.version, v.state);
+    }
+    if !k.shares_material_with.is_empty() {
+        println!("shares material with: {}", k.shares_material_with.join(" "));
+    }
+}
+
+fn print_status(s: &pb::StatusResponse) {
+    println!("node:     {}", s.node_id);
+    println!(
+        "sealed:   {}",
+        if s.sealed { "yes" } else { "no" }
+    );
+    println!("unseal:   {}", s.unseal_method);
+    println!("kek:      {}", s.kek_id);
+    println!("keys:     {}", s.key_count);
+    println!("audit:    {} records", s.audit_records);
+    println!("version:  {}", s.version);
+    println!("uptime:   {} s", s.uptime_seconds);
+}
+
+fn emit(json_mode: bool, v: Value, human: impl FnOnce()) {
+    if json_mode {
+        println!("{v}");
+    } else {
+        human();
+    }
+}
+
+/// Turns a gRPC failure into one line that says what failed, without the transport noise.
+fn rpc_error(socket: &std::path::Path, s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown if s.message().contains("transport") => {
+            anyhow!(
+                "cannot reach lockboxd at {}: {}",
+                socket.display(),
+                s.message()
+            )
+        }
+        _ => anyhow!("{}", s.message()),
+    }
+}
+
+async fn connect(socket: &std::path::Path) -> Result<LockboxClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
+        .with_context(|| format!("bad socket path {}", socket.display()))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        anyhow!(
+            "cannot connect to lockboxd at {}: {msg} (is it running? see --socket / LOCKBOX_SOCKET)",
+            socket.display()
+        )
+    })?;
+    Ok(LockboxClient::new(channel))
+}
+
+fn read_secret_line(file: Option<&PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
+    let text = match file {
+        Some(f) => Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        ),
+        None => Zeroizing::new(rpassword::prompt_password("passphrase: ")?),
+    };
+    let line = text.lines().next().unwrap_or("");
+    Ok(Zeroizing::new(line.as_bytes().to_vec()))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let socket = cli.socket.clone();
+    let mut c = connect(&socket).await?;
+    let err = |s| rpc_error(&socket, s);
+    let j = cli.json;
+    match cli.command {
+        Command::Key(k) => match k {
+            KeyCommand::Create {
+                length,
+                labels: l,
+                clone_policy,
+                key_id,
+            } => {
+                let policy = match clone_policy {
+                    None => pb::ClonePolicy::Unspecified,
+                    Some(PolicyArg::Deny) => pb::ClonePolicy::Deny,
+                    Some(PolicyArg::SameKey) => pb::ClonePolicy::SameKey,
+                    Some(PolicyArg::NewKey) => pb::ClonePolicy::NewKey,
+                };
+                let r = c
+                    .create_key(pb::CreateKeyRequest {
+                        length,
+                        labels: labels(l),
+                        clone_policy: policy as i32,
+                        key_id: key_id.unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(
+                    j,
+                    json!({"key_id": r.key_id, "created": r.created}),
+                    || println!("{}", r.key_id),
+                );
+            }
+            KeyCommand::Get {
+                id,
+                format,
+                version,
+            } => {
+                let r = c
+                    .get_key(pb::GetKeyRequest {
+                        key_id: id,
+                        version,
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                let material = Zeroizing::new(r.material);
+                let (name, encoded) = match format {
+                    Format::Hex => ("hex", Zeroizing::new(hex::encode(&*material))),
+                    Format::Base64 => (
+                        "base64",
+                        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*material)),
+                    ),
+                    Format::Raw => {
+                        if j {
+                            bail!("--format raw writes bytes, not JSON: use hex or base64 with --json");
+                        }
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&material)?;
+                        out.flush()?;
+                        return Ok(());
+                    }
+                };
+                if j {
+                    let line = Zeroizing::new(
+                        json!({"key_id": r.key_id, "version": r.version, "format": name, "key": *encoded})
+                            .to_string(),
+                    );
+                    println!("{}", *line);
+                } else {
+                    println!("{}", *encoded);
+                }
+            }
+            KeyCommand::Describe { id } => {
+                let r = c
+                    .describe_key(pb::DescribeKeyRequest { key_id: id })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(j, info_json(&r), || print_info(&r));
+            }
+            KeyCommand::List {
+                labels: l,
+                include_destroyed,
+            } => {
+                let filter = labels(l);
+                let mut keys = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let r = c
+                        .list_keys(pb::ListKeysRequest {
+                            labels: filter.clone(),
+                            page_size: 1000,
+                            page_token: token,
+                            include_destroyed,
+                        })
+                        .await
+                        .map_err(err)?
+                        .into_inner();
+                    keys.extend(r.keys);
+                    if r.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = r.next_page_token;
+                }
+                emit(
+                    j,
+                    json!({"keys": keys.iter().map(info_json).collect::<Vec<_>>()}),
+                    || {
+                        for k in &keys {
+                            let mut l: Vec<String> =
+                                k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+                            l.sort();
+                            println!("{}  {:<9} {}", k.key_id, k.state, l.join(" "));
+                        }
+                    },
+                );
+            }
+            KeyCommand::Snapshot { id, labels: l } => {
+                let r = c
+                    .snapshot_key(pb::SnapshotKeyRequest {
+                        key_id: id,
+                        labels: labels(l),
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(j, json!({"key_id": r.key_id}), || println!("{}", r.key_id));
+            }
+            KeyCommand::Clone {
+                id,
+                mode,
+                labels: l,
+            } => {
+                let mode = match mode {
+                    ModeArg::SameKey => pb::CloneMode::SameKey,
+                    ModeArg::NewKey => pb::CloneMode::NewKey,
+                };
+                let r = c
+                    .clone_key(pb::CloneKeyRequest {
+                        key_id: id,
+                        mode: mode as i32,
+                        labels: labels(l),
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(j, json!({"key_id": r.key_id}), || println!("{}", r.key_id));
+            }
+            KeyCommand::Rekey { id, commit } => {
+                let r = c
+                    .rekey_key(pb::RekeyKeyRequest { key_id: id, commit })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(j, info_json(&r), || print_info(&r));
+            }
+            KeyCommand::Destroy { id, cascade } => {
+                let r = c
+                    .destroy_key(pb::DestroyKeyRequest {
+                        key_id: id,
+                        cascade,
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(
+                    j,
+                    json!({
+                        "destroyed_key_ids": r.destroyed_key_ids,
+                        "material_shredded": r.material_shredded,
+                        "kek_rotated": r.kek_rotated,
+                    }),
+                    || {
+                        println!("destroyed: {}", r.destroyed_key_ids.join(" "));
+                        println!(
+                            "material:  {}",
+                            if r.material_shredded {
+                                "shredded"
+                            } else {
+                                "kept (still shared by another key id)"
+                            }
+                        );
+                        if r.kek_rotated {
+                            println!("kek:       rotated (the destroyed material is now unrecoverable from disk)");
+                        }
+                    },
+                );
+            }
+        },
+        Command::Status => {
+            let s = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(j, status_json(&s), || print_status(&s));
+        }
+        Command::Seal => {
+            let s = c
+                .seal(pb::SealRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(j, status_json(&s), || println!("sealed"));
+        }
+        Command::Unseal { passphrase_file } => {
+            let status = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            let passphrase = if status.unseal_method == "passphrase" && status.sealed {
+                read_secret_line(passphrase_file.as_ref())?
+            } else {
+                Zeroizing::new(Vec::new())
+            };
+            let s = c
+                .unseal(pb::UnsealRequest {
+                    passphrase: passphrase.to_vec(),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(j, status_json(&s), || println!("unsealed"));
+        }
+        Command::Kek(KekCommand::Rotate) => {
+            let r = c
+                .rotate_kek(pb::RotateKekRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(
+                j,
+                json!({"old_kek_id": r.old_kek_id, "new_kek_id": r.new_kek_id, "records_resealed": r.records_resealed}),
+                || {
+                    println!(
+                        "kek {} -> {}: {} records re-sealed",
+                        r.old_kek_id, r.new_kek_id, r.records_resealed
+                    )
+                },
+            );
+        }
+        Command::Audit(AuditCommand::Tail { n }) => {
+            let r = c
+                .audit_tail(pb::AuditTailRequest { count: n })
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(
+                j,
+                json!({"records": r.records.iter().map(|a| json!({
+                    "seq": a.seq, "time_unix_ms": a.time_unix_ms, "actor": a.actor,
+                    "action": a.action, "key_id": a.key_id, "outcome": a.outcome,
+                    "detail": a.detail, "hash": a.hash,
+                })).collect::<Vec<_>>()}),
+                || {
+                    for a in &r.records {
+                        println!(
+                            "{:>6} {} {:<16} {:<8} {} {} [{}]",
+                            a.seq, a.time_unix_ms, a.action, a.outcome, a.key_id, a.detail, a.actor
+                        );
+                    }
+                },
+            );
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let r = c
+                .audit_verify(pb::AuditVerifyRequest {})
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(
+                j,
+                json!({"ok": r.ok, "records": r.records, "checkpoints": r.checkpoints, "bad_seq": r.bad_seq, "error": r.error}),
+                || {
+                    if r.ok {
+                        println!(
+                            "audit log ok: {} records, {} signed checkpoints",
+                            r.records, r.checkpoints
+                        );
+                    }
+                },
+            );
+            if !r.ok {
+                bail!("audit verification failed: {}", r.error);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The daemon's configuration: one TOML file, parsed in one place.
+//!
+//! Every field but `node_id` has a default, unknown fields are rejected (a typo must not
+//! silently fall back to a default), and secrets are referenced by path, never inline.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors from reading the configuration. The daemon exits with code 78 (EX_CONFIG) on any.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has a wrong, missing or unknown field (the message names it).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said, which names the field.
+        message: String,
+    },
+    /// A field parsed but its value is not acceptable.
+    #[error("invalid config {path}: field `{field}`: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The offending field.
+        field: &'static str,
+        /// Why it is refused.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of this file; only 1 exists.
+    pub version: u32,
+    /// This lockbox's node name (the `<node>` of its SPIFFE id); required.
+    pub node_id: String,
+    /// Where the keyring file and the database live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The Unix socket of the local API (the only place plaintext leaves the lockbox).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Unix uids allowed on the socket. `None`: root and the daemon's own uid.
+    #[serde(default)]
+    pub allowed_uids: Option<Vec<u32>>,
+    /// Unix gids allowed on the socket (in addition to the uids).
+    #[serde(default)]
+    pub allowed_gids: Vec<u32>,
+    /// `text` or `json` log lines on stderr.
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    /// Upper bound of the database page cache, in MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_capacity_mb: u64,
+    /// How the root secret is sealed.
+    #[serde(default)]
+    pub unseal: UnsealConfig,
+    /// Key lifecycle policy.
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+/// `[unseal]`: how the root secret is protected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealConfig {
+    /// `keyfile` (auto-unseal at start) or `passphrase` (starts sealed).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// The 32-byte key file for the keyfile method (created by `init` when absent).
+    #[serde(default = "default_keyfile")]
+    pub keyfile: PathBuf,
+    /// Argon2id memory cost for the passphrase method, fixed at `init`.
+    #[serde(default = "default_argon_mem")]
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations for the passphrase method, fixed at `init`.
+    #[serde(default = "default_argon_iter")]
+    pub argon2_iterations: u32,
+}
+
+impl Default for UnsealConfig {
+    fn default() -> Self {
+        UnsealConfig {
+            method: default_method(),
+            keyfile: default_keyfile(),
+            argon2_memory_kib: default_argon_mem(),
+            argon2_iterations: default_argon_iter(),
+        }
+    }
+}
+
+/// `[keys]`: lifecycle policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Default clone policy for keys that do not set their own.
+    #[serde(default = "default_clone_policy")]
+    pub clone_policy: String,
+    /// `"immediate"` or a number N: rotate the KEK after every N destroys.
+    #[serde(default = "default_shred_rotation")]
+    pub shred_rotation: toml::Value,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            clone_policy: default_clone_policy(),
+            shred_rotation: default_shred_rotation(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lockbox")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/lockbox/lockbox.sock")
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_cache_mb() -> u64 {
+    64
+}
+fn default_method() -> String {
+    "keyfile".into()
+}
+fn default_keyfile() -> PathBuf {
+    PathBuf::from("/etc/lockbox/unseal.key")
+}
+fn default_argon_mem() -> u32 {
+    65536
+}
+fn default_argon_iter() -> u32 {
+    3
+}
+fn default_clone_policy() -> String {
+    "same-key".into()
+}
+fn default_shred_rotation() -> toml::Value {
+    toml::Value::String("immediate".into())
+}
+
+/// Which clones a key allows (DESIGN.md §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClonePolicy {
+    /// No clones at all.
+    Deny,
+    /// Both same-key and new-key clones.
+    SameKey,
+    /// Only clones with new material.
+    NewKey,
+}
+
+impl ClonePolicy {
+    /// Parses the config/CLI spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "deny" => Some(Self::Deny),
+            "same-key" => Some(Self::SameKey),
+            "new-key" => Some(Self::NewKey),
+            _ => None,
+        }
+    }
+
+    /// The config/CLI spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Deny => "deny",
+            Self::SameKey => "same-key",
+            Self::NewKey => "new-key",
+        }
+    }
+}
+
+/// When destroyed material becomes unrecoverable from the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShredRotation {
+    /// Rotate the KEK after every destroy.
+    Immediate,
+    /// Rotate after this many destroys.
+    Every(u32),
+}
+
+/// The validated form of the parts of the config that have a closed set of values.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Default clone policy.
+    pub clone_policy: ClonePolicy,
+    /// KEK rotation after destroys.
+    pub shred_rotation: ShredRotation,
+    /// Whether the node unseals itself at start.
+    pub method: lockbox_crypto::UnsealMethod,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<(Config, Policy), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text (`path` only names the file in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<(Config, Policy), ConfigError> {
+        let p = path.display().to_string();
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: p.clone(),
+            message: e.message().to_string(),
+        })?;
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: p.clone(),
+            field,
+            message,
+        };
+        if cfg.version != 1 {
+            return Err(invalid(
+                "version",
+                format!("unsupported version {}, expected 1", cfg.version),
+            ));
+        }
+        if cfg.node_id.is_empty()
+            || !cfg
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "node_id",
+                "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
+            ));
+        }
+        if cfg.socket.as_os_str().len() > 100 {
+            return Err(invalid(
+                "socket",
+                "path longer than a Unix socket allows (100 bytes)".into(),
+            ));
+        }
+        if !matches!(cfg.log_format.as_str(), "text" | "json") {
+            return Err(invalid("log_format", "must be \"text\" or \"json\"".into()));
+        }
+        if cfg.cache_capacity_mb == 0 {
+            return Err(invalid("cache_capacity_mb", "must be at least 1".into()));
+        }
+        let method = match cfg.unseal.method.as_str() {
+            "keyfile" => lockbox_crypto::UnsealMethod::Keyfile,
+            "passphrase" => lockbox_crypto::UnsealMethod::Passphrase,
+            other => {
+                return Err(invalid(
+                    "unseal.method",
+                    format!("unknown method {other:?}, expected \"keyfile\" or \"passphrase\""),
+                ));
+            }
+        };
+        if cfg.unseal.argon2_memory_kib < 64 || cfg.unseal.argon2_iterations == 0 {
+            return Err(invalid(
+                "unseal.argon2_memory_kib",
+                "argon2 needs at least 64 KiB and 1 iteration".into(),
+            ));
+        }
+        let clone_policy = ClonePolicy::parse(&cfg.keys.clone_policy).ok_or_else(|| {
+            invalid(
+                "keys.clone_policy",
+                format!(
+                    "unknown policy {:?}, expected deny, same-key or new-key",
+                    cfg.keys.clone_policy
+                ),
+            )
+        })?;
+        let shred_rotation = match &cfg.keys.shred_rotation {
+            toml::Value::String(s) if s == "immediate" => ShredRotation::Immediate,
+            toml::Value::Integer(n) if *n >= 1 && *n <= u32::MAX as i64 => {
+                ShredRotation::Every(*n as u32)
+            }
+            _ => {
+                return Err(invalid(
+                    "keys.shred_rotation",
+                    "must be \"immediate\" or a positive integer".into(),
+                ));
+            }
+        };
+        Ok((
+            cfg,
+            Policy {
+                clone_policy,
+                shred_rotation,
+                method,
+            },
+        ))
+    }
+
+    /// The keyring file beside the database.
+    pub fn keyring_path(&self) -> PathBuf {
+        self.data_dir.join("keyring")
+    }
+
+    /// The sled database directory.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(s: &str) -> Result<(Config, Policy), ConfigError> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (c, p) = parse("version = 1\nnode_id = \"host-a\"\n").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/lockbox"));
+        assert_eq!(p.clone_policy, ClonePolicy::SameKey);
+        assert_eq!(p.shred_rotation, ShredRotation::Immediate);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("version = 1\nnode_id = \"a\"\nbogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse("version = 1\n").unwrap_err();
+        assert!(e.to_string().contains("node_id"), "{e}");
+        let e = parse("version = 1\nnode_id = \"a\"\n[keys]\nclone_policy = \"maybe\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("keys.clone_policy"), "{e}");
+        let e = parse("version = 1\nnode_id = \"a\"\n[keys]\nshred_rotation = 0\n").unwrap_err();
+        assert!(e.to_string().contains("shred_rotation"), "{e}");
+        let e = parse("version = 2\nnode_id = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+    }
+
+    #[test]
+    fn batched_rotation_parses() {
+        let (_, p) = parse("version = 1\nnode_id = \"a\"\n[keys]\nshred_rotation = 10\n").unwrap();
+        assert_eq!(p.shred_rotation, ShredRotation::Every(10));
+    }
+}

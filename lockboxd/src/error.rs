@@ -1,0 +1,114 @@
+//! The daemon's one error type and the one table that maps it to gRPC codes.
+//!
+//! Messages are lowercase and say which check failed; they never contain key bytes.
+
+use lockbox_crypto::CryptoError;
+use lockbox_store::StoreError;
+
+/// Everything a custody operation can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CustodyError {
+    /// The lockbox holds no KEK: only status and unseal work.
+    #[error("lockbox is sealed: unseal it first (lockboxctl unseal)")]
+    Sealed,
+    /// No key id like this one exists here.
+    #[error("unknown key {0}")]
+    KeyNotFound(String),
+    /// The key exists but has been destroyed (a tombstone).
+    #[error("key {0} is destroyed")]
+    KeyDestroyed(String),
+    /// The key exists, but not in that version.
+    #[error("key {key_id} has no readable version {version}")]
+    VersionNotFound {
+        /// The key.
+        key_id: String,
+        /// The version asked for.
+        version: u32,
+    },
+    /// A request field is malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A caller-chosen key id is taken by a key with other parameters.
+    #[error("key {0} already exists with different parameters")]
+    AlreadyExists(String),
+    /// The clone policy of the key (or of the node) refuses this clone.
+    #[error("clone refused by clone policy {policy} of key {key_id}: {why}")]
+    CloneRefused {
+        /// The key being cloned.
+        key_id: String,
+        /// The policy's spelling (deny, same-key, new-key).
+        policy: &'static str,
+        /// What the policy allows instead.
+        why: &'static str,
+    },
+    /// The operation does not fit the key's lifecycle state.
+    #[error("key {key_id}: {why}")]
+    WrongState {
+        /// The key.
+        key_id: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A sealed record failed its integrity check or could not be decoded.
+    #[error("{what} {id}: {source}")]
+    Record {
+        /// Which kind of record.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// What the check said.
+        source: CryptoError,
+    },
+    /// A cryptographic operation failed outside of record opening (unseal, random...).
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data dir is already initialized (init refuses to touch it).
+    #[error("{0} is already initialized; refusing to overwrite it")]
+    AlreadyInitialized(String),
+    /// The data dir has no keyring.
+    #[error("{0} is not initialized: run `lockboxd init --config FILE` first")]
+    NotInitialized(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The database content is inconsistent (a bug or tampering).
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for custody results.
+pub type Result<T> = std::result::Result<T, CustodyError>;
+
+impl From<CustodyError> for tonic::Status {
+    fn from(e: CustodyError) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            CustodyError::Sealed => Code::FailedPrecondition,
+            CustodyError::KeyNotFound(_) | CustodyError::VersionNotFound { .. } => Code::NotFound,
+            CustodyError::KeyDestroyed(_) => Code::FailedPrecondition,
+            CustodyError::InvalidArgument(_) => Code::InvalidArgument,
+            CustodyError::AlreadyExists(_) => Code::AlreadyExists,
+            CustodyError::CloneRefused { .. } => Code::PermissionDenied,
+            CustodyError::WrongState { .. } => Code::FailedPrecondition,
+            CustodyError::Record { .. } | CustodyError::Corrupt(_) => Code::DataLoss,
+            CustodyError::Crypto(CryptoError::WrongUnsealSecret)
+            | CustodyError::Crypto(CryptoError::UnsealMethodMismatch { .. })
+            | CustodyError::Crypto(CryptoError::BadLength { .. }) => Code::InvalidArgument,
+            CustodyError::Crypto(_) | CustodyError::Store(_) | CustodyError::Io { .. } => {
+                Code::Internal
+            }
+            CustodyError::AlreadyInitialized(_) | CustodyError::NotInitialized(_) => {
+                Code::FailedPrecondition
+            }
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,326 @@
+//! Thin gRPC adapters over [`Custody`]: take the request apart, call the domain, convert the
+//! result. Proto types stop here. Caller authorization happens once, in [`authorize`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lockbox_crypto::{SecretBytes, UnsealMethod, UnsealSecret};
+use lockbox_proto::v1 as pb;
+use lockbox_proto::v1::lockbox_server::Lockbox;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::config::ClonePolicy;
+use crate::custody::{self, Caller, CloneMode, Custody, KeyInfo};
+
+/// Which local users may talk to the socket.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Allowed uids.
+    pub uids: Vec<u32>,
+    /// Allowed gids.
+    pub gids: Vec<u32>,
+}
+
+/// The interceptor: reads SO_PEERCRED once per request, refuses callers outside [`Access`],
+/// and leaves a [`Caller`] in the request extensions for the audit log.
+pub fn authorize(access: Arc<Access>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
+        let cred = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred);
+        let Some(cred) = cred else {
+            return Err(Status::permission_denied(
+                "permission denied: the caller's credentials are unknown",
+            ));
+        };
+        let (uid, gid) = (cred.uid(), cred.gid());
+        if !access.uids.contains(&uid) && !access.gids.contains(&gid) {
+            tracing::warn!(uid, gid, "refused a caller not in allowed_uids/allowed_gids");
+            return Err(Status::permission_denied(format!(
+                "permission denied: uid {uid} (gid {gid}) is not allowed on this socket"
+            )));
+        }
+        let actor = match cred.pid() {
+            Some(pid) => format!("uid:{uid} gid:{gid} pid:{pid}"),
+            None => format!("uid:{uid} gid:{gid}"),
+        };
+        req.extensions_mut().insert(Caller { actor });
+        Ok(req)
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller {
+            actor: "unknown".into(),
+        })
+}
+
+/// The Unix-socket service.
+#[derive(Debug, Clone)]
+pub struct LocalApi {
+    custody: Arc<Custody>,
+}
+
+impl LocalApi {
+    /// Wraps the domain.
+    pub fn new(custody: Arc<Custody>) -> Self {
+        LocalApi { custody }
+    }
+}
+
+fn policy_from_pb(p: i32) -> Result<Option<ClonePolicy>, Status> {
+    match pb::ClonePolicy::try_from(p) {
+        Ok(pb::ClonePolicy::Unspecified) => Ok(None),
+        Ok(pb::ClonePolicy::Deny) => Ok(Some(ClonePolicy::Deny)),
+        Ok(pb::ClonePolicy::SameKey) => Ok(Some(ClonePolicy::SameKey)),
+        Ok(pb::ClonePolicy::NewKey) => Ok(Some(ClonePolicy::NewKey)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "invalid argument: unknown clone policy {p}"
+        ))),
+    }
+}
+
+fn policy_to_pb(p: ClonePolicy) -> pb::ClonePolicy {
+    match p {
+        ClonePolicy::Deny => pb::ClonePolicy::Deny,
+        ClonePolicy::SameKey => pb::ClonePolicy::SameKey,
+        ClonePolicy::NewKey => pb::ClonePolicy::NewKey,
+    }
+}
+
+fn labels(m: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+fn info_to_pb(i: KeyInfo) -> pb::KeyInfo {
+    let m = i.meta;
+    pb::KeyInfo {
+        state: m.state().into(),
+        key_id: m.key_id,
+        length: m.length,
+        labels: m.labels.into_iter().collect(),
+        created_unix_ms: m.created_unix_ms,
+        origin: Some(pb::Origin {
+            kind: m.origin.kind,
+            from_key_id: m.origin.from_key_id,
+        }),
+        clone_policy: policy_to_pb(i.clone_policy) as i32,
+        current_version: m.current_version,
+        versions: m
+            .versions
+            .iter()
+            .map(|v| pb::KeyVersion {
+                version: v.version,
+                state: v.state.as_str().into(),
+                created_unix_ms: v.created_unix_ms,
+            })
+            .collect(),
+        shares_material_with: i.shares_material_with,
+    }
+}
+
+fn status_to_pb(s: custody::NodeStatus) -> pb::StatusResponse {
+    pb::StatusResponse {
+        node_id: s.node_id,
+        sealed: s.sealed,
+        unseal_method: s.unseal_method.into(),
+        kek_id: s.kek_id,
+        key_count: s.key_count,
+        version: env!("CARGO_PKG_VERSION").into(),
+        audit_records: s.audit_records,
+        uptime_seconds: s.uptime_seconds,
+        hpke_public_key: s.hpke_public_key.unwrap_or_default(),
+        signing_public_key: s.signing_public_key.unwrap_or_default(),
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl Lockbox for LocalApi {
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> R<pb::CreateKeyResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let policy = policy_from_pb(r.clone_policy)?;
+        let key_id = (!r.key_id.is_empty()).then_some(r.key_id);
+        let (key_id, created) = self
+            .custody
+            .create(&who, r.length, labels(r.labels), policy, key_id)
+            .await?;
+        Ok(Response::new(pb::CreateKeyResponse { key_id, created }))
+    }
+
+    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> R<pb::GetKeyResponse> {
+        let r = req.into_inner();
+        let released = self.custody.get(&r.key_id, r.version)?;
+        // The response owns a copy that prost will drop without zeroizing; this is the one
+        // place plaintext is meant to leave, and only over the Unix socket.
+        Ok(Response::new(pb::GetKeyResponse {
+            key_id: released.key_id,
+            version: released.version,
+            material: released.material.expose_secret().to_vec(),
+        }))
+    }
+
+    async fn describe_key(&self, req: Request<pb::DescribeKeyRequest>) -> R<pb::KeyInfo> {
+        let r = req.into_inner();
+        Ok(Response::new(info_to_pb(self.custody.describe(&r.key_id)?)))
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> R<pb::ListKeysResponse> {
+        let r = req.into_inner();
+        let (keys, next) = self.custody.list(
+            &labels(r.labels),
+            r.page_size as usize,
+            &r.page_token,
+            r.include_destroyed,
+        )?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.into_iter().map(info_to_pb).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn snapshot_key(
+        &self,
+        req: Request<pb::SnapshotKeyRequest>,
+    ) -> R<pb::CreateKeyResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let key_id = self
+            .custody
+            .snapshot(&who, &r.key_id, labels(r.labels))
+            .await?;
+        Ok(Response::new(pb::CreateKeyResponse {
+            key_id,
+            created: true,
+        }))
+    }
+
+    async fn clone_key(&self, req: Request<pb::CloneKeyRequest>) -> R<pb::CreateKeyResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let mode = match pb::CloneMode::try_from(r.mode) {
+            Ok(pb::CloneMode::SameKey) => CloneMode::SameKey,
+            Ok(pb::CloneMode::NewKey) => CloneMode::NewKey,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "invalid argument: clone mode must be same-key or new-key",
+                ));
+            }
+        };
+        let key_id = self
+            .custody
+            .clone_key(&who, &r.key_id, mode, labels(r.labels))
+            .await?;
+        Ok(Response::new(pb::CreateKeyResponse {
+            key_id,
+            created: true,
+        }))
+    }
+
+    async fn rekey_key(&self, req: Request<pb::RekeyKeyRequest>) -> R<pb::KeyInfo> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let info = self.custody.rekey(&who, &r.key_id, r.commit).await?;
+        Ok(Response::new(info_to_pb(info)))
+    }
+
+    async fn destroy_key(&self, req: Request<pb::DestroyKeyRequest>) -> R<pb::DestroyKeyResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let d = self.custody.destroy(&who, &r.key_id, r.cascade).await?;
+        Ok(Response::new(pb::DestroyKeyResponse {
+            destroyed_key_ids: d.key_ids,
+            material_shredded: d.material_shredded,
+            kek_rotated: d.kek_rotated,
+        }))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> R<pb::StatusResponse> {
+        Ok(Response::new(status_to_pb(self.custody.status().await)))
+    }
+
+    async fn seal(&self, req: Request<pb::SealRequest>) -> R<pb::StatusResponse> {
+        let who = caller(&req);
+        self.custody.seal(&who).await?;
+        Ok(Response::new(status_to_pb(self.custody.status().await)))
+    }
+
+    async fn unseal(&self, req: Request<pb::UnsealRequest>) -> R<pb::StatusResponse> {
+        let who = caller(&req);
+        let passphrase = SecretBytes::new(req.into_inner().passphrase);
+        match self.custody.unseal_method() {
+            UnsealMethod::Passphrase => {
+                if passphrase.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "invalid argument: this lockbox unseals with a passphrase (--passphrase-file)",
+                    ));
+                }
+                self.custody
+                    .unseal(&who, UnsealSecret::Passphrase(&passphrase))
+                    .await?;
+            }
+            UnsealMethod::Keyfile => {
+                let path = self.custody.keyfile_path();
+                let secret = custody::read_keyfile(&path)?;
+                self.custody
+                    .unseal(&who, UnsealSecret::Keyfile(&secret))
+                    .await?;
+            }
+        }
+        Ok(Response::new(status_to_pb(self.custody.status().await)))
+    }
+
+    async fn rotate_kek(&self, req: Request<pb::RotateKekRequest>) -> R<pb::RotateKekResponse> {
+        let who = caller(&req);
+        let r = self.custody.rotate_kek(&who).await?;
+        Ok(Response::new(pb::RotateKekResponse {
+            old_kek_id: r.old_kek_id,
+            new_kek_id: r.new_kek_id,
+            records_resealed: r.records_resealed,
+        }))
+    }
+
+    async fn audit_tail(&self, req: Request<pb::AuditTailRequest>) -> R<pb::AuditTailResponse> {
+        let n = match req.into_inner().count {
+            0 => 20,
+            n => n.min(10_000) as usize,
+        };
+        let records = self
+            .custody
+            .audit_tail(n)?
+            .into_iter()
+            .map(|v| pb::AuditRecord {
+                seq: v.entry.seq,
+                time_unix_ms: v.entry.event.time_unix_ms,
+                actor: v.entry.event.actor,
+                action: v.entry.event.action,
+                key_id: v.entry.event.key_id,
+                outcome: v.entry.event.outcome,
+                detail: v.entry.event.detail,
+                hash: v.hash,
+            })
+            .collect();
+        Ok(Response::new(pb::AuditTailResponse { records }))
+    }
+
+    async fn audit_verify(
+        &self,
+        _req: Request<pb::AuditVerifyRequest>,
+    ) -> R<pb::AuditVerifyResponse> {
+        let r = self.custody.audit_verify().await?;
+        Ok(Response::new(pb::AuditVerifyResponse {
+            ok: r.ok,
+            records: r.records,
+            checkpoints: r.checkpoints,
+            bad_seq: r.bad_seq,
+            error: r.error,
+        }))
+    }
+}

@@ -1,0 +1,130 @@
+//! The `lockboxd` binary: arguments, config, logging, signals and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lockbox_crypto::SecretBytes;
+use lockboxd::config::Config;
+
+/// EX_CONFIG from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "lockboxd", version, about = "The lockbox key-custody daemon")]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/lockbox/lockboxd.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Initialize the data dir: root secret, KEK, node identity keys, all sealed.
+    Init {
+        /// Read the passphrase (passphrase method) from this file instead of a prompt.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+fn read_passphrase(file: Option<&PathBuf>) -> anyhow::Result<SecretBytes> {
+    let mut text = match file {
+        Some(f) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        ),
+        None => {
+            let first = zeroize::Zeroizing::new(rpassword::prompt_password("new passphrase: ")?);
+            let again = zeroize::Zeroizing::new(rpassword::prompt_password("repeat passphrase: ")?);
+            anyhow::ensure!(*first == *again, "the passphrases differ");
+            first
+        }
+    };
+    let trimmed = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
+    zeroize::Zeroize::zeroize(&mut *text);
+    Ok(SecretBytes::new(trimmed))
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (config, policy) = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(config.log_format == "json");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match args.command {
+            Some(Command::Init { passphrase_file }) => {
+                let passphrase = match policy.method {
+                    lockbox_crypto::UnsealMethod::Passphrase => {
+                        Some(read_passphrase(passphrase_file.as_ref())?)
+                    }
+                    lockbox_crypto::UnsealMethod::Keyfile => None,
+                };
+                lockboxd::custody::init(&config, &policy, passphrase).await?;
+                println!(
+                    "initialized {} for node {} (unseal method {})",
+                    config.data_dir.display(),
+                    config.node_id,
+                    policy.method.as_str()
+                );
+                Ok(())
+            }
+            None => Ok(lockboxd::run(config, policy, shutdown_signal()).await?),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "lockboxd failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
