@@ -1153,6 +1153,27 @@ impl Custody {
         let sealed_meta = self.seal_meta(&u, &meta)?;
 
         let mut ws = self.write.lock().await;
+        // A KEK rotation (or a seal) may have run while we waited for the lock: seal again
+        // under the KEK that is current now, or refuse if sealed.
+        let u_now = self.unlocked()?;
+        let (sealed_material, sealed_meta) = if Arc::ptr_eq(&u, &u_now) {
+            (sealed_material, sealed_meta)
+        } else {
+            let material = u.unsealed.open(
+                RecordKind::Material,
+                material_id.as_bytes(),
+                &sealed_material,
+            )?;
+            (
+                u_now.unsealed.current_kek().seal(
+                    RecordKind::Material,
+                    material_id.as_bytes(),
+                    material.expose_secret(),
+                )?,
+                self.seal_meta(&u_now, &meta)?,
+            )
+        };
+        let u = u_now;
         if given && let Some(existing) = self.load_meta(&u, &key_id)? {
             drop(ws);
             if existing.destroyed {
@@ -1268,12 +1289,14 @@ impl Custody {
         kind: &str,
         material: DeriveMaterial,
     ) -> Result<String> {
-        let u = self.unlocked()?;
         let source_id = parse_key_id(key_id)?;
         validate_labels(&labels)?;
         let new_id = uuid::Uuid::new_v4().hyphenated().to_string();
         let now = now_ms();
         let mut ws = self.write.lock().await;
+        // Taken under the writer lock: a rotation that finished while we waited replaced the
+        // KEK, and a record sealed under the old one would be unreadable.
+        let u = self.unlocked()?;
         // Read under the writer lock: a concurrent destroy must not leave us referring to
         // shredded material.
         let src = self.live_meta(&u, &source_id)?;
@@ -1363,9 +1386,9 @@ impl Custody {
     }
 
     async fn rekey_inner(&self, caller: &Caller, key_id: &str, commit: bool) -> Result<KeyInfo> {
-        let u = self.unlocked()?;
         let id = parse_key_id(key_id)?;
         let mut ws = self.write.lock().await;
+        let u = self.unlocked()?;
         let mut meta = self.live_meta(&u, &id)?;
         let pending = meta
             .versions
@@ -1450,9 +1473,9 @@ impl Custody {
         key_id: &str,
         cascade: bool,
     ) -> Result<Destroyed> {
-        let u = self.unlocked()?;
         let id = parse_key_id(key_id)?;
         let mut ws = self.write.lock().await;
+        let u = self.unlocked()?;
         let first = self.live_meta(&u, &id)?;
         let mut victims = vec![first];
         if cascade {

@@ -160,11 +160,26 @@ mod tests {
         let sig = id.sign(DOMAIN, b"hello");
         let pk = id.public_key();
         let bad = |r: Result<()>| matches!(r, Err(CryptoError::BadSignature));
-        assert!(bad(verify_signature(&pk, "lockbox/v1/other", b"hello", &sig)));
+        assert!(bad(verify_signature(
+            &pk,
+            "lockbox/v1/other",
+            b"hello",
+            &sig
+        )));
         assert!(bad(verify_signature(&pk, DOMAIN, b"hellO", &sig)));
-        assert!(bad(verify_signature(&other.public_key(), DOMAIN, b"hello", &sig)));
+        assert!(bad(verify_signature(
+            &other.public_key(),
+            DOMAIN,
+            b"hello",
+            &sig
+        )));
         // The 0x00 separator keeps ("a", "\0b") and ("a\0", "b") apart.
-        assert!(bad(verify_signature(&pk, "lockbox/v1/test\0", b"hello", &sig)));
+        assert!(bad(verify_signature(
+            &pk,
+            "lockbox/v1/test\0",
+            b"hello",
+            &sig
+        )));
         assert!(matches!(
             verify_signature(&pk, DOMAIN, b"hello", &sig[..63]),
             Err(CryptoError::BadLength {

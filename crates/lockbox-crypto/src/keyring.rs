@@ -241,7 +241,7 @@ impl Keyring {
         };
         let root = random_key()?;
         let unseal_key = keyring.unseal_key(secret)?;
-        keyring.wrapped_root = wrap(&unseal_key, &root, &keyring.root_aad())?;
+        keyring.wrapped_root = seal_key(&unseal_key, &root, &keyring.root_aad())?;
         let kek = Kek::generate(1)?;
         keyring.keks.push(wrap_kek(&root, &kek)?);
         Ok((
@@ -281,8 +281,8 @@ impl Keyring {
     /// secret was tampered with: [`CryptoError::IntegrityFailed`].
     pub fn unseal(&self, secret: UnsealSecret<'_>) -> Result<Unsealed> {
         let unseal_key = self.unseal_key(secret)?;
-        let root = unwrap(&unseal_key, &self.wrapped_root, &self.root_aad())
-            .map_err(|_| CryptoError::WrongUnsealSecret)?;
+        let root = open_key(&unseal_key, &self.wrapped_root, &self.root_aad())
+            .ok_or(CryptoError::WrongUnsealSecret)?;
         let keks = self
             .keks
             .iter()
@@ -499,27 +499,24 @@ fn kek_aad(id: u32) -> Vec<u8> {
 fn wrap_kek(root: &[u8; 32], kek: &Kek) -> Result<WrappedKek> {
     Ok(WrappedKek {
         id: kek.id(),
-        wrapped: wrap(&*kek_wrap_key(root)?, kek.key_bytes(), &kek_aad(kek.id()))?,
+        wrapped: seal_key(&*kek_wrap_key(root)?, kek.key_bytes(), &kek_aad(kek.id()))?,
     })
 }
 
 fn unwrap_kek(root: &[u8; 32], w: &WrappedKek) -> Result<Kek> {
-    let key = unwrap(&*kek_wrap_key(root)?, &w.wrapped, &kek_aad(w.id))
-        .map_err(|_| CryptoError::IntegrityFailed { kind: "wrapped-kek" })?;
+    let key = open_key(&*kek_wrap_key(root)?, &w.wrapped, &kek_aad(w.id)).ok_or(
+        CryptoError::IntegrityFailed {
+            kind: "wrapped-kek",
+        },
+    )?;
     Kek::from_secret(w.id, &SecretBytes::new(key.to_vec()))
 }
 
 /// XChaCha20-Poly1305 of a 32-byte key under `key` with a random nonce: nonce || ct || tag.
-fn wrap(key: &[u8; 32], secret: &[u8; 32], aad: &[u8]) -> Result<[u8; WRAPPED_LEN]> {
+fn seal_key(key: &[u8; 32], secret: &[u8; 32], aad: &[u8]) -> Result<[u8; WRAPPED_LEN]> {
     let nonce: [u8; 24] = random_array()?;
     let ct = XChaCha20Poly1305::new(key.into())
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: secret,
-                aad,
-            },
-        )
+        .encrypt(&XNonce::from(nonce), Payload { msg: secret, aad })
         .map_err(|_| CryptoError::Malformed("key wrap input"))?;
     let mut out = [0u8; WRAPPED_LEN];
     out[..24].copy_from_slice(&nonce);
@@ -527,8 +524,12 @@ fn wrap(key: &[u8; 32], secret: &[u8; 32], aad: &[u8]) -> Result<[u8; WRAPPED_LE
     Ok(out)
 }
 
-/// Inverse of [`wrap`]; the only error is authentication failure, which callers name.
-fn unwrap(key: &[u8; 32], wrapped: &[u8; WRAPPED_LEN], aad: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+/// Inverse of [`seal_key`]; `None` means authentication failed, which each caller names.
+fn open_key(
+    key: &[u8; 32],
+    wrapped: &[u8; WRAPPED_LEN],
+    aad: &[u8],
+) -> Option<Zeroizing<[u8; 32]>> {
     let mut nonce = [0u8; 24];
     nonce.copy_from_slice(&wrapped[..24]);
     let pt = Zeroizing::new(
@@ -540,14 +541,12 @@ fn unwrap(key: &[u8; 32], wrapped: &[u8; WRAPPED_LEN], aad: &[u8]) -> Result<Zer
                     aad,
                 },
             )
-            .map_err(|_| CryptoError::WrongUnsealSecret)?,
+            .ok()?,
     );
     let mut out = Zeroizing::new([0u8; 32]);
-    if pt.len() != out.len() {
-        return Err(CryptoError::WrongUnsealSecret);
-    }
-    out.copy_from_slice(&pt);
-    Ok(out)
+    // The format fixes the ciphertext length, so this only guards the invariant.
+    (pt.len() == out.len()).then(|| out.copy_from_slice(&pt))?;
+    Some(out)
 }
 
 #[cfg(test)]

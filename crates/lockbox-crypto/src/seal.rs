@@ -179,11 +179,7 @@ fn parse_sealed(sealed: &[u8]) -> Result<(u32, [u8; NONCE_LEN], &[u8])> {
     id.copy_from_slice(&sealed[1..5]);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&sealed[5..SEALED_HEADER_LEN]);
-    Ok((
-        u32::from_be_bytes(id),
-        nonce,
-        &sealed[SEALED_HEADER_LEN..],
-    ))
+    Ok((u32::from_be_bytes(id), nonce, &sealed[SEALED_HEADER_LEN..]))
 }
 
 /// `"lockbox/v1/record" 0x00 label 0x00 len(record_id):u32 record_id kek_id:u32` (SPEC.md).
@@ -225,7 +221,11 @@ mod tests {
     fn empty_plaintext_and_id_round_trip() {
         let k = kek(1, 1);
         let sealed = k.seal(RecordKind::KeyMeta, b"", b"").unwrap();
-        assert!(k.open(RecordKind::KeyMeta, b"", &sealed).unwrap().is_empty());
+        assert!(
+            k.open(RecordKind::KeyMeta, b"", &sealed)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ fn chain(id: &SigningIdentity, n: u64) -> Vec<Vec<u8>> {
     out
 }
 
-fn verify(id: &SigningIdentity, entries: &[(u64, Vec<u8>)]) -> std::result::Result<ChainSummary, AuditChainError> {
+fn verify(
+    id: &SigningIdentity,
+    entries: &[(u64, Vec<u8>)],
+) -> std::result::Result<ChainSummary, AuditChainError> {
     let mut v = ChainVerifier::new(id.public_key());
     for (seq, bytes) in entries {
         v.push(*seq, bytes)?;
@@ -100,11 +103,17 @@ fn decode_is_strict() {
     let flag = bytes.len() - 97;
     let mut b = bytes.clone();
     b[flag] = 2;
-    assert!(matches!(AuditEntry::decode(&b), Err(CryptoError::Malformed(_))));
+    assert!(matches!(
+        AuditEntry::decode(&b),
+        Err(CryptoError::Malformed(_))
+    ));
     // Invalid UTF-8 in the actor field (right after version, seq, prev_hash, time, length).
     let mut b = bytes;
     b[1 + 8 + 32 + 8 + 4] = 0xff;
-    assert!(matches!(AuditEntry::decode(&b), Err(CryptoError::Malformed(_))));
+    assert!(matches!(
+        AuditEntry::decode(&b),
+        Err(CryptoError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -118,7 +127,10 @@ fn valid_chain_verifies() {
     let last = AuditEntry::decode(&entries[6].1).unwrap();
     assert_eq!(s.head_hash, last.hash());
     let empty = ChainVerifier::new(id.public_key()).summary();
-    assert_eq!((empty.records, empty.head_seq, empty.head_hash), (0, 0, GENESIS_HASH));
+    assert_eq!(
+        (empty.records, empty.head_seq, empty.head_hash),
+        (0, 0, GENESIS_HASH)
+    );
 }
 
 #[test]
@@ -149,7 +161,12 @@ fn reordered_and_restored_entries_fail() {
     let entries = numbered(chain(&id, 4));
     let mut swapped = entries.clone();
     swapped.swap(1, 2);
-    assert!(verify(&id, &swapped).unwrap_err().reason.contains("missing record"));
+    assert!(
+        verify(&id, &swapped)
+            .unwrap_err()
+            .reason
+            .contains("missing record")
+    );
 
     // Bytes of entry 3 moved under key 2 (entry 2 deleted).
     let moved = vec![entries[0].clone(), (2, entries[2].1.clone())];
@@ -159,7 +176,12 @@ fn reordered_and_restored_entries_fail() {
     );
 
     let replayed = vec![entries[0].clone(), entries[1].clone(), entries[1].clone()];
-    assert!(verify(&id, &replayed).unwrap_err().reason.starts_with("out of order"));
+    assert!(
+        verify(&id, &replayed)
+            .unwrap_err()
+            .reason
+            .starts_with("out of order")
+    );
 }
 
 #[test]

@@ -152,7 +152,11 @@ fn add_kek_then_retain_current_only() {
     assert_eq!(k2.kek_ids(), vec![1, 2]);
     assert_eq!(k2.current_kek_id(), 2);
     assert_eq!(u2.current_kek().id(), 2);
-    assert_eq!(k1.kek_ids(), vec![1], "add_kek must not change the original");
+    assert_eq!(
+        k1.kek_ids(),
+        vec![1],
+        "add_kek must not change the original"
+    );
     // Both KEKs open during the rotation, from memory and after a reload.
     let new = u2.seal(RecordKind::Material, b"m", b"new").unwrap();
     assert_eq!(sealed_kek_id(&new).unwrap(), 2);
