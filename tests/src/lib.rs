@@ -727,3 +727,57 @@ pub fn audit_record_seq(msg: &str) -> Option<u64> {
         .collect();
     digits.parse().ok()
 }
+
+/// The highest version number in a describe object's `versions` (after `rekey` begins, the new
+/// version; `current_version` stays on the old one until the commit).
+pub fn newest_version(info: &serde_json::Value) -> u64 {
+    info["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versions array in {info}"))
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .max()
+        .unwrap_or_else(|| panic!("empty versions array in {info}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needles_are_found_anywhere_and_only_when_present() {
+        let key: Vec<u8> = (0u8..32)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect();
+        let needles = leak_needles(&key);
+        let mut hay = b"some log line: ".to_vec();
+        assert!(find_needles(&hay, &needles).is_empty());
+        hay.extend_from_slice(&key[3..21]);
+        assert!(!find_needles(&hay, &needles).is_empty(), "partial raw copy");
+        for enc in [
+            hex::encode(&key),
+            hex::encode_upper(&key),
+            base64::engine::general_purpose::STANDARD.encode(&key),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key),
+        ] {
+            let hay = format!("key={enc}\n").into_bytes();
+            assert!(!find_needles(&hay, &needles).is_empty(), "{enc}");
+        }
+    }
+
+    #[test]
+    fn audit_record_seq_parses_the_first_mention() {
+        assert_eq!(
+            audit_record_seq("error: audit record 12: hash chain broken; audit record 3"),
+            Some(12)
+        );
+        assert_eq!(audit_record_seq("error: nothing"), None);
+    }
+
+    #[test]
+    fn flip_changes_exactly_one_byte() {
+        let v = vec![7u8; 9];
+        let f = flip_middle_byte(&v);
+        assert_eq!(v.iter().zip(&f).filter(|(a, b)| a != b).count(), 1);
+    }
+}

@@ -45,7 +45,7 @@ fn audit_entries(store: &Store) -> Vec<(u64, Vec<u8>)> {
 
 /// Stops the node, lets `tamper` change its audit records, restarts it, and returns the
 /// `audit record N` that `audit verify` names (after checking it fails properly).
-fn tamper_and_verify(tamper: impl FnOnce(&Store, &[(u64, Vec<u8>)])) -> (Node, u64) {
+fn tamper_and_verify(tamper: impl FnOnce(&Store, &[(u64, Vec<u8>)])) -> (Node, u64, String) {
     let mut node = busy_node();
     let v = assert_verifies(&node);
     assert!(v["records"].as_u64().unwrap() >= 10, "{v}");
@@ -77,7 +77,7 @@ fn tamper_and_verify(tamper: impl FnOnce(&Store, &[(u64, Vec<u8>)])) -> (Node, u
         assert_eq!(v["bad_seq"].as_u64(), Some(seq), "{v}");
         assert!(!json_str(&v, "error").is_empty(), "{v}");
     }
-    (node, seq)
+    (node, seq, stderr)
 }
 
 const TARGET: u64 = 4;
@@ -111,19 +111,22 @@ fn audit_verify_ok_on_a_fresh_busy_node() {
 
 #[test]
 fn audit_verify_detects_an_edited_record() {
-    let (_node, seq) = tamper_and_verify(|store, entries| {
+    let (_node, seq, stderr) = tamper_and_verify(|store, entries| {
         let (s, v) = &entries[(TARGET - 1) as usize];
         assert_eq!(*s, TARGET);
         let mut b = Batch::new();
         b.put(Ns::Audit, &TARGET.to_be_bytes(), &flip_middle_byte(v));
         store.apply(b).unwrap();
     });
-    assert_eq!(seq, TARGET, "the edited record is the first bad one");
+    assert_eq!(
+        seq, TARGET,
+        "the edited record is the first bad one: {stderr}"
+    );
 }
 
 #[test]
 fn audit_verify_detects_a_deleted_record() {
-    let (_node, seq) = tamper_and_verify(|store, entries| {
+    let (_node, seq, stderr) = tamper_and_verify(|store, entries| {
         assert!(entries.len() as u64 > TARGET + 1);
         let mut b = Batch::new();
         b.remove(Ns::Audit, &TARGET.to_be_bytes());
@@ -131,14 +134,14 @@ fn audit_verify_detects_a_deleted_record() {
     });
     assert!(
         seq == TARGET || seq == TARGET + 1,
-        "verify names record {seq}, expected {TARGET} (missing) or {} (gap)",
+        "verify names record {seq}, expected {TARGET} (missing) or {} (gap): {stderr}",
         TARGET + 1
     );
 }
 
 #[test]
 fn audit_verify_detects_reordered_records() {
-    let (_node, seq) = tamper_and_verify(|store, entries| {
+    let (_node, seq, stderr) = tamper_and_verify(|store, entries| {
         let (_, a) = &entries[(TARGET - 1) as usize];
         let (_, b) = &entries[TARGET as usize];
         assert_ne!(a, b);
@@ -147,17 +150,20 @@ fn audit_verify_detects_reordered_records() {
         batch.put(Ns::Audit, &(TARGET + 1).to_be_bytes(), a);
         store.apply(batch).unwrap();
     });
-    assert_eq!(seq, TARGET, "the first swapped record is the first bad one");
+    assert_eq!(
+        seq, TARGET,
+        "the first swapped record is the first bad one: {stderr}"
+    );
 }
 
 #[test]
 fn audit_verify_detects_a_value_forged_from_another_record() {
     // Replace a record by a copy of an earlier one (a replay): same bytes, wrong place.
-    let (_node, seq) = tamper_and_verify(|store, entries| {
+    let (_node, seq, stderr) = tamper_and_verify(|store, entries| {
         let (_, earlier) = &entries[1];
         let mut batch = Batch::new();
         batch.put(Ns::Audit, &(TARGET + 2).to_be_bytes(), earlier);
         store.apply(batch).unwrap();
     });
-    assert_eq!(seq, TARGET + 2);
+    assert_eq!(seq, TARGET + 2, "{stderr}");
 }

@@ -141,6 +141,6 @@ fn sigterm_exits_cleanly() {
     let mut node = Node::keyfile();
     node.create_key(&[]);
     node.stop();
-    let mut sealed = Node::start(NodeOptions::passphrase("pw"));
+    let mut sealed = Node::start(NodeOptions::passphrase("a long enough passphrase"));
     sealed.stop();
 }

@@ -125,6 +125,7 @@ fn destroyed_key_is_unrecoverable_after_kek_rotation() {
             assert!(out.stdout.is_empty());
         }
         Err(st) => {
+            assert!(!st.success(), "a daemon that cannot serve must not exit 0");
             // Refusing to start on a keyring that does not match the db is also safe; the
             // store-level check above is the proof.
             eprintln!(

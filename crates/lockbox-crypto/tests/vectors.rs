@@ -925,7 +925,7 @@ fn gen_audit() -> Value {
                 "expect": "ok",
                 "summary": { "records": 4, "checkpoints": 1, "head_seq": 4, "head_hash": hex::encode(chain[3].hash()) },
             },
-            fail_chain("fail_broken_chain", edited, 3, "hash chain broken"),
+            fail_chain("fail_broken_chain", edited, 2, "hash chain broken"),
             fail_chain("fail_missing_record", dropped, 3, "missing record: expected seq 2, found 3"),
             fail_chain("fail_stored_under_other_seq", moved, 2, "stored under seq 2 but says 3"),
             fail_chain("fail_replayed_record", replayed, 3, "stored under seq 3 but says 2"),

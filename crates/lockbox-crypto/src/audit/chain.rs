@@ -81,9 +81,17 @@ impl ChainVerifier {
             )));
         }
         if entry.prev_hash != self.prev_hash {
-            return Err(fail(
-                "hash chain broken: record edited, removed or reordered".to_owned(),
-            ));
+            // The link names the previous record's hash, so the first record that can have
+            // changed is the previous one (or, less likely, this record's link itself): name
+            // the earlier one, which is where an investigation should start.
+            let previous = stored_seq.saturating_sub(1);
+            return Err(AuditChainError {
+                seq: previous,
+                reason: format!(
+                    "hash chain broken: record {previous} does not match the hash that record \
+                     {stored_seq} links to (record {previous} edited, or record {stored_seq}'s link)"
+                ),
+            });
         }
         if let Some(cp) = &entry.checkpoint {
             if cp.signer != self.trusted_signer {
