@@ -70,6 +70,42 @@ pub struct Config {
     /// Key lifecycle policy.
     #[serde(default)]
     pub keys: KeysConfig,
+    /// M of the N `[[controllers]]` that must sign a grant.
+    #[serde(default = "default_threshold")]
+    pub grant_threshold: usize,
+    /// Clock skew tolerated on grant and attestation validity windows.
+    #[serde(default = "default_skew")]
+    pub clock_skew: String,
+    /// This node's TLS identity and the cluster CA (needed to talk to controllers and peers).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The controllers whose signatures this lockbox trusts.
+    #[serde(default)]
+    pub controllers: Vec<ControllerRef>,
+}
+
+/// `[tls]`: certificate, key and CA, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate (URI SAN `spiffe://<domain>/lockbox/<node_id>`).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The cluster CA.
+    pub ca: PathBuf,
+}
+
+/// One `[[controllers]]` entry, as printed by `lockbox-controller init`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerRef {
+    /// The controller's signing key id.
+    pub key_id: String,
+    /// Its Ed25519 public key.
+    pub public_key: String,
+    /// Where to ask it for attestations.
+    pub url: String,
 }
 
 /// `[unseal]`: how the root secret is protected.
@@ -122,6 +158,12 @@ impl Default for KeysConfig {
     }
 }
 
+fn default_threshold() -> usize {
+    1
+}
+fn default_skew() -> String {
+    "30s".into()
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/lockbox")
 }
@@ -203,6 +245,12 @@ pub struct Policy {
     pub shred_rotation: ShredRotation,
     /// Whether the node unseals itself at start.
     pub method: lockbox_crypto::UnsealMethod,
+    /// Controller keys trusted for grants and attestations.
+    pub controllers: lockbox_crypto::TrustedControllers,
+    /// Tolerated clock skew.
+    pub clock_skew: std::time::Duration,
+    /// M distinct trusted controller signatures required on a grant.
+    pub grant_threshold: usize,
 }
 
 impl Config {
@@ -293,12 +341,63 @@ impl Config {
                 ));
             }
         };
+        let mut controllers = lockbox_crypto::TrustedControllers::new();
+        for (i, c) in cfg.controllers.iter().enumerate() {
+            let public = lockbox_crypto::decode_public_key(&c.public_key).map_err(|e| {
+                invalid(
+                    "controllers.public_key",
+                    format!("controllers[{i}] ({}): {e}", c.key_id),
+                )
+            })?;
+            if controllers.get(&c.key_id).is_some() {
+                return Err(invalid(
+                    "controllers.key_id",
+                    format!("controller key id {:?} appears twice", c.key_id),
+                ));
+            }
+            if !c.url.starts_with("https://") {
+                return Err(invalid(
+                    "controllers.url",
+                    format!("controllers[{i}]: {:?} must start with https://", c.url),
+                ));
+            }
+            controllers.insert(c.key_id.clone(), public);
+        }
+        if cfg.grant_threshold == 0 {
+            return Err(invalid("grant_threshold", "must be at least 1".into()));
+        }
+        if !cfg.controllers.is_empty() && cfg.grant_threshold > cfg.controllers.len() {
+            return Err(invalid(
+                "grant_threshold",
+                format!(
+                    "{} exceeds the {} configured controllers",
+                    cfg.grant_threshold,
+                    cfg.controllers.len()
+                ),
+            ));
+        }
+        if !cfg.controllers.is_empty() && cfg.tls.is_none() {
+            return Err(invalid(
+                "tls",
+                "[[controllers]] need a [tls] identity to reach them".into(),
+            ));
+        }
+        let clock_skew = humantime::parse_duration(&cfg.clock_skew).map_err(|e| {
+            invalid(
+                "clock_skew",
+                format!("{:?} is not a duration ({e})", cfg.clock_skew),
+            )
+        })?;
+        let grant_threshold = cfg.grant_threshold;
         Ok((
             cfg,
             Policy {
                 clone_policy,
                 shred_rotation,
                 method,
+                controllers,
+                clock_skew,
+                grant_threshold,
             },
         ))
     }
@@ -337,8 +436,8 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = parse("version = 1\n").unwrap_err();
         assert!(e.to_string().contains("node_id"), "{e}");
-        let e = parse("version = 1\nnode_id = \"a\"\n[keys]\nclone_policy = \"maybe\"\n")
-            .unwrap_err();
+        let e =
+            parse("version = 1\nnode_id = \"a\"\n[keys]\nclone_policy = \"maybe\"\n").unwrap_err();
         assert!(e.to_string().contains("keys.clone_policy"), "{e}");
         let e = parse("version = 1\nnode_id = \"a\"\n[keys]\nshred_rotation = 0\n").unwrap_err();
         assert!(e.to_string().contains("shred_rotation"), "{e}");

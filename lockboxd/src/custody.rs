@@ -460,8 +460,7 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= 128
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'));
         if !key_ok {
             return Err(CustodyError::InvalidArgument(format!(
@@ -901,6 +900,73 @@ impl Custody {
         }
     }
 
+    /// This node's HPKE and Ed25519 public keys (unsealed only).
+    pub fn public_keys(&self) -> Result<([u8; 32], [u8; 32])> {
+        let u = self.unlocked()?;
+        Ok((u.hpke.public_key(), u.signing.public_key()))
+    }
+
+    /// An attestation request with proof of possession of our signing key, bound to the TLS
+    /// key we call the controller with (so a stolen request is useless from another TLS key).
+    pub fn attest_request(
+        &self,
+        trust_domain: &str,
+        tls_spki_sha256: &[u8; 32],
+    ) -> Result<lockbox_proto::v1::AttestRequest> {
+        let u = self.unlocked()?;
+        let hpke = u.hpke.public_key();
+        let signing = u.signing.public_key();
+        let msg = lockbox_crypto::attest_request_message(
+            &self.node_id,
+            trust_domain,
+            lockbox_crypto::HPKE_KEM_X25519,
+            &hpke,
+            &signing,
+            tls_spki_sha256,
+        );
+        Ok(lockbox_proto::v1::AttestRequest {
+            hpke_public_key: hpke.to_vec(),
+            hpke_kem_id: lockbox_crypto::HPKE_KEM_X25519,
+            signing_public_key: signing.to_vec(),
+            proof: lockbox_crypto::sign_attest_request(&u.signing, &msg),
+        })
+    }
+
+    /// Verifies a grant as the source of the transfer it authorizes (DESIGN.md §6): signatures
+    /// and threshold, validity window, this node as source, and every key id live here.
+    /// Consumes nothing.
+    pub fn verify_grant_as_source(
+        &self,
+        signed: &lockbox_proto::v1::SignedGrant,
+    ) -> Result<lockbox_crypto::VerifiedGrant> {
+        let u = self.unlocked()?;
+        if self.policy.controllers.is_empty() {
+            return Err(CustodyError::Grant(
+                lockbox_crypto::GrantError::ThresholdNotMet {
+                    valid: 0,
+                    required: self.policy.grant_threshold,
+                },
+            ));
+        }
+        let ctx = lockbox_crypto::GrantContext {
+            now_unix_ms: now_ms(),
+            skew_ms: self.policy.clock_skew.as_millis() as u64,
+            threshold: self.policy.grant_threshold,
+            self_node: &self.node_id,
+            peer_node: None,
+            side: lockbox_crypto::GrantSide::Source,
+            key_ids: None,
+        };
+        let verified =
+            lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
+                .map_err(CustodyError::Grant)?;
+        for key_id in &verified.body.key_ids {
+            let id = parse_key_id(key_id)?;
+            self.live_meta(&u, &id)?;
+        }
+        Ok(verified)
+    }
+
     // ---- reading -----------------------------------------------------------------------
 
     fn load_meta(&self, u: &Unlocked, key_id: &str) -> Result<Option<KeyMeta>> {
@@ -951,9 +1017,7 @@ impl Custody {
         let sealed = self
             .store
             .get(Ns::Materials, material_id.as_bytes())?
-            .ok_or_else(|| {
-                CustodyError::Corrupt(format!("material of key {key_id} is missing"))
-            })?;
+            .ok_or_else(|| CustodyError::Corrupt(format!("material of key {key_id} is missing")))?;
         u.unsealed
             .open(RecordKind::Material, material_id.as_bytes(), &sealed)
             .map_err(|source| CustodyError::Record {
@@ -1380,7 +1444,11 @@ impl Custody {
     /// returning the old one until commit, so a consumer can rewrap at its own pace).
     /// `commit == true`: the new version becomes current and the old one is retired.
     pub async fn rekey(&self, caller: &Caller, key_id: &str, commit: bool) -> Result<KeyInfo> {
-        let action = if commit { "rekey-commit" } else { "rekey-begin" };
+        let action = if commit {
+            "rekey-commit"
+        } else {
+            "rekey-begin"
+        };
         let res = self.rekey_inner(caller, key_id, commit).await;
         self.audited(caller, action, key_id, res).await
     }
@@ -1442,7 +1510,11 @@ impl Custody {
         }
         batch.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
         let before = *ws;
-        let action = if commit { "rekey-commit" } else { "rekey-begin" };
+        let action = if commit {
+            "rekey-commit"
+        } else {
+            "rekey-begin"
+        };
         self.audit(
             &mut ws,
             &mut batch,
@@ -1562,7 +1634,11 @@ impl Custody {
             format!(
                 "destroyed {}; material {}",
                 ids.join(","),
-                if shredded { "shredded" } else { "kept (shared)" }
+                if shredded {
+                    "shredded"
+                } else {
+                    "kept (shared)"
+                }
             ),
         )?;
         let generation = self.apply(&mut ws, before, batch)?;
@@ -1663,13 +1739,14 @@ impl Custody {
                 if lockbox_crypto::sealed_kek_id(&sealed)? == new_id {
                     continue;
                 }
-                let plain = unlocked.unsealed.open(kind, &id, &sealed).map_err(|source| {
-                    CustodyError::Record {
+                let plain = unlocked
+                    .unsealed
+                    .open(kind, &id, &sealed)
+                    .map_err(|source| CustodyError::Record {
                         what: kind.label(),
                         id: String::from_utf8_lossy(&id).into_owned(),
                         source,
-                    }
-                })?;
+                    })?;
                 batch.put(
                     ns,
                     &id,

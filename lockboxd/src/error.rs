@@ -79,6 +79,9 @@ pub enum CustodyError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A grant failed verification (the message names the check).
+    #[error("grant refused: {0}")]
+    Grant(lockbox_crypto::GrantError),
     /// The database content is inconsistent (a bug or tampering).
     #[error("corrupt database: {0}")]
     Corrupt(String),
@@ -99,6 +102,11 @@ impl From<CustodyError> for tonic::Status {
             CustodyError::CloneRefused { .. } => Code::PermissionDenied,
             CustodyError::WrongState { .. } => Code::FailedPrecondition,
             CustodyError::Record { .. } | CustodyError::Corrupt(_) => Code::DataLoss,
+            CustodyError::Grant(lockbox_crypto::GrantError::Malformed(_)) => Code::InvalidArgument,
+            CustodyError::Grant(lockbox_crypto::GrantError::AlreadyConsumed(_)) => {
+                Code::AlreadyExists
+            }
+            CustodyError::Grant(_) => Code::PermissionDenied,
             CustodyError::Crypto(CryptoError::WrongUnsealSecret)
             | CustodyError::Crypto(CryptoError::UnsealMethodMismatch { .. })
             | CustodyError::Crypto(CryptoError::BadLength { .. }) => Code::InvalidArgument,

@@ -10,6 +10,7 @@ use lockbox_proto::v1::lockbox_server::Lockbox;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::attest::Attestor;
 use crate::config::ClonePolicy;
 use crate::custody::{self, Caller, CloneMode, Custody, KeyInfo};
 
@@ -24,7 +25,9 @@ pub struct Access {
 
 /// The interceptor: reads SO_PEERCRED once per request, refuses callers outside [`Access`],
 /// and leaves a [`Caller`] in the request extensions for the audit log.
-pub fn authorize(access: Arc<Access>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn authorize(
+    access: Arc<Access>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut req: Request<()>| {
         let cred = req
             .extensions()
@@ -37,7 +40,11 @@ pub fn authorize(access: Arc<Access>) -> impl Fn(Request<()>) -> Result<Request<
         };
         let (uid, gid) = (cred.uid(), cred.gid());
         if !access.uids.contains(&uid) && !access.gids.contains(&gid) {
-            tracing::warn!(uid, gid, "refused a caller not in allowed_uids/allowed_gids");
+            tracing::warn!(
+                uid,
+                gid,
+                "refused a caller not in allowed_uids/allowed_gids"
+            );
             return Err(Status::permission_denied(format!(
                 "permission denied: uid {uid} (gid {gid}) is not allowed on this socket"
             )));
@@ -61,15 +68,30 @@ fn caller<T>(req: &Request<T>) -> Caller {
 }
 
 /// The Unix-socket service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalApi {
     custody: Arc<Custody>,
+    attestor: Option<Arc<Attestor>>,
 }
 
 impl LocalApi {
-    /// Wraps the domain.
-    pub fn new(custody: Arc<Custody>) -> Self {
-        LocalApi { custody }
+    /// Wraps the domain (and the attestor, when controllers are configured).
+    pub fn new(custody: Arc<Custody>, attestor: Option<Arc<Attestor>>) -> Self {
+        LocalApi { custody, attestor }
+    }
+
+    async fn status_pb(&self) -> pb::StatusResponse {
+        let mut s = status_to_pb(self.custody.status().await);
+        if let Some(a) = &self.attestor {
+            let st = a.status();
+            s.attestation_state = st.state.into();
+            s.attestation_expires_unix_ms = st.expires_unix_ms;
+            s.attestation_error = st.error;
+        } else {
+            s.attestation_state = "none".into();
+            s.attestation_error = "no [[controllers]] configured".into();
+        }
+        s
     }
 }
 
@@ -136,6 +158,7 @@ fn status_to_pb(s: custody::NodeStatus) -> pb::StatusResponse {
         uptime_seconds: s.uptime_seconds,
         hpke_public_key: s.hpke_public_key.unwrap_or_default(),
         signing_public_key: s.signing_public_key.unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -186,10 +209,7 @@ impl Lockbox for LocalApi {
         }))
     }
 
-    async fn snapshot_key(
-        &self,
-        req: Request<pb::SnapshotKeyRequest>,
-    ) -> R<pb::CreateKeyResponse> {
+    async fn snapshot_key(&self, req: Request<pb::SnapshotKeyRequest>) -> R<pb::CreateKeyResponse> {
         let who = caller(&req);
         let r = req.into_inner();
         let key_id = self
@@ -243,13 +263,13 @@ impl Lockbox for LocalApi {
     }
 
     async fn status(&self, _req: Request<pb::StatusRequest>) -> R<pb::StatusResponse> {
-        Ok(Response::new(status_to_pb(self.custody.status().await)))
+        Ok(Response::new(self.status_pb().await))
     }
 
     async fn seal(&self, req: Request<pb::SealRequest>) -> R<pb::StatusResponse> {
         let who = caller(&req);
         self.custody.seal(&who).await?;
-        Ok(Response::new(status_to_pb(self.custody.status().await)))
+        Ok(Response::new(self.status_pb().await))
     }
 
     async fn unseal(&self, req: Request<pb::UnsealRequest>) -> R<pb::StatusResponse> {
@@ -274,7 +294,7 @@ impl Lockbox for LocalApi {
                     .await?;
             }
         }
-        Ok(Response::new(status_to_pb(self.custody.status().await)))
+        Ok(Response::new(self.status_pb().await))
     }
 
     async fn rotate_kek(&self, req: Request<pb::RotateKekRequest>) -> R<pb::RotateKekResponse> {
@@ -322,5 +342,33 @@ impl Lockbox for LocalApi {
             bad_seq: r.bad_seq,
             error: r.error,
         }))
+    }
+
+    async fn verify_grant(
+        &self,
+        req: Request<pb::VerifyGrantRequest>,
+    ) -> R<pb::VerifyGrantResponse> {
+        let Some(grant) = req.into_inner().grant else {
+            return Err(Status::invalid_argument("invalid argument: no grant given"));
+        };
+        match self.custody.verify_grant_as_source(&grant) {
+            Ok(v) => Ok(Response::new(pb::VerifyGrantResponse {
+                ok: true,
+                error: String::new(),
+                grant_id: hex::encode(v.grant_id),
+                op: v.body.op,
+                source_node: v.body.source_node,
+                dest_node: v.body.dest_node,
+                key_ids: v.body.key_ids,
+                expires_unix_ms: v.body.expires_unix_ms,
+                valid_signers: v.valid_signers,
+            })),
+            Err(e @ crate::error::CustodyError::Sealed) => Err(e.into()),
+            Err(e) => Ok(Response::new(pb::VerifyGrantResponse {
+                ok: false,
+                error: e.to_string(),
+                ..Default::default()
+            })),
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! serves the local API on the Unix socket until `shutdown` resolves, and then signs a final
 //! audit checkpoint and flushes.
 
+pub mod attest;
 pub mod config;
 pub mod custody;
 pub mod error;
@@ -33,7 +34,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
 
 /// The effective uid of this process, without `unsafe`: the owner of `/proc/self`.
 fn own_uid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }
 
 /// Binds the Unix socket (mode 0660), replacing a stale socket file but refusing to steal the
@@ -61,6 +64,19 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// The TLS certificate must name this node as a lockbox: a mismatch is a deployment error
+/// better caught at start than by every peer.
+fn check_own_identity(files: &lockbox_tls::TlsFiles, node_id: &str) -> Result<()> {
+    let (id, _) = lockbox_tls::load_own_cert(files)
+        .map_err(|e| CustodyError::InvalidArgument(format!("tls.cert: {e}")))?;
+    if id.role != lockbox_tls::Role::Lockbox || id.name != node_id {
+        return Err(CustodyError::InvalidArgument(format!(
+            "tls.cert names {id}, but this is lockbox node {node_id}"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -74,6 +90,27 @@ pub async fn run(
             .unseal(&Caller::system(), UnsealSecret::Keyfile(&secret))
             .await?;
     }
+    let attestor = match (&config.tls, config.controllers.is_empty()) {
+        (Some(tls), false) => {
+            let files = lockbox_tls::TlsFiles {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                ca: tls.ca.clone(),
+            };
+            check_own_identity(&files, &config.node_id)?;
+            let a = attest::Attestor::new(
+                custody.clone(),
+                files,
+                config.controllers.clone(),
+                policy.controllers.clone(),
+                policy.clock_skew,
+                config.data_dir.clone(),
+            );
+            tokio::spawn(a.clone().run());
+            Some(a)
+        }
+        _ => None,
+    };
     let listener = bind_socket(&config.socket)?;
     let access = Arc::new(Access {
         uids: config
@@ -83,10 +120,13 @@ pub async fn run(
         gids: config.allowed_gids.clone(),
     });
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<LockboxServer<LocalApi>>()
-        .await;
-    let api = LockboxServer::with_interceptor(LocalApi::new(custody.clone()), authorize(access));
+    health.set_serving::<LockboxServer<LocalApi>>().await;
+    let api = tonic::service::interceptor::InterceptedService::new(
+        LockboxServer::new(LocalApi::new(custody.clone(), attestor.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+        authorize(access),
+    );
 
     let sealed = custody.status().await.sealed;
     tracing::info!(

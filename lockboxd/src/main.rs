@@ -88,6 +88,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format == "json");
+    lockbox_tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+pub mod cluster;
+
 /// How long a single `lockboxctl` call may take before the test gives up on it.
 pub const CTL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a daemon may take to become ready (answer `status`).
@@ -29,6 +31,8 @@ pub struct Binaries {
     pub lockboxd: PathBuf,
     /// The CLI.
     pub lockboxctl: PathBuf,
+    /// The controller.
+    pub controller: PathBuf,
 }
 
 /// The workspace root (the parent of this crate's manifest directory).
@@ -47,7 +51,15 @@ pub fn binaries() -> &'static Binaries {
         let root = workspace_root();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(&cargo)
-            .args(["build", "-p", "lockboxd", "-p", "lockboxctl"])
+            .args([
+                "build",
+                "-p",
+                "lockboxd",
+                "-p",
+                "lockboxctl",
+                "-p",
+                "lockbox-controller",
+            ])
             .current_dir(&root)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
@@ -67,8 +79,9 @@ pub fn binaries() -> &'static Binaries {
         let bins = Binaries {
             lockboxd: target.join("debug").join("lockboxd"),
             lockboxctl: target.join("debug").join("lockboxctl"),
+            controller: target.join("debug").join("lockbox-controller"),
         };
-        for b in [&bins.lockboxd, &bins.lockboxctl] {
+        for b in [&bins.lockboxd, &bins.lockboxctl, &bins.controller] {
             assert!(b.is_file(), "built binary not found at {}", b.display());
         }
         bins
@@ -159,6 +172,10 @@ pub struct NodeOptions {
     pub allowed_uids: Option<Vec<u32>>,
     /// Extra environment for the daemon (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// Extra top-level TOML lines (before any table), e.g. `grant_threshold = 2`.
+    pub extra_top: String,
+    /// Extra TOML tables appended at the end, e.g. `[tls]` and `[[controllers]]`.
+    pub extra_tables: String,
 }
 
 impl Default for NodeOptions {
@@ -170,6 +187,8 @@ impl Default for NodeOptions {
             shred_rotation: None,
             allowed_uids: None,
             env: Vec::new(),
+            extra_top: String::new(),
+            extra_tables: String::new(),
         }
     }
 }
@@ -258,6 +277,7 @@ impl Node {
             let list: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
             s.push_str(&format!("allowed_uids = [{}]\n", list.join(", ")));
         }
+        s.push_str(&o.extra_top);
         s.push_str("\n[unseal]\n");
         match &o.unseal {
             UnsealMethod::Keyfile => {
@@ -284,6 +304,8 @@ impl Node {
                 None => {}
             }
         }
+        s.push('\n');
+        s.push_str(&o.extra_tables);
         s
     }
 

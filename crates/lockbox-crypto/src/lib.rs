@@ -10,19 +10,28 @@
 //! - [`keyring`]: the keyring file that holds the wrapped root secret and KEKs.
 //! - [`identity`]: the node's Ed25519 signing key and X25519 HPKE key.
 //! - [`audit`]: the hash-chained, checkpoint-signed audit log.
+//! - [`trust`]: trusted controller keys and the M-of-N signature count.
+//! - [`grant`]: controller-signed permissions to move keys between lockboxes.
+//! - [`attestation`]: controller-signed statements of a node's public keys.
 
+pub mod attestation;
 pub mod audit;
 pub mod error;
+pub mod grant;
 pub mod identity;
 pub mod keyring;
 pub mod seal;
 pub mod secret;
+pub mod trust;
 
 mod wire;
 
+pub use attestation::*;
 pub use audit::*;
 pub use error::*;
+pub use grant::*;
 pub use identity::*;
 pub use keyring::*;
 pub use seal::*;
 pub use secret::*;
+pub use trust::*;

@@ -4,8 +4,8 @@
 //! flushed generation at least as large. A single flusher task flushes whatever has accumulated
 //! since its last flush, so under load one ~150 µs fsync covers dozens of writes.
 
-use std::sync::{Arc, Mutex, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{Notify, watch};
 

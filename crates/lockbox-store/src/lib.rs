@@ -255,7 +255,10 @@ mod tests {
         b.put(Ns::Audit, &2u64.to_be_bytes(), b"a2");
         store.commit(b).await.unwrap();
         assert_eq!(store.get(Ns::Keys, b"k1").unwrap().unwrap(), b"meta");
-        assert_eq!(store.get(Ns::Materials, b"k1").unwrap().unwrap(), b"material");
+        assert_eq!(
+            store.get(Ns::Materials, b"k1").unwrap().unwrap(),
+            b"material"
+        );
         let (k, v) = store.last(Ns::Audit).unwrap().unwrap();
         assert_eq!(k, 2u64.to_be_bytes());
         assert_eq!(v, b"a2");

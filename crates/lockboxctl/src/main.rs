@@ -18,8 +18,14 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
+mod remote;
+
 #[derive(Parser)]
-#[command(name = "lockboxctl", version, about = "Drive a lockbox: keys, sealing, audit")]
+#[command(
+    name = "lockboxctl",
+    version,
+    about = "Drive a lockbox: keys, sealing, audit"
+)]
 struct Cli {
     /// The lockboxd Unix socket.
     #[arg(
@@ -57,6 +63,12 @@ enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Development PKI: a CA and SPIFFE certificates (operators may bring their own CA).
+    #[command(subcommand)]
+    Pki(remote::PkiCommand),
+    /// Grants: ask a controller for one, cosign, inspect, verify against the local lockbox.
+    #[command(subcommand)]
+    Grant(remote::GrantCommand),
 }
 
 #[derive(Subcommand)]
@@ -227,6 +239,9 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "uptime_seconds": s.uptime_seconds,
         "hpke_public_key": s.hpke_public_key,
         "signing_public_key": s.signing_public_key,
+        "attestation_state": s.attestation_state,
+        "attestation_expires_unix_ms": s.attestation_expires_unix_ms,
+        "attestation_error": s.attestation_error,
     })
 }
 
@@ -256,16 +271,24 @@ fn print_info(k: &pb::KeyInfo) {
 
 fn print_status(s: &pb::StatusResponse) {
     println!("node:     {}", s.node_id);
-    println!(
-        "sealed:   {}",
-        if s.sealed { "yes" } else { "no" }
-    );
+    println!("sealed:   {}", if s.sealed { "yes" } else { "no" });
     println!("unseal:   {}", s.unseal_method);
     println!("kek:      {}", s.kek_id);
     println!("keys:     {}", s.key_count);
     println!("audit:    {} records", s.audit_records);
     println!("version:  {}", s.version);
     println!("uptime:   {} s", s.uptime_seconds);
+    if s.attestation_expires_unix_ms > 0 {
+        println!(
+            "attested: {} (expires {} unix ms)",
+            s.attestation_state, s.attestation_expires_unix_ms
+        );
+    } else {
+        println!("attested: {}", s.attestation_state);
+    }
+    if !s.attestation_error.is_empty() {
+        println!("attestation error: {}", s.attestation_error);
+    }
 }
 
 fn emit(json_mode: bool, v: Value, human: impl FnOnce()) {
@@ -321,10 +344,18 @@ fn read_secret_line(file: Option<&PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
 
 async fn run(cli: Cli) -> Result<()> {
     let socket = cli.socket.clone();
+    let command = match cli.command {
+        Command::Pki(p) => return remote::run_pki(p, cli.json),
+        Command::Grant(remote::GrantCommand::Verify { file }) => {
+            return verify_grant(&socket, &file, cli.json).await;
+        }
+        Command::Grant(g) => return remote::run_grant(g, cli.json).await,
+        other => other,
+    };
     let mut c = connect(&socket).await?;
     let err = |s| rpc_error(&socket, s);
     let j = cli.json;
-    match cli.command {
+    match command {
         Command::Key(k) => match k {
             KeyCommand::Create {
                 length,
@@ -348,11 +379,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(
-                    j,
-                    json!({"key_id": r.key_id, "created": r.created}),
-                    || println!("{}", r.key_id),
-                );
+                emit(j, json!({"key_id": r.key_id, "created": r.created}), || {
+                    println!("{}", r.key_id)
+                });
             }
             KeyCommand::Get {
                 id,
@@ -372,11 +401,15 @@ async fn run(cli: Cli) -> Result<()> {
                     Format::Hex => ("hex", Zeroizing::new(hex::encode(&*material))),
                     Format::Base64 => (
                         "base64",
-                        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*material)),
+                        Zeroizing::new(
+                            base64::engine::general_purpose::STANDARD.encode(&*material),
+                        ),
                     ),
                     Format::Raw => {
                         if j {
-                            bail!("--format raw writes bytes, not JSON: use hex or base64 with --json");
+                            bail!(
+                                "--format raw writes bytes, not JSON: use hex or base64 with --json"
+                            );
                         }
                         let mut out = std::io::stdout().lock();
                         out.write_all(&material)?;
@@ -505,7 +538,9 @@ async fn run(cli: Cli) -> Result<()> {
                             }
                         );
                         if r.kek_rotated {
-                            println!("kek:       rotated (the destroyed material is now unrecoverable from disk)");
+                            println!(
+                                "kek:       rotated (the destroyed material is now unrecoverable from disk)"
+                            );
                         }
                     },
                 );
@@ -520,11 +555,7 @@ async fn run(cli: Cli) -> Result<()> {
             emit(j, status_json(&s), || print_status(&s));
         }
         Command::Seal => {
-            let s = c
-                .seal(pb::SealRequest {})
-                .await
-                .map_err(err)?
-                .into_inner();
+            let s = c.seal(pb::SealRequest {}).await.map_err(err)?.into_inner();
             emit(j, status_json(&s), || println!("sealed"));
         }
         Command::Unseal { passphrase_file } => {
@@ -587,6 +618,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             );
         }
+        Command::Pki(_) | Command::Grant(_) => unreachable!("handled above"),
         Command::Audit(AuditCommand::Verify) => {
             let r = c
                 .audit_verify(pb::AuditVerifyRequest {})
@@ -613,7 +645,42 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+async fn verify_grant(socket: &std::path::Path, file: &PathBuf, j: bool) -> Result<()> {
+    let grant = remote::read_grant(file)?;
+    let mut c = connect(socket).await?;
+    let r = c
+        .verify_grant(pb::VerifyGrantRequest { grant: Some(grant) })
+        .await
+        .map_err(|s| rpc_error(socket, s))?
+        .into_inner();
+    emit(
+        j,
+        json!({
+            "ok": r.ok, "error": r.error, "grant_id": r.grant_id, "source_node": r.source_node,
+            "dest_node": r.dest_node, "key_ids": r.key_ids, "expires_unix_ms": r.expires_unix_ms,
+            "valid_signers": r.valid_signers,
+        }),
+        || {
+            if r.ok {
+                println!(
+                    "grant {} ok: {} -> {}, {} keys, signed by {}",
+                    r.grant_id,
+                    r.source_node,
+                    r.dest_node,
+                    r.key_ids.len(),
+                    r.valid_signers.join(", ")
+                );
+            }
+        },
+    );
+    if !r.ok {
+        bail!("{}", r.error);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    lockbox_tls::install_default_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

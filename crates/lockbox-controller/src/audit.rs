@@ -1,0 +1,123 @@
+//! The controller's own audit log: every attestation and grant, issued or refused.
+//!
+//! Same format as a lockbox's (`lockbox-crypto` audit entries, hash-chained, with a checkpoint
+//! signed by the controller's key every [`CHECKPOINT_EVERY`] records), stored with
+//! `lockbox-store` so appends are atomic and group-committed: a grant is returned only after
+//! its audit record is on disk.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::{
+    AuditEntry, AuditEvent, ChainSummary, ChainVerifier, GENESIS_HASH, SigningIdentity,
+    sign_checkpoint,
+};
+use lockbox_store::{Batch, Ns, Store};
+use tokio::sync::Mutex;
+
+use crate::ControllerError;
+
+/// A signed checkpoint every this many records.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+/// The append-only log.
+pub struct AuditLog {
+    store: Store,
+    head: Mutex<(u64, [u8; 32])>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `dir`.
+    pub fn open(dir: &Path) -> Result<AuditLog, ControllerError> {
+        let store = Store::open(dir, 8 << 20)?;
+        let head = match store.last(Ns::Audit)? {
+            Some((_, bytes)) => {
+                let e = AuditEntry::decode(&bytes)
+                    .map_err(|e| ControllerError::Audit(format!("last audit record: {e}")))?;
+                (e.seq, e.hash())
+            }
+            None => (0, GENESIS_HASH),
+        };
+        Ok(AuditLog {
+            store,
+            head: Mutex::new(head),
+        })
+    }
+
+    /// Appends one record and waits until it is durable.
+    pub async fn append(
+        &self,
+        signer: &SigningIdentity,
+        actor: &str,
+        action: &str,
+        outcome: &str,
+        detail: String,
+    ) -> Result<(), ControllerError> {
+        let mut head = self.head.lock().await;
+        let mut batch = Batch::new();
+        let entry = AuditEntry {
+            seq: head.0 + 1,
+            prev_hash: head.1,
+            event: AuditEvent {
+                time_unix_ms: now_ms(),
+                actor: actor.into(),
+                action: action.into(),
+                key_id: String::new(),
+                outcome: outcome.into(),
+                detail,
+            },
+            checkpoint: None,
+        };
+        let mut next = (entry.seq, entry.hash());
+        batch.put(Ns::Audit, &entry.seq.to_be_bytes(), &entry.encode());
+        if next.0.is_multiple_of(CHECKPOINT_EVERY) {
+            let seq = next.0 + 1;
+            let cp = AuditEntry {
+                seq,
+                prev_hash: next.1,
+                event: AuditEvent {
+                    time_unix_ms: now_ms(),
+                    actor: "lockbox-controller".into(),
+                    action: "checkpoint".into(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                },
+                checkpoint: Some(sign_checkpoint(signer, seq, &next.1)),
+            };
+            batch.put(Ns::Audit, &seq.to_be_bytes(), &cp.encode());
+            next = (seq, cp.hash());
+        }
+        let generation = self.store.apply(batch)?;
+        *head = next;
+        drop(head);
+        self.store.durable(generation).await?;
+        Ok(())
+    }
+
+    /// Walks the chain (`lockbox-controller audit-verify`).
+    pub fn verify(&self, signer_public: [u8; 32]) -> Result<ChainSummary, ControllerError> {
+        let mut v = ChainVerifier::new(signer_public);
+        for r in self.store.iter_after(Ns::Audit, None) {
+            let (id, bytes) = r?;
+            let seq = <[u8; 8]>::try_from(id.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| ControllerError::Audit("malformed sequence number".into()))?;
+            v.push(seq, &bytes)
+                .map_err(|e| ControllerError::Audit(e.to_string()))?;
+        }
+        Ok(v.summary())
+    }
+
+    /// Flushes before exit.
+    pub fn close(&self) -> Result<(), ControllerError> {
+        self.store.flush_blocking()?;
+        Ok(())
+    }
+}

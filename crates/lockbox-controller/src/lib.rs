@@ -1,0 +1,170 @@
+//! The lockbox controller: it signs short-lived grants (under policy) and attestations (binding
+//! a node to its keys), and holds no volume keys. Stateless apart from its signing key, config
+//! and audit log, so replicas with different keys serve side by side (M-of-N grants).
+
+pub mod audit;
+pub mod config;
+pub mod policy;
+pub mod service;
+
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use lockbox_crypto::{SecretBytes, SigningIdentity};
+use lockbox_proto::v1::controller_server::ControllerServer;
+
+pub use config::ControllerConfig;
+
+/// Everything that can stop the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The configuration is unusable; the message names the field.
+    #[error("invalid config {path}: {message}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The signing key file is missing, unreadable or malformed.
+    #[error("signing key {path}: {message}")]
+    SigningKey {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] lockbox_tls::TlsError),
+    /// The audit database failed.
+    #[error(transparent)]
+    Store(#[from] lockbox_store::StoreError),
+    /// The audit chain is broken or unreadable.
+    #[error("audit log: {0}")]
+    Audit(String),
+    /// Cryptography failed (random numbers).
+    #[error(transparent)]
+    Crypto(#[from] lockbox_crypto::CryptoError),
+    /// Binding or serving failed.
+    #[error("serving on {addr}: {message}")]
+    Serve {
+        /// The listen address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Reads the 32-byte Ed25519 seed.
+pub fn load_signing_key(path: &Path) -> Result<SigningIdentity, ControllerError> {
+    let err = |message: String| ControllerError::SigningKey {
+        path: path.display().to_string(),
+        message,
+    };
+    let bytes = SecretBytes::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
+    SigningIdentity::from_secret(&bytes).map_err(|e| err(e.to_string()))
+}
+
+/// `lockbox-controller init`: makes the signing key (mode 0600, never overwritten) and returns
+/// the `[[controllers]]` block to paste into lockbox configs.
+pub fn init(config: &ControllerConfig) -> Result<String, ControllerError> {
+    let path = &config.signing_key;
+    let err = |message: String| ControllerError::SigningKey {
+        path: path.display().to_string(),
+        message,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let identity = SigningIdentity::generate()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                err("already exists; refusing to overwrite a signing key".into())
+            } else {
+                err(e.to_string())
+            }
+        })?;
+    f.write_all(identity.to_secret().expose_secret())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| err(e.to_string()))?;
+    Ok(controllers_block(config, &identity))
+}
+
+/// The `[[controllers]]` TOML block for this controller.
+pub fn controllers_block(config: &ControllerConfig, identity: &SigningIdentity) -> String {
+    format!(
+        "[[controllers]]\nkey_id = \"{}\"\npublic_key = \"{}\"\nurl = \"https://{}\"\n",
+        config.key_id,
+        lockbox_crypto::encode_public_key(&identity.public_key()),
+        config.listen
+    )
+}
+
+/// Serves until `shutdown` resolves. `ready` is called with the bound address once listening
+/// (tests pass port 0 and read the real port from it).
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(std::net::SocketAddr) + Send,
+) -> Result<(), ControllerError> {
+    let signer = Arc::new(load_signing_key(&config.signing_key)?);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ControllerError::Serve {
+        addr: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let audit = Arc::new(audit::AuditLog::open(&config.data_dir.join("audit"))?);
+    let tls = lockbox_tls::ReloadableServerConfig::load(config.tls.clone())?;
+    let reloader = lockbox_tls::reload_on_sighup(vec![tls.clone()]);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ControllerError::Serve {
+            addr: config.listen.to_string(),
+            message: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| ControllerError::Serve {
+        addr: config.listen.to_string(),
+        message: e.to_string(),
+    })?;
+    audit
+        .append(
+            &signer,
+            "lockbox-controller",
+            "start",
+            "ok",
+            format!(
+                "key {} public {} listen {addr}",
+                config.key_id,
+                hex::encode(signer.public_key())
+            ),
+        )
+        .await?;
+    let service = service::ControllerService::new(config.clone(), signer, audit.clone());
+    let server = ControllerServer::new(service)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    tracing::info!(key_id = %config.key_id, %addr, "ready");
+    ready(addr);
+    let served = tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+        .await;
+    reloader.abort();
+    audit.close()?;
+    served.map_err(|e| ControllerError::Serve {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}

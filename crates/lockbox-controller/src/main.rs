@@ -1,0 +1,119 @@
+//! The `lockbox-controller` binary: arguments, config, logging, signals, exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lockbox_controller::{ControllerConfig, audit::AuditLog, load_signing_key};
+
+/// EX_CONFIG from sysexits.h.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "lockbox-controller",
+    version,
+    about = "Signs lockbox grants and attestations"
+)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/lockbox/controller.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the signing key and print the [[controllers]] block for lockbox configs.
+    Init,
+    /// Print the [[controllers]] block of an existing signing key.
+    Show,
+    /// Walk the audit log and check its hash chain and signed checkpoints.
+    AuditVerify,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match ControllerConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    lockbox_tls::install_default_provider();
+    let result: anyhow::Result<()> = match args.command {
+        Some(Command::Init) => lockbox_controller::init(&config)
+            .map(|block| {
+                eprintln!(
+                    "signing key written to {}; add this to every lockbox config:",
+                    config.signing_key.display()
+                );
+                print!("{block}");
+            })
+            .map_err(Into::into),
+        Some(Command::Show) => load_signing_key(&config.signing_key)
+            .map(|id| print!("{}", lockbox_controller::controllers_block(&config, &id)))
+            .map_err(Into::into),
+        Some(Command::AuditVerify) => (|| {
+            let signer = load_signing_key(&config.signing_key)?;
+            let log = AuditLog::open(&config.data_dir.join("audit"))?;
+            let s = log.verify(signer.public_key())?;
+            println!(
+                "audit log ok: {} records, {} signed checkpoints",
+                s.records, s.checkpoints
+            );
+            Ok(())
+        })(),
+        None => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime
+                .block_on(lockbox_controller::run(config, shutdown_signal(), |_| {}))
+                .map_err(Into::into)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Grant policy: which caller may ask for which grants. Pure functions, so every refusal
+//! reason is unit-tested; a refusal names the rule that refused.
+
+use std::time::Duration;
+
+/// A grant operation as policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// The source keeps the key.
+    Copy,
+    /// The source tombstones the key.
+    Move,
+    /// A standing backup copy.
+    Replicate,
+}
+
+impl Op {
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "copy" => Some(Op::Copy),
+            "move" => Some(Op::Move),
+            "replicate" => Some(Op::Replicate),
+            _ => None,
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Op::Copy => "copy",
+            Op::Move => "move",
+            Op::Replicate => "replicate",
+        }
+    }
+}
+
+/// `*` (anything), `prefix*`, or an exact string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// Wraps a pattern as written in the config.
+    pub fn new(p: &str) -> Pattern {
+        Pattern(p.to_string())
+    }
+
+    /// True when `s` matches.
+    pub fn matches(&self, s: &str) -> bool {
+        match self.0.strip_suffix('*') {
+            Some(prefix) => s.starts_with(prefix),
+            None => self.0 == s,
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One `[[policy]]` block.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Position in the file, to name the rule in refusals.
+    pub index: usize,
+    /// The caller's SPIFFE id (pattern).
+    pub caller: Pattern,
+    /// Allowed operations.
+    pub ops: Vec<Op>,
+    /// Allowed source node patterns.
+    pub from: Vec<Pattern>,
+    /// Allowed destination node patterns.
+    pub to: Vec<Pattern>,
+    /// Longest grant validity.
+    pub max_ttl: Duration,
+    /// Most key ids per grant.
+    pub max_keys: usize,
+}
+
+/// What a caller asks for.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    /// The caller's SPIFFE id.
+    pub caller: &'a str,
+    /// The operation.
+    pub op: Op,
+    /// Source node.
+    pub from: &'a str,
+    /// Destination node.
+    pub to: &'a str,
+    /// Requested validity; `None` takes the rule's maximum.
+    pub ttl: Option<Duration>,
+    /// Number of key ids.
+    pub keys: usize,
+}
+
+/// Finds a rule that allows `ask` and returns the validity to grant; otherwise the reason,
+/// naming the rule (the first one for this caller) that refused.
+pub fn decide(rules: &[Rule], ask: &Ask<'_>) -> Result<Duration, String> {
+    let mut first_refusal = None;
+    for rule in rules.iter().filter(|r| r.caller.matches(ask.caller)) {
+        match check(rule, ask) {
+            Ok(ttl) => return Ok(ttl),
+            Err(why) => {
+                if first_refusal.is_none() {
+                    first_refusal = Some(format!(
+                        "refused by policy[{}] (caller {}): {why}",
+                        rule.index, rule.caller
+                    ));
+                }
+            }
+        }
+    }
+    Err(first_refusal
+        .unwrap_or_else(|| format!("refused: no policy rule allows caller {}", ask.caller)))
+}
+
+fn check(rule: &Rule, ask: &Ask<'_>) -> Result<Duration, String> {
+    if !rule.ops.contains(&ask.op) {
+        let allowed: Vec<&str> = rule.ops.iter().map(Op::as_str).collect();
+        return Err(format!(
+            "op {} not allowed (allowed: {})",
+            ask.op.as_str(),
+            allowed.join(", ")
+        ));
+    }
+    if !rule.from.iter().any(|p| p.matches(ask.from)) {
+        return Err(format!("source node {} not allowed", ask.from));
+    }
+    if !rule.to.iter().any(|p| p.matches(ask.to)) {
+        return Err(format!("destination node {} not allowed", ask.to));
+    }
+    if ask.keys > rule.max_keys {
+        return Err(format!(
+            "{} keys exceed max_keys {}",
+            ask.keys, rule.max_keys
+        ));
+    }
+    match ask.ttl {
+        Some(t) if t > rule.max_ttl => Err(format!(
+            "ttl {} exceeds max_ttl {}",
+            humantime::format_duration(t),
+            humantime::format_duration(rule.max_ttl)
+        )),
+        Some(t) => Ok(t),
+        None => Ok(rule.max_ttl),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rules() -> Vec<Rule> {
+        vec![
+            Rule {
+                index: 0,
+                caller: Pattern::new("spiffe://d/orchestrator/cinder"),
+                ops: vec![Op::Copy, Op::Move],
+                from: vec![Pattern::new("host-*")],
+                to: vec![Pattern::new("*")],
+                max_ttl: Duration::from_secs(900),
+                max_keys: 10,
+            },
+            Rule {
+                index: 1,
+                caller: Pattern::new("spiffe://d/admin/*"),
+                ops: vec![Op::Replicate],
+                from: vec![Pattern::new("*")],
+                to: vec![Pattern::new("backup-1")],
+                max_ttl: Duration::from_secs(60),
+                max_keys: 1,
+            },
+        ]
+    }
+
+    fn ask(caller: &str, op: Op) -> Ask<'_> {
+        Ask {
+            caller,
+            op,
+            from: "host-a",
+            to: "host-b",
+            ttl: None,
+            keys: 1,
+        }
+    }
+
+    #[test]
+    fn allows_within_policy() {
+        assert_eq!(
+            decide(&rules(), &ask("spiffe://d/orchestrator/cinder", Op::Move)).unwrap(),
+            Duration::from_secs(900)
+        );
+        let mut a = ask("spiffe://d/admin/alice", Op::Replicate);
+        a.to = "backup-1";
+        a.ttl = Some(Duration::from_secs(30));
+        assert_eq!(decide(&rules(), &a).unwrap(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn refusals_name_the_rule_and_the_reason() {
+        let r = rules();
+        let e = decide(&r, &ask("spiffe://d/orchestrator/cinder", Op::Replicate)).unwrap_err();
+        assert!(e.contains("policy[0]") && e.contains("op replicate"), "{e}");
+        let mut a = ask("spiffe://d/orchestrator/cinder", Op::Copy);
+        a.from = "db-1";
+        let e = decide(&r, &a).unwrap_err();
+        assert!(e.contains("source node db-1"), "{e}");
+        a.from = "host-a";
+        a.keys = 11;
+        assert!(decide(&r, &a).unwrap_err().contains("max_keys 10"));
+        a.keys = 1;
+        a.ttl = Some(Duration::from_secs(3600));
+        assert!(decide(&r, &a).unwrap_err().contains("max_ttl"));
+        let e = decide(&r, &ask("spiffe://d/orchestrator/nova", Op::Copy)).unwrap_err();
+        assert!(e.contains("no policy rule allows caller"), "{e}");
+        let e = decide(&r, &ask("spiffe://d/admin/bob", Op::Replicate)).unwrap_err();
+        assert!(
+            e.contains("policy[1]") && e.contains("destination node host-b"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(Pattern::new("*").matches("anything"));
+        assert!(Pattern::new("host-*").matches("host-"));
+        assert!(!Pattern::new("host-*").matches("hos"));
+        assert!(Pattern::new("exact").matches("exact"));
+        assert!(!Pattern::new("exact").matches("exactly"));
+    }
+}

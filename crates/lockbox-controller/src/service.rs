@@ -1,0 +1,384 @@
+//! The Controller gRPC service: thin handlers over policy, signing and the audit log.
+//! Who is calling is read once per request from the verified TLS peer certificate.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::SigningIdentity;
+use lockbox_proto::v1 as pb;
+use lockbox_proto::v1::controller_server::Controller;
+use lockbox_tls::{Role, SpiffeId};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::audit::AuditLog;
+use crate::config::ControllerConfig;
+use crate::policy::{self, Ask, Op};
+
+/// Shared state of one controller.
+pub struct ControllerService {
+    config: ControllerConfig,
+    signer: Arc<SigningIdentity>,
+    audit: Arc<AuditLog>,
+}
+
+impl ControllerService {
+    /// Builds the service.
+    pub fn new(
+        config: ControllerConfig,
+        signer: Arc<SigningIdentity>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        ControllerService {
+            config,
+            signer,
+            audit,
+        }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        let id = lockbox_tls::peer_spiffe_id(req)
+            .map_err(|e| Status::unauthenticated(format!("caller identity: {e}")))?;
+        if id.trust_domain != self.config.trust_domain {
+            return Err(Status::permission_denied(format!(
+                "caller {id} is not in trust domain {}",
+                self.config.trust_domain
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Audits a refusal and returns it as a status.
+    async fn refuse(&self, caller: &str, action: &str, status: Status) -> Status {
+        if let Err(e) = self
+            .audit
+            .append(
+                &self.signer,
+                caller,
+                action,
+                "refused",
+                status.message().to_string(),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "cannot audit a refusal");
+        }
+        status
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn op_from_pb(op: i32) -> Option<Op> {
+    match pb::GrantOp::try_from(op) {
+        Ok(pb::GrantOp::Copy) => Some(Op::Copy),
+        Ok(pb::GrantOp::Move) => Some(Op::Move),
+        Ok(pb::GrantOp::Replicate) => Some(Op::Replicate),
+        _ => None,
+    }
+}
+
+fn audit_err(e: crate::ControllerError) -> Status {
+    tracing::error!(error = %e, "audit log write failed");
+    Status::internal("the controller cannot write its audit log")
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn attest(
+        &self,
+        req: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::SignedAttestation>, Status> {
+        let caller = self.caller(&req)?;
+        let actor = caller.uri();
+        let spki = match lockbox_tls::peer_spki_sha256(&req) {
+            Ok(s) => s,
+            Err(e) => return Err(Status::unauthenticated(format!("caller certificate: {e}"))),
+        };
+        let r = req.into_inner();
+        if caller.role != Role::Lockbox {
+            let s = Status::permission_denied(format!(
+                "only lockbox identities may be attested; caller is {actor}"
+            ));
+            return Err(self.refuse(&actor, "attest", s).await);
+        }
+        if let Some(allowed) = &self.config.allowed_nodes
+            && !allowed.iter().any(|n| n == &caller.name)
+        {
+            let s = Status::permission_denied(format!(
+                "node {} is not in this controller's allowed_nodes",
+                caller.name
+            ));
+            return Err(self.refuse(&actor, "attest", s).await);
+        }
+        if r.hpke_kem_id != lockbox_crypto::HPKE_KEM_X25519 {
+            let s =
+                Status::invalid_argument(format!("unsupported HPKE KEM {:#06x}", r.hpke_kem_id));
+            return Err(self.refuse(&actor, "attest", s).await);
+        }
+        if r.hpke_public_key.len() != 32 || r.signing_public_key.len() != 32 {
+            let s = Status::invalid_argument("public keys must be 32 bytes");
+            return Err(self.refuse(&actor, "attest", s).await);
+        }
+        let msg = lockbox_crypto::attest_request_message(
+            &caller.name,
+            &caller.trust_domain,
+            r.hpke_kem_id,
+            &r.hpke_public_key,
+            &r.signing_public_key,
+            &spki,
+        );
+        if let Err(e) = lockbox_crypto::verify_attest_request(&r.signing_public_key, &msg, &r.proof)
+        {
+            let s = Status::permission_denied(format!(
+                "proof of possession of the signing key failed: {e}"
+            ));
+            return Err(self.refuse(&actor, "attest", s).await);
+        }
+        let now = now_ms();
+        let body = pb::AttestationBody {
+            node: caller.name.clone(),
+            trust_domain: caller.trust_domain.clone(),
+            hpke_public_key: r.hpke_public_key,
+            hpke_kem_id: r.hpke_kem_id,
+            signing_public_key: r.signing_public_key,
+            tls_spki_sha256: spki.to_vec(),
+            not_before_unix_ms: now.saturating_sub(1000),
+            expires_unix_ms: now + self.config.attestation_ttl.as_millis() as u64,
+            issuer_key_id: self.config.key_id.clone(),
+        }
+        .encode_to_vec();
+        let sig = lockbox_crypto::sign_attestation_body(&self.signer, &self.config.key_id, &body);
+        self.audit
+            .append(
+                &self.signer,
+                &actor,
+                "attest",
+                "ok",
+                format!(
+                    "node {} tls-spki {} ttl {}",
+                    caller.name,
+                    hex::encode(spki),
+                    humantime::format_duration(self.config.attestation_ttl)
+                ),
+            )
+            .await
+            .map_err(audit_err)?;
+        Ok(Response::new(pb::SignedAttestation {
+            body,
+            signatures: vec![sig],
+        }))
+    }
+
+    async fn issue_grant(
+        &self,
+        req: Request<pb::IssueGrantRequest>,
+    ) -> Result<Response<pb::SignedGrant>, Status> {
+        let caller = self.caller(&req)?;
+        let actor = caller.uri();
+        let r = req.into_inner();
+        match self.issue(&caller, &r) {
+            Ok((signed, summary)) => {
+                self.audit
+                    .append(&self.signer, &actor, "issue-grant", "ok", summary)
+                    .await
+                    .map_err(audit_err)?;
+                Ok(Response::new(signed))
+            }
+            Err(s) => Err(self.refuse(&actor, "issue-grant", s).await),
+        }
+    }
+
+    async fn cosign_grant(
+        &self,
+        req: Request<pb::CosignGrantRequest>,
+    ) -> Result<Response<pb::SignedGrant>, Status> {
+        let caller = self.caller(&req)?;
+        let actor = caller.uri();
+        let r = req.into_inner();
+        match self.cosign(&caller, r.grant) {
+            Ok((signed, summary)) => {
+                self.audit
+                    .append(&self.signer, &actor, "cosign-grant", "ok", summary)
+                    .await
+                    .map_err(audit_err)?;
+                Ok(Response::new(signed))
+            }
+            Err(s) => Err(self.refuse(&actor, "cosign-grant", s).await),
+        }
+    }
+}
+
+impl ControllerService {
+    fn issue(
+        &self,
+        caller: &SpiffeId,
+        r: &pb::IssueGrantRequest,
+    ) -> Result<(pb::SignedGrant, String), Status> {
+        if caller.role == Role::Lockbox {
+            return Err(Status::permission_denied(format!(
+                "lockbox identities may not issue grants; caller is {caller}"
+            )));
+        }
+        let op = op_from_pb(r.op)
+            .ok_or_else(|| Status::invalid_argument("op must be copy, move or replicate"))?;
+        validate_request(&r.key_ids, &r.source_node, &r.dest_node, &r.reason)?;
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
+        let uri = caller.uri();
+        let ttl = policy::decide(
+            &self.config.policy,
+            &Ask {
+                caller: &uri,
+                op,
+                from: &r.source_node,
+                to: &r.dest_node,
+                ttl,
+                keys: r.key_ids.len(),
+            },
+        )
+        .map_err(Status::permission_denied)?;
+        let grant_id =
+            lockbox_crypto::random_array::<16>().map_err(|e| Status::internal(e.to_string()))?;
+        let now = now_ms();
+        let body = pb::GrantBody {
+            grant_id: grant_id.to_vec(),
+            key_ids: r.key_ids.clone(),
+            source_node: r.source_node.clone(),
+            dest_node: r.dest_node.clone(),
+            op: r.op,
+            not_before_unix_ms: now.saturating_sub(1000),
+            expires_unix_ms: now + ttl.as_millis() as u64,
+            requested_by: uri.clone(),
+            issuer_key_id: self.config.key_id.clone(),
+            reason: r.reason.clone(),
+            trust_domain: self.config.trust_domain.clone(),
+        };
+        let bytes = lockbox_crypto::encode_grant_body(&body)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sig = lockbox_crypto::sign_grant_body(&self.signer, &self.config.key_id, &bytes);
+        let summary = grant_summary(&body, &ttl);
+        Ok((
+            pb::SignedGrant {
+                body: bytes,
+                signatures: vec![sig],
+            },
+            summary,
+        ))
+    }
+
+    fn cosign(
+        &self,
+        caller: &SpiffeId,
+        grant: Option<pb::SignedGrant>,
+    ) -> Result<(pb::SignedGrant, String), Status> {
+        if caller.role == Role::Lockbox {
+            return Err(Status::permission_denied(format!(
+                "lockbox identities may not cosign grants; caller is {caller}"
+            )));
+        }
+        let mut grant = grant.ok_or_else(|| Status::invalid_argument("no grant given"))?;
+        let body = pb::GrantBody::decode(grant.body.as_slice())
+            .map_err(|e| Status::invalid_argument(format!("malformed grant: {e}")))?;
+        // Validation as at issue time: the body must be one this controller would sign.
+        lockbox_crypto::encode_grant_body(&body)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if body.trust_domain != self.config.trust_domain {
+            return Err(Status::permission_denied(format!(
+                "grant is for trust domain {}, not {}",
+                body.trust_domain, self.config.trust_domain
+            )));
+        }
+        if grant
+            .signatures
+            .iter()
+            .any(|s| s.key_id == self.config.key_id)
+        {
+            return Err(Status::already_exists(format!(
+                "grant already carries a signature by {}",
+                self.config.key_id
+            )));
+        }
+        let now = now_ms();
+        if body.expires_unix_ms <= now {
+            return Err(Status::failed_precondition("grant expired"));
+        }
+        let op = op_from_pb(body.op)
+            .ok_or_else(|| Status::invalid_argument("op must be copy, move or replicate"))?;
+        let remaining = Duration::from_millis(body.expires_unix_ms - now);
+        let uri = caller.uri();
+        policy::decide(
+            &self.config.policy,
+            &Ask {
+                caller: &uri,
+                op,
+                from: &body.source_node,
+                to: &body.dest_node,
+                ttl: Some(remaining),
+                keys: body.key_ids.len(),
+            },
+        )
+        .map_err(Status::permission_denied)?;
+        let sig = lockbox_crypto::sign_grant_body(&self.signer, &self.config.key_id, &grant.body);
+        grant.signatures.push(sig);
+        Ok((grant, grant_summary(&body, &remaining)))
+    }
+}
+
+fn validate_request(
+    key_ids: &[String],
+    source: &str,
+    dest: &str,
+    reason: &str,
+) -> Result<(), Status> {
+    if key_ids.is_empty() {
+        return Err(Status::invalid_argument(
+            "a grant names at least one key id",
+        ));
+    }
+    for k in key_ids {
+        if uuid::Uuid::parse_str(k).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "key id {k:?} is not a UUID"
+            )));
+        }
+    }
+    let node_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 128
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !node_ok(source) || !node_ok(dest) {
+        return Err(Status::invalid_argument(
+            "source and destination must be node names (letters, digits, - _ .)",
+        ));
+    }
+    if source == dest {
+        return Err(Status::invalid_argument(
+            "source and destination are the same node",
+        ));
+    }
+    if reason.len() > 1024 {
+        return Err(Status::invalid_argument("reason longer than 1024 bytes"));
+    }
+    Ok(())
+}
+
+fn grant_summary(body: &pb::GrantBody, ttl: &Duration) -> String {
+    let op = op_from_pb(body.op).map(|o| o.as_str()).unwrap_or("?");
+    format!(
+        "grant {} {} {} -> {} keys {} ttl {} reason {:?}",
+        hex::encode(&body.grant_id),
+        op,
+        body.source_node,
+        body.dest_node,
+        body.key_ids.len(),
+        humantime::format_duration(Duration::from_secs(ttl.as_secs())),
+        body.reason
+    )
+}

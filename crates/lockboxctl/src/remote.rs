@@ -1,0 +1,456 @@
+//! Commands that do not talk to the local lockbox: the development PKI and grants (which go to
+//! a controller over mTLS, or are read from a file).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use lockbox_proto::v1 as pb;
+use lockbox_proto::v1::controller_client::ControllerClient;
+use lockbox_tls::{ClientTls, Expect, Role, TlsFiles};
+use prost::Message;
+use serde_json::{Value, json};
+
+/// `lockboxctl pki …`
+#[derive(Subcommand)]
+pub enum PkiCommand {
+    /// Make a development CA: DIR/ca.crt and DIR/ca.key (0600). Operators may bring their own.
+    Init {
+        /// SPIFFE trust domain, e.g. example.org.
+        #[arg(long)]
+        trust_domain: String,
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate with URI SAN spiffe://DOMAIN/ROLE/NAME: DIR/NAME.crt, DIR/NAME.key (0600).
+    Issue {
+        /// The CA directory (from `pki init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// lockbox | controller | orchestrator | admin
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The node or user name.
+        #[arg(long)]
+        name: String,
+        /// DNS name to put in the certificate (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP address to put in the certificate (repeatable).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+    },
+}
+
+/// Certificate roles.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// A lockboxd.
+    Lockbox,
+    /// A controller.
+    Controller,
+    /// An orchestrator (asks for grants).
+    Orchestrator,
+    /// A human admin.
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Lockbox => Role::Lockbox,
+            RoleArg::Controller => Role::Controller,
+            RoleArg::Orchestrator => Role::Orchestrator,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+/// How to reach a controller.
+#[derive(Args, Clone)]
+pub struct ControllerArgs {
+    /// Controller URL, e.g. https://127.0.0.1:7400.
+    #[arg(long, env = "LOCKBOX_CONTROLLER")]
+    controller: Option<String>,
+    /// Our certificate (PEM).
+    #[arg(long, env = "LOCKBOX_CERT")]
+    cert: Option<PathBuf>,
+    /// Our private key (PEM).
+    #[arg(long, visible_alias = "tls-key", env = "LOCKBOX_KEY")]
+    key: Option<PathBuf>,
+    /// The cluster CA (PEM).
+    #[arg(long, env = "LOCKBOX_CA")]
+    ca: Option<PathBuf>,
+}
+
+/// The same flags for `grant issue`, whose `--key` names key ids: there the TLS key is
+/// `--tls-key` (or LOCKBOX_KEY).
+#[derive(Args, Clone)]
+pub struct IssueControllerArgs {
+    /// Controller URL, e.g. https://127.0.0.1:7400.
+    #[arg(long, env = "LOCKBOX_CONTROLLER")]
+    controller: Option<String>,
+    /// Our certificate (PEM).
+    #[arg(long, env = "LOCKBOX_CERT")]
+    cert: Option<PathBuf>,
+    /// Our private key (PEM).
+    #[arg(long = "tls-key", env = "LOCKBOX_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM).
+    #[arg(long, env = "LOCKBOX_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl From<IssueControllerArgs> for ControllerArgs {
+    fn from(a: IssueControllerArgs) -> ControllerArgs {
+        ControllerArgs {
+            controller: a.controller,
+            cert: a.cert,
+            key: a.tls_key,
+            ca: a.ca,
+        }
+    }
+}
+
+impl ControllerArgs {
+    async fn connect(&self) -> Result<ControllerClient<tonic::transport::Channel>> {
+        let missing = |what: &str, env: &str| {
+            anyhow!("--{what} (or {env}) is required to reach a controller")
+        };
+        let url = self
+            .controller
+            .clone()
+            .ok_or_else(|| missing("controller", "LOCKBOX_CONTROLLER"))?;
+        let files = TlsFiles {
+            cert: self
+                .cert
+                .clone()
+                .ok_or_else(|| missing("cert", "LOCKBOX_CERT"))?,
+            key: self
+                .key
+                .clone()
+                .ok_or_else(|| missing("key (or --tls-key)", "LOCKBOX_KEY"))?,
+            ca: self.ca.clone().ok_or_else(|| missing("ca", "LOCKBOX_CA"))?,
+        };
+        let tls = ClientTls::load(&files).context("loading our TLS identity")?;
+        let channel = tls
+            .connect(
+                &url,
+                Expect {
+                    role: Role::Controller,
+                    name: None,
+                },
+            )
+            .await
+            .with_context(|| format!("cannot connect to the controller at {url}"))?;
+        Ok(ControllerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+}
+
+/// `lockboxctl grant …`
+#[derive(Subcommand)]
+pub enum GrantCommand {
+    /// Ask a controller for a grant; prints it (printable text) or writes it to -o FILE.
+    Issue {
+        /// Key id (repeatable).
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
+        /// Source node.
+        #[arg(long)]
+        from: String,
+        /// Destination node.
+        #[arg(long)]
+        to: String,
+        /// copy | move | replicate
+        #[arg(long, value_enum)]
+        op: OpArg,
+        /// Validity, e.g. 10m (default: the policy's maximum).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Free text for the audit logs (volume, ticket).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Write the grant here instead of stdout.
+        #[arg(short = 'o')]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        controller: IssueControllerArgs,
+    },
+    /// Ask another controller to add its signature (M-of-N).
+    Cosign {
+        /// The grant file.
+        file: PathBuf,
+        /// Write the cosigned grant here instead of stdout.
+        #[arg(short = 'o')]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        controller: ControllerArgs,
+    },
+    /// Ask the local lockbox whether it would accept this grant as the source (signatures,
+    /// threshold, validity, node, key ids); consumes nothing.
+    Verify {
+        /// The grant file.
+        file: PathBuf,
+    },
+    /// Show a grant's fields and each signature's validity against the given keys.
+    Inspect {
+        /// The grant file.
+        file: PathBuf,
+        /// A trusted controller key, KEYID=PUBKEY (repeatable).
+        #[arg(long = "trust-key")]
+        trust_keys: Vec<String>,
+    },
+}
+
+/// Grant operations.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OpArg {
+    /// The source keeps the key.
+    Copy,
+    /// The source tombstones the key after the destination's receipt.
+    Move,
+    /// A standing backup at the destination.
+    Replicate,
+}
+
+fn op_name(op: i32) -> &'static str {
+    match pb::GrantOp::try_from(op) {
+        Ok(pb::GrantOp::Copy) => "copy",
+        Ok(pb::GrantOp::Move) => "move",
+        Ok(pb::GrantOp::Replicate) => "replicate",
+        _ => "unspecified",
+    }
+}
+
+/// Reads a grant file (printable armor).
+pub fn read_grant(path: &PathBuf) -> Result<pb::SignedGrant> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    lockbox_crypto::grant_from_text(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+fn write_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>) -> Result<()> {
+    let text = lockbox_crypto::grant_to_text(grant);
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn body_json(body: &pb::GrantBody) -> Value {
+    json!({
+        "grant_id": hex::encode(&body.grant_id),
+        "op": op_name(body.op),
+        "source_node": body.source_node,
+        "dest_node": body.dest_node,
+        "key_ids": body.key_ids,
+        "not_before_unix_ms": body.not_before_unix_ms,
+        "expires_unix_ms": body.expires_unix_ms,
+        "requested_by": body.requested_by,
+        "issuer_key_id": body.issuer_key_id,
+        "reason": body.reason,
+        "trust_domain": body.trust_domain,
+    })
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Unavailable {
+        // With TLS 1.3 the server rejects our certificate only after the handshake, so the
+        // reason (e.g. "received fatal alert: UnknownCA") is deep in the error chain.
+        anyhow!(
+            "the controller refused the connection or is unreachable: {}",
+            lockbox_tls::error_chain(&s)
+        )
+    } else {
+        anyhow!("{}", s.message())
+    }
+}
+
+/// Runs a `pki` command.
+pub fn run_pki(cmd: PkiCommand, json_out: bool) -> Result<()> {
+    match cmd {
+        PkiCommand::Init { trust_domain, dir } => {
+            let ca = lockbox_tls::pki::init(&trust_domain, &dir)?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"ca_cert": ca, "ca_key": dir.join("ca.key"), "trust_domain": trust_domain})
+                );
+            } else {
+                println!("CA for trust domain {trust_domain}: {}", ca.display());
+            }
+        }
+        PkiCommand::Issue {
+            dir,
+            role,
+            name,
+            dns,
+            ip,
+        } => {
+            let issued = lockbox_tls::pki::issue(&dir, role.into(), &name, &dns, &ip)?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"cert": issued.cert, "key": issued.key, "spiffe_id": issued.spiffe_id.uri()})
+                );
+            } else {
+                println!(
+                    "{} -> {} ({})",
+                    issued.spiffe_id,
+                    issued.cert.display(),
+                    issued.key.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `grant` command.
+pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
+    match cmd {
+        GrantCommand::Issue {
+            keys,
+            from,
+            to,
+            op,
+            ttl,
+            reason,
+            out,
+            controller,
+        } => {
+            let ttl_seconds = match ttl {
+                Some(t) => humantime_secs(&t)?,
+                None => 0,
+            };
+            let op = match op {
+                OpArg::Copy => pb::GrantOp::Copy,
+                OpArg::Move => pb::GrantOp::Move,
+                OpArg::Replicate => pb::GrantOp::Replicate,
+            };
+            let mut client = ControllerArgs::from(controller).connect().await?;
+            let grant = client
+                .issue_grant(pb::IssueGrantRequest {
+                    key_ids: keys,
+                    source_node: from,
+                    dest_node: to,
+                    op: op as i32,
+                    ttl_seconds,
+                    reason,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            output_grant(&grant, out.as_ref(), json_out)
+        }
+        GrantCommand::Cosign {
+            file,
+            out,
+            controller,
+        } => {
+            let grant = read_grant(&file)?;
+            let mut client = controller.connect().await?;
+            let grant = client
+                .cosign_grant(pb::CosignGrantRequest { grant: Some(grant) })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            output_grant(&grant, out.as_ref(), json_out)
+        }
+        GrantCommand::Verify { .. } => bail!("grant verify talks to the local lockbox"),
+        GrantCommand::Inspect { file, trust_keys } => {
+            let grant = read_grant(&file)?;
+            let mut trusted = lockbox_crypto::TrustedControllers::new();
+            for t in &trust_keys {
+                let (id, key) = t
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--trust-key {t:?} must look like KEYID=PUBKEY"))?;
+                let key = lockbox_crypto::decode_public_key(key)
+                    .map_err(|e| anyhow!("--trust-key {id}: {e}"))?;
+                trusted.insert(id.to_string(), key);
+            }
+            let (body, sigs) = lockbox_crypto::inspect_grant(&grant, &trusted)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            let sig_json: Vec<Value> = sigs
+                .iter()
+                .map(|(id, r)| match r {
+                    Ok(()) => json!({"key_id": id, "valid": true}),
+                    Err(e) => json!({"key_id": id, "valid": false, "error": e.to_string()}),
+                })
+                .collect();
+            if json_out {
+                let mut v = body_json(&body);
+                v["signatures"] = Value::Array(sig_json);
+                println!("{v}");
+            } else {
+                println!("grant:      {}", hex::encode(&body.grant_id));
+                println!("op:         {}", op_name(body.op));
+                println!("from -> to: {} -> {}", body.source_node, body.dest_node);
+                println!("keys:       {}", body.key_ids.join(" "));
+                println!(
+                    "valid:      {} .. {} (unix ms)",
+                    body.not_before_unix_ms, body.expires_unix_ms
+                );
+                println!("asked by:   {}", body.requested_by);
+                println!("reason:     {}", body.reason);
+                for (id, r) in &sigs {
+                    match r {
+                        Ok(()) => println!("signature:  {id}: valid"),
+                        Err(e) => println!("signature:  {id}: {e}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn output_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>, json_out: bool) -> Result<()> {
+    if json_out {
+        let body = pb::GrantBody::decode(grant.body.as_slice()).context("decoding the grant")?;
+        let mut v = body_json(&body);
+        v["signers"] = json!(
+            grant
+                .signatures
+                .iter()
+                .map(|s| s.key_id.clone())
+                .collect::<Vec<_>>()
+        );
+        match out {
+            Some(p) => {
+                write_grant(grant, Some(p))?;
+                v["file"] = json!(p);
+            }
+            None => v["grant"] = json!(lockbox_crypto::grant_to_text(grant)),
+        }
+        println!("{v}");
+        Ok(())
+    } else {
+        write_grant(grant, out)
+    }
+}
+
+fn humantime_secs(s: &str) -> Result<u64> {
+    // Accepts 90s, 10m, 1h, or plain seconds.
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("--ttl {s:?} is not a duration (e.g. 10m)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => bail!("--ttl {s:?}: unit must be s, m or h"),
+    };
+    Ok(n * mult)
+}

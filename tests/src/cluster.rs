@@ -1,0 +1,272 @@
+//! Cluster pieces for multi-process tests: a development PKI made at run time with
+//! `lockboxctl pki`, and real `lockbox-controller` processes on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{binaries, describe_output, run_with_timeout};
+
+/// The trust domain every test cluster uses.
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// A CA directory and the certificates issued from it.
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+/// Paths of one issued identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Certificate (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+}
+
+fn ctl(args: &[&str]) -> Output {
+    run_with_timeout(
+        Command::new(&binaries().lockboxctl).args(args),
+        Duration::from_secs(30),
+    )
+}
+
+impl Pki {
+    /// `lockboxctl pki init` in a fresh temp dir.
+    pub fn new(trust_domain: &str) -> Pki {
+        let dir = tempfile::Builder::new()
+            .prefix("lbpki")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let out = ctl(&[
+            "pki",
+            "init",
+            "--trust-domain",
+            trust_domain,
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "pki init: {}", describe_output(&out));
+        Pki { dir }
+    }
+
+    /// The CA directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `lockboxctl pki issue` for 127.0.0.1.
+    pub fn issue(&self, role: &str, name: &str) -> Identity {
+        let out = ctl(&[
+            "pki",
+            "issue",
+            "--dir",
+            self.dir().to_str().unwrap(),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--ip",
+            "127.0.0.1",
+            "--dns",
+            "localhost",
+        ]);
+        assert!(out.status.success(), "pki issue: {}", describe_output(&out));
+        Identity {
+            cert: self.dir().join(format!("{name}.crt")),
+            key: self.dir().join(format!("{name}.key")),
+            ca: self.dir().join("ca.crt"),
+        }
+    }
+}
+
+impl Identity {
+    /// The `--controller URL --cert --tls-key --ca` flags for lockboxctl (`--tls-key` works
+    /// for every grant verb; `--key` is the key id in `grant issue`).
+    pub fn ctl_flags(&self, url: &str) -> Vec<String> {
+        vec![
+            "--controller".into(),
+            url.into(),
+            "--cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+            "--ca".into(),
+            self.ca.display().to_string(),
+        ]
+    }
+
+    /// A `[tls]` table for a lockboxd config.
+    pub fn tls_table(&self) -> String {
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            self.cert.display(),
+            self.key.display(),
+            self.ca.display()
+        )
+    }
+}
+
+/// One `lockbox-controller` process.
+#[derive(Debug)]
+pub struct Controller {
+    dir: tempfile::TempDir,
+    /// The signing key id.
+    pub key_id: String,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The `[[controllers]]` block printed by `init`.
+    pub block: String,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Controller {
+    /// Initializes and starts a controller with `policy` (TOML `[[policy]]` blocks) and an
+    /// attestation TTL, on an ephemeral port.
+    pub fn start(pki: &Pki, key_id: &str, policy: &str, attestation_ttl: &str) -> Controller {
+        let id = pki.issue("controller", key_id);
+        let dir = tempfile::Builder::new()
+            .prefix("lbctl")
+            .tempdir_in("/tmp")
+            .unwrap();
+        // Reserve a port: bind, read, release. The controller binds it right after.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("controller.toml");
+        let text = format!(
+            "version = 1\nkey_id = \"{key_id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nsigning_key = \"{}\"\nattestation_ttl = \"{attestation_ttl}\"\ndata_dir = \"{}\"\n{}\n{policy}\n",
+            dir.path().join("signing.key").display(),
+            dir.path().join("data").display(),
+            tls_table(&id),
+        );
+        fs::write(&config, text).unwrap();
+        let out = run_with_timeout(
+            Command::new(&binaries().controller)
+                .arg("init")
+                .arg("--config")
+                .arg(&config),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "controller init: {}",
+            describe_output(&out)
+        );
+        let block = String::from_utf8(out.stdout).unwrap();
+        let mut c = Controller {
+            dir,
+            key_id: key_id.into(),
+            url: format!("https://127.0.0.1:{port}"),
+            block,
+            child: None,
+            config,
+        };
+        c.spawn();
+        c
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("controller.log")
+    }
+
+    /// The controller's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the process and waits for its "ready" line.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let before = fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+        let child = Command::new(&binaries().controller)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut s = String::new();
+            if let Ok(mut f) = fs::File::open(self.log_path()) {
+                f.read_to_string(&mut s).unwrap();
+            }
+            if s.len() as u64 > before && s[before as usize..].contains("ready") {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("controller exited with {st}: {s}");
+            }
+            assert!(Instant::now() < deadline, "controller not ready: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// The controller's public key as printed in its block.
+    pub fn public_key(&self) -> String {
+        self.block
+            .lines()
+            .find_map(|l| l.strip_prefix("public_key = "))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap()
+    }
+
+    /// `lockbox-controller audit-verify`.
+    pub fn audit_verify(&self) -> Output {
+        run_with_timeout(
+            Command::new(&binaries().controller)
+                .arg("audit-verify")
+                .arg("--config")
+                .arg(&self.config),
+            Duration::from_secs(30),
+        )
+    }
+}
+
+fn tls_table(id: &Identity) -> String {
+    id.tls_table()
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs lockboxctl with arbitrary arguments (no socket), for grant and pki verbs.
+pub fn lockboxctl(args: &[String]) -> Output {
+    run_with_timeout(
+        Command::new(&binaries().lockboxctl).args(args),
+        Duration::from_secs(30),
+    )
+}
