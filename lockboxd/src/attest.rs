@@ -166,10 +166,7 @@ impl Attestor {
             .map_err(|e| e.to_string())?;
         let mut errors = Vec::new();
         for c in &self.controllers {
-            let expect = Expect {
-                role: Role::Controller,
-                name: None,
-            };
+            let expect = Expect::role(Role::Controller);
             let channel = match client_tls.connect(&c.url, expect).await {
                 Ok(ch) => ch,
                 Err(e) => {

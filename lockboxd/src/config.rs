@@ -82,6 +82,12 @@ pub struct Config {
     /// The controllers whose signatures this lockbox trusts.
     #[serde(default)]
     pub controllers: Vec<ControllerRef>,
+    /// Where the peer API (mTLS, lockboxes only) listens; unset: no peer API.
+    #[serde(default)]
+    pub peer_listen: Option<String>,
+    /// `[peers]`: node name → `host:port` of its peer API, for the nodes grants name.
+    #[serde(default)]
+    pub peers: std::collections::HashMap<String, String>,
 }
 
 /// `[tls]`: certificate, key and CA, PEM files.
@@ -388,6 +394,29 @@ impl Config {
                 format!("{:?} is not a duration ({e})", cfg.clock_skew),
             )
         })?;
+        if let Some(l) = &cfg.peer_listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "peer_listen",
+                    format!("{l:?} is not an address:port"),
+                ));
+            }
+            if cfg.tls.is_none() || cfg.controllers.is_empty() {
+                return Err(invalid(
+                    "peer_listen",
+                    "the peer API needs [tls] and [[controllers]] (peers check attestations)"
+                        .into(),
+                ));
+            }
+        }
+        for (node, addr) in &cfg.peers {
+            if addr.is_empty() || addr.contains('/') {
+                return Err(invalid(
+                    "peers",
+                    format!("{node} = {addr:?}: expected host:port"),
+                ));
+            }
+        }
         let grant_threshold = cfg.grant_threshold;
         Ok((
             cfg,

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::config::{ClonePolicy, Config, Policy, ShredRotation};
+
+mod transfer;
 use crate::error::{CustodyError, Result};
+pub use transfer::{GrantRole, Incoming, Outgoing, OutgoingVersion, RECEIPT_DOMAIN, StoredReceipt};
 
 const NODE_SIGNING: &[u8] = b"signing";
 const NODE_HPKE: &[u8] = b"hpke";
@@ -99,6 +102,21 @@ pub struct Origin {
     pub kind: String,
     /// The source key id, empty for `created`.
     pub from_key_id: String,
+    /// For `received`: the node it came from.
+    #[serde(default)]
+    pub from_node: String,
+    /// For `received`: the grant (hex id) it came under.
+    #[serde(default)]
+    pub grant_id: String,
+}
+
+/// Where a moved key went: the tombstone a MOVE leaves at the source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MovedTo {
+    /// The destination node.
+    pub node: String,
+    /// The grant (hex id).
+    pub grant_id: String,
 }
 
 /// A key id's metadata. Sealed at rest like material (labels may name tenants), and the seal
@@ -123,13 +141,23 @@ pub struct KeyMeta {
     pub current_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionMeta>,
+    /// A standing backup from a REPLICATE grant: not released until promoted.
+    #[serde(default)]
+    pub replica: bool,
+    /// Set when a MOVE took the key elsewhere (the record is then a tombstone).
+    #[serde(default)]
+    pub moved_to: Option<MovedTo>,
 }
 
 impl KeyMeta {
     /// The key-level state: destroyed, rekeying (a new version pending) or active.
     pub fn state(&self) -> &'static str {
-        if self.destroyed {
+        if self.moved_to.is_some() {
+            "moved"
+        } else if self.destroyed {
             "destroyed"
+        } else if self.replica {
+            "replica"
         } else if self
             .versions
             .iter()
@@ -900,6 +928,16 @@ impl Custody {
         }
     }
 
+    /// The controller keys this node trusts (from config).
+    pub fn trusted_controllers(&self) -> lockbox_crypto::TrustedControllers {
+        self.policy.controllers.clone()
+    }
+
+    /// Tolerated clock skew, in ms.
+    pub fn clock_skew_ms(&self) -> u64 {
+        self.policy.clock_skew.as_millis() as u64
+    }
+
     /// This node's HPKE and Ed25519 public keys (unsealed only).
     pub fn public_keys(&self) -> Result<([u8; 32], [u8; 32])> {
         let u = self.unlocked()?;
@@ -962,7 +1000,7 @@ impl Custody {
                 .map_err(CustodyError::Grant)?;
         for key_id in &verified.body.key_ids {
             let id = parse_key_id(key_id)?;
-            self.live_meta(&u, &id)?;
+            self.usable_meta(&u, &id)?;
         }
         Ok(verified)
     }
@@ -995,8 +1033,28 @@ impl Custody {
         let meta = self
             .load_meta(u, key_id)?
             .ok_or_else(|| CustodyError::KeyNotFound(key_id.into()))?;
+        if let Some(m) = &meta.moved_to {
+            return Err(CustodyError::WrongState {
+                key_id: key_id.into(),
+                why: format!("moved to {} by grant {}", m.node, m.grant_id),
+            });
+        }
         if meta.destroyed {
             return Err(CustodyError::KeyDestroyed(key_id.into()));
+        }
+        Ok(meta)
+    }
+
+    /// Like `live_meta`, and refuses replicas: a replica is a standing backup, not a second
+    /// place to open the volume, until `key promote` makes it active.
+    fn usable_meta(&self, u: &Unlocked, key_id: &str) -> Result<KeyMeta> {
+        let meta = self.live_meta(u, key_id)?;
+        if meta.replica {
+            return Err(CustodyError::WrongState {
+                key_id: key_id.into(),
+                why: "is a replica (a standing backup): promote it first with `lockboxctl key promote`"
+                    .into(),
+            });
         }
         Ok(meta)
     }
@@ -1032,7 +1090,7 @@ impl Custody {
     pub fn get(&self, key_id: &str, version: u32) -> Result<Released> {
         let u = self.unlocked()?;
         let key_id = parse_key_id(key_id)?;
-        let meta = self.live_meta(&u, &key_id)?;
+        let meta = self.usable_meta(&u, &key_id)?;
         let want = if version == 0 {
             meta.current_version
         } else {
@@ -1204,6 +1262,8 @@ impl Custody {
             origin: Origin {
                 kind: "created".into(),
                 from_key_id: String::new(),
+                from_node: String::new(),
+                grant_id: String::new(),
             },
             clone_policy: clone_policy.map(|p| p.as_str().to_string()),
             current_version: 1,
@@ -1213,6 +1273,8 @@ impl Custody {
                 material_id: material_id.clone(),
                 created_unix_ms: now,
             }],
+            replica: false,
+            moved_to: None,
         };
         let sealed_meta = self.seal_meta(&u, &meta)?;
 
@@ -1314,7 +1376,7 @@ impl Custody {
     ) -> Result<String> {
         let u = self.unlocked()?;
         let id = parse_key_id(key_id)?;
-        let meta = self.live_meta(&u, &id)?;
+        let meta = self.usable_meta(&u, &id)?;
         let policy = self.effective_policy(&meta);
         match (policy, mode) {
             (ClonePolicy::Deny, _) => {
@@ -1363,7 +1425,7 @@ impl Custody {
         let u = self.unlocked()?;
         // Read under the writer lock: a concurrent destroy must not leave us referring to
         // shredded material.
-        let src = self.live_meta(&u, &source_id)?;
+        let src = self.usable_meta(&u, &source_id)?;
         let mut merged = src.labels.clone();
         merged.extend(labels);
         validate_labels(&merged)?;
@@ -1415,10 +1477,14 @@ impl Custody {
             origin: Origin {
                 kind: kind.into(),
                 from_key_id: source_id.clone(),
+                from_node: String::new(),
+                grant_id: String::new(),
             },
             clone_policy: src.clone_policy.clone(),
             current_version,
             versions,
+            replica: false,
+            moved_to: None,
         };
         batch.put(Ns::Keys, new_id.as_bytes(), &self.seal_meta(&u, &meta)?);
         let before = *ws;
@@ -1457,7 +1523,7 @@ impl Custody {
         let id = parse_key_id(key_id)?;
         let mut ws = self.write.lock().await;
         let u = self.unlocked()?;
-        let mut meta = self.live_meta(&u, &id)?;
+        let mut meta = self.usable_meta(&u, &id)?;
         let pending = meta
             .versions
             .iter()
@@ -1572,36 +1638,7 @@ impl Custody {
             }
         }
         let mut batch = Batch::new();
-        let mut shredded = false;
-        let mut removed_refs: std::collections::BTreeSet<Vec<u8>> = Default::default();
-        for m in &victims {
-            for mid in m.material_ids() {
-                removed_refs.insert(ref_id(mid, &m.key_id));
-            }
-        }
-        let mut checked = std::collections::BTreeSet::new();
-        for m in &victims {
-            for mid in m.material_ids() {
-                if !checked.insert(mid.to_string()) {
-                    continue;
-                }
-                let prefix = ref_id(mid, "");
-                let mut remaining = 0usize;
-                for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
-                    let (rid, _) = r?;
-                    if !removed_refs.contains(&rid) {
-                        remaining += 1;
-                    }
-                }
-                if remaining == 0 {
-                    batch.remove(Ns::Materials, mid.as_bytes());
-                    shredded = true;
-                }
-            }
-        }
-        for r in &removed_refs {
-            batch.remove(Ns::MaterialRefs, r);
-        }
+        let shredded = self.drop_material_refs(&victims, &mut batch)?;
         let before = *ws;
         let mut ids = Vec::new();
         for mut m in victims {
@@ -1660,6 +1697,43 @@ impl Custody {
             material_shredded: shredded,
             kek_rotated,
         })
+    }
+
+    /// Removes the material references of `victims` (key ids about to become tombstones) and
+    /// shreds every material no other key id refers to. Returns true when something was
+    /// shredded (which counts towards the shred-rotation policy).
+    fn drop_material_refs(&self, victims: &[KeyMeta], batch: &mut Batch) -> Result<bool> {
+        let mut shredded = false;
+        let mut removed_refs: std::collections::BTreeSet<Vec<u8>> = Default::default();
+        for m in victims {
+            for mid in m.material_ids() {
+                removed_refs.insert(ref_id(mid, &m.key_id));
+            }
+        }
+        let mut checked = std::collections::BTreeSet::new();
+        for m in victims {
+            for mid in m.material_ids() {
+                if !checked.insert(mid.to_string()) {
+                    continue;
+                }
+                let prefix = ref_id(mid, "");
+                let mut remaining = 0usize;
+                for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
+                    let (rid, _) = r?;
+                    if !removed_refs.contains(&rid) {
+                        remaining += 1;
+                    }
+                }
+                if remaining == 0 {
+                    batch.remove(Ns::Materials, mid.as_bytes());
+                    shredded = true;
+                }
+            }
+        }
+        for r in &removed_refs {
+            batch.remove(Ns::MaterialRefs, r);
+        }
+        Ok(shredded)
     }
 
     /// Rotates the KEK on demand.

@@ -79,6 +79,9 @@ pub enum CustodyError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A transfer failed at a named step (destination unreachable, sealed, refusing...).
+    #[error("transfer failed: {0}")]
+    Transfer(String),
     /// A grant failed verification (the message names the check).
     #[error("grant refused: {0}")]
     Grant(lockbox_crypto::GrantError),
@@ -107,6 +110,7 @@ impl From<CustodyError> for tonic::Status {
                 Code::AlreadyExists
             }
             CustodyError::Grant(_) => Code::PermissionDenied,
+            CustodyError::Transfer(_) => Code::Aborted,
             CustodyError::Crypto(CryptoError::WrongUnsealSecret)
             | CustodyError::Crypto(CryptoError::UnsealMethodMismatch { .. })
             | CustodyError::Crypto(CryptoError::BadLength { .. }) => Code::InvalidArgument,

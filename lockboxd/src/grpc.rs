@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::attest::Attestor;
 use crate::config::ClonePolicy;
 use crate::custody::{self, Caller, CloneMode, Custody, KeyInfo};
+use crate::transfer::Transfers;
 
 /// Which local users may talk to the socket.
 #[derive(Debug, Clone)]
@@ -72,12 +73,21 @@ fn caller<T>(req: &Request<T>) -> Caller {
 pub struct LocalApi {
     custody: Arc<Custody>,
     attestor: Option<Arc<Attestor>>,
+    transfers: Option<Arc<Transfers>>,
 }
 
 impl LocalApi {
     /// Wraps the domain (and the attestor, when controllers are configured).
-    pub fn new(custody: Arc<Custody>, attestor: Option<Arc<Attestor>>) -> Self {
-        LocalApi { custody, attestor }
+    pub fn new(
+        custody: Arc<Custody>,
+        attestor: Option<Arc<Attestor>>,
+        transfers: Option<Arc<Transfers>>,
+    ) -> Self {
+        LocalApi {
+            custody,
+            attestor,
+            transfers,
+        }
     }
 
     async fn status_pb(&self) -> pb::StatusResponse {
@@ -130,7 +140,19 @@ fn info_to_pb(i: KeyInfo) -> pb::KeyInfo {
         origin: Some(pb::Origin {
             kind: m.origin.kind,
             from_key_id: m.origin.from_key_id,
+            from_node: m.origin.from_node,
+            grant_id: m.origin.grant_id,
         }),
+        moved_to_node: m
+            .moved_to
+            .as_ref()
+            .map(|t| t.node.clone())
+            .unwrap_or_default(),
+        moved_by_grant: m
+            .moved_to
+            .as_ref()
+            .map(|t| t.grant_id.clone())
+            .unwrap_or_default(),
         clone_policy: policy_to_pb(i.clone_policy) as i32,
         current_version: m.current_version,
         versions: m
@@ -163,6 +185,11 @@ fn status_to_pb(s: custody::NodeStatus) -> pb::StatusResponse {
 }
 
 type R<T> = Result<Response<T>, Status>;
+
+/// The stream `Transfer` answers with.
+pub type TransferStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::TransferProgress, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl Lockbox for LocalApi {
@@ -370,5 +397,64 @@ impl Lockbox for LocalApi {
                 ..Default::default()
             })),
         }
+    }
+
+    type TransferStream = TransferStream;
+
+    async fn transfer(&self, req: Request<pb::TransferRequest>) -> R<TransferStream> {
+        let who = caller(&req);
+        let Some(transfers) = self.transfers.clone() else {
+            return Err(Status::failed_precondition(
+                "transfers need [tls] and [[controllers]] in this lockbox's config",
+            ));
+        };
+        let Some(grant) = req.into_inner().grant else {
+            return Err(Status::invalid_argument("invalid argument: no grant given"));
+        };
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel(16);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let run = transfers.run(&who, &grant, progress_tx);
+            tokio::pin!(run);
+            let result = loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    Some(p) = progress_rx.recv() => {
+                        let _ = out_tx.send(Ok(pb::TransferProgress {
+                            sent: p.sent,
+                            total: p.total,
+                            receipt: None,
+                        })).await;
+                    }
+                }
+            };
+            let msg = match result {
+                Ok(o) => Ok(pb::TransferProgress {
+                    sent: o.receipt.key_ids.len() as u64,
+                    total: o.receipt.key_ids.len() as u64,
+                    receipt: Some(pb::TransferReceipt {
+                        grant_id: hex::encode(&o.receipt.grant_id),
+                        op: o.receipt.op,
+                        source_node: o.receipt.source_node,
+                        dest_node: o.receipt.dest_node,
+                        key_ids: o.receipt.key_ids,
+                        stored_unix_ms: o.receipt.stored_unix_ms,
+                        fresh: o.fresh,
+                    }),
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = out_tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+
+    async fn promote_key(&self, req: Request<pb::PromoteKeyRequest>) -> R<pb::KeyInfo> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let info = self.custody.promote(&who, &r.key_id).await?;
+        Ok(Response::new(info_to_pb(info)))
     }
 }

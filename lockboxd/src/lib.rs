@@ -9,6 +9,8 @@ pub mod config;
 pub mod custody;
 pub mod error;
 pub mod grpc;
+pub mod peer;
+pub mod transfer;
 
 use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -66,7 +68,10 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
 
 /// The TLS certificate must name this node as a lockbox: a mismatch is a deployment error
 /// better caught at start than by every peer.
-fn check_own_identity(files: &lockbox_tls::TlsFiles, node_id: &str) -> Result<()> {
+fn check_own_identity(
+    files: &lockbox_tls::TlsFiles,
+    node_id: &str,
+) -> Result<lockbox_tls::SpiffeId> {
     let (id, _) = lockbox_tls::load_own_cert(files)
         .map_err(|e| CustodyError::InvalidArgument(format!("tls.cert: {e}")))?;
     if id.role != lockbox_tls::Role::Lockbox || id.name != node_id {
@@ -74,7 +79,53 @@ fn check_own_identity(files: &lockbox_tls::TlsFiles, node_id: &str) -> Result<()
             "tls.cert names {id}, but this is lockbox node {node_id}"
         )));
     }
-    Ok(())
+    Ok(id)
+}
+
+type PeerServer = (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// Serves the peer API on mTLS TCP (lockbox identities only), with certificates reloaded on
+/// SIGHUP.
+async fn start_peer_api(
+    listen: &str,
+    files: lockbox_tls::TlsFiles,
+    custody: Arc<Custody>,
+    attestor: Arc<attest::Attestor>,
+    trust_domain: String,
+) -> Result<PeerServer> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+        CustodyError::InvalidArgument(format!("peer_listen {listen:?} is not an address:port"))
+    })?;
+    let tls = lockbox_tls::ReloadableServerConfig::load(files)
+        .map_err(|e| CustodyError::InvalidArgument(format!("tls: {e}")))?;
+    let _reloader = lockbox_tls::reload_on_sighup(vec![tls.clone()]);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(io_err(Path::new(listen)))?;
+    let service = lockbox_proto::v1::peer_server::PeerServer::new(peer::PeerApi::new(
+        custody,
+        attestor,
+        trust_domain,
+    ))
+    .max_decoding_message_size(64 << 20)
+    .max_encoding_message_size(64 << 20);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tracing::info!(%addr, "peer API listening");
+    let handle = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(tls.incoming(listener), async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "peer API stopped");
+        }
+    });
+    Ok((handle, stop_tx))
 }
 
 /// Runs the daemon until `shutdown` resolves.
@@ -90,27 +141,38 @@ pub async fn run(
             .unseal(&Caller::system(), UnsealSecret::Keyfile(&secret))
             .await?;
     }
-    let attestor = match (&config.tls, config.controllers.is_empty()) {
-        (Some(tls), false) => {
-            let files = lockbox_tls::TlsFiles {
-                cert: tls.cert.clone(),
-                key: tls.key.clone(),
-                ca: tls.ca.clone(),
-            };
-            check_own_identity(&files, &config.node_id)?;
-            let a = attest::Attestor::new(
-                custody.clone(),
-                files,
-                config.controllers.clone(),
-                policy.controllers.clone(),
-                policy.clock_skew,
-                config.data_dir.clone(),
+    let mut attestor = None;
+    let mut transfers = None;
+    let mut peer_server = None;
+    if let (Some(tls), false) = (&config.tls, config.controllers.is_empty()) {
+        let files = lockbox_tls::TlsFiles {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            ca: tls.ca.clone(),
+        };
+        let own = check_own_identity(&files, &config.node_id)?;
+        let a = attest::Attestor::new(
+            custody.clone(),
+            files.clone(),
+            config.controllers.clone(),
+            policy.controllers.clone(),
+            policy.clock_skew,
+            config.data_dir.clone(),
+        );
+        tokio::spawn(a.clone().run());
+        transfers = Some(Arc::new(transfer::Transfers::new(
+            custody.clone(),
+            a.clone(),
+            files.clone(),
+            config.peers.clone(),
+        )));
+        if let Some(listen) = &config.peer_listen {
+            peer_server = Some(
+                start_peer_api(listen, files, custody.clone(), a.clone(), own.trust_domain).await?,
             );
-            tokio::spawn(a.clone().run());
-            Some(a)
         }
-        _ => None,
-    };
+        attestor = Some(a);
+    }
     let listener = bind_socket(&config.socket)?;
     let access = Arc::new(Access {
         uids: config
@@ -122,9 +184,13 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LockboxServer<LocalApi>>().await;
     let api = tonic::service::interceptor::InterceptedService::new(
-        LockboxServer::new(LocalApi::new(custody.clone(), attestor.clone()))
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20),
+        LockboxServer::new(LocalApi::new(
+            custody.clone(),
+            attestor.clone(),
+            transfers.clone(),
+        ))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20),
         authorize(access),
     );
 
@@ -146,6 +212,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some((handle, stop)) = peer_server {
+        let _ = stop.send(());
+        let _ = handle.await;
+    }
     let closed = custody.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     if let Err(e) = served {

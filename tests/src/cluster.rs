@@ -270,3 +270,110 @@ pub fn lockboxctl(args: &[String]) -> Output {
         Duration::from_secs(30),
     )
 }
+
+/// A free port on 127.0.0.1 (bind, read, release: the daemon binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A whole test cluster: a CA, one controller whose policy lets the orchestrator `cinder`
+/// ask for any grant, and lockboxes that know each other's peer addresses.
+pub struct Cluster {
+    /// The CA.
+    pub pki: Pki,
+    /// The controller.
+    pub controller: Controller,
+    /// The orchestrator identity that asks for grants.
+    pub cinder: Identity,
+    /// The lockboxes, in the order named.
+    pub nodes: Vec<crate::Node>,
+    work: tempfile::TempDir,
+}
+
+/// The policy of [`Cluster`]'s controller.
+pub fn open_policy() -> String {
+    "[[policy]]\ncaller = \"spiffe://example.org/orchestrator/cinder\"\nops = [\"copy\", \"move\", \"replicate\"]\nfrom = [\"*\"]\nto = [\"*\"]\nmax_ttl = \"15m\"\nmax_keys = 200000\n".into()
+}
+
+impl Cluster {
+    /// Starts a controller and one lockbox per name, each with a peer API, all attested.
+    pub fn start(names: &[&str], extra_top: &str) -> Cluster {
+        let pki = Pki::new(TRUST_DOMAIN);
+        let controller = Controller::start(&pki, "ctl-1", &open_policy(), "1h");
+        let cinder = pki.issue("orchestrator", "cinder");
+        let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+        let mut peers = String::from("[peers]\n");
+        for (n, p) in names.iter().zip(&ports) {
+            peers.push_str(&format!("{n} = \"127.0.0.1:{p}\"\n"));
+        }
+        let mut nodes = Vec::new();
+        for (n, p) in names.iter().zip(&ports) {
+            let id = pki.issue("lockbox", n);
+            let mut opts = crate::NodeOptions {
+                node_id: n.to_string(),
+                ..crate::NodeOptions::default()
+            };
+            opts.extra_top = format!("peer_listen = \"127.0.0.1:{p}\"\n{extra_top}");
+            opts.extra_tables = format!("{}\n{}\n{peers}", id.tls_table(), controller.block);
+            nodes.push(crate::Node::start(opts));
+        }
+        for node in &nodes {
+            wait_attested(node);
+        }
+        let work = tempfile::Builder::new()
+            .prefix("lbwork")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Cluster {
+            pki,
+            controller,
+            cinder,
+            nodes,
+            work,
+        }
+    }
+
+    /// Asks the controller for a grant and writes it to a file; returns the path.
+    pub fn grant(&self, keys: &[&str], from: &str, to: &str, op: &str, ttl: &str) -> PathBuf {
+        let path = self
+            .work
+            .path()
+            .join(format!("{}.grant", super::unique_suffix()));
+        let mut args: Vec<String> = vec!["grant".into(), "issue".into()];
+        for k in keys {
+            args.push("--key".into());
+            args.push(k.to_string());
+        }
+        for a in [
+            "--from", from, "--to", to, "--op", op, "--ttl", ttl, "--reason", "test", "-o",
+        ] {
+            args.push(a.into());
+        }
+        args.push(path.display().to_string());
+        args.extend(self.cinder.ctl_flags(&self.controller.url));
+        let out = lockboxctl(&args);
+        assert!(
+            out.status.success(),
+            "grant issue: {}",
+            describe_output(&out)
+        );
+        path
+    }
+}
+
+/// Waits until a node's status says its attestation is valid.
+pub fn wait_attested(node: &crate::Node) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = node.status();
+        if s["attestation_state"] == "valid" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never attested: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -762,6 +762,17 @@ pub fn newest_version(info: &serde_json::Value) -> u64 {
         .unwrap_or_else(|| panic!("empty versions array in {info}"))
 }
 
+/// A process-unique suffix for file names.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

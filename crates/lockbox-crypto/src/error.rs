@@ -70,6 +70,43 @@ pub enum CryptoError {
     /// A key derivation function refused its parameters.
     #[error("key derivation failed: {0}")]
     Kdf(String),
+
+    /// A transfer batch names an HPKE suite this build does not implement (the `u64` suite id,
+    /// SPEC.md "Transfer wrapping").
+    #[error("unsupported transfer suite {0:#014x}")]
+    UnsupportedSuite(u64),
+
+    /// A transfer batch, its context or one of its keys fails a check made before any key is
+    /// sealed or opened, or the HPKE encapsulation itself fails; nothing is sealed or returned.
+    #[error("bad transfer batch {batch}: {reason}")]
+    BadBatch {
+        /// The batch number from the context.
+        batch: u32,
+        /// Which check failed; names the key (escaped) when one key is at fault.
+        reason: String,
+    },
+
+    /// A key of a transfer batch does not authenticate: tampered, relabelled, reordered, sealed
+    /// in another batch context or to another node. No key of the batch is returned.
+    #[error(
+        "cannot unwrap key {key_id} version {version} in batch {batch}: authentication failed \
+         (tampered, relabelled or reordered, another batch context, or not sealed to this node)"
+    )]
+    UnwrapFailed {
+        /// The key id as the batch names it (control characters escaped, at most 64 kept).
+        key_id: String,
+        /// The key version as the batch names it.
+        version: u32,
+        /// The batch number from the context.
+        batch: u32,
+    },
+
+    /// The source's Ed25519 signature over a transfer batch does not verify.
+    #[error("bad signature on transfer batch {batch}")]
+    BadBatchSignature {
+        /// The batch number from the context.
+        batch: u32,
+    },
 }
 
 /// Shorthand used by every fallible function of this crate.

@@ -7,6 +7,8 @@
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable as _, Kem};
 use zeroize::Zeroizing;
 
 use crate::error::{CryptoError, Result};
@@ -128,6 +130,16 @@ impl HpkeIdentity {
     pub fn public_key(&self) -> [u8; 32] {
         x25519_dalek::PublicKey::from(&self.secret).to_bytes()
     }
+
+    /// The private key as `hpke` takes it, to open transfer batches (`wrap.rs`).
+    ///
+    /// Crate-private so the secret never leaves through the public API. `hpke`'s key holds an
+    /// x25519-dalek `StaticSecret` (wiped on drop) and wipes its own temporary copy; it clamps
+    /// the scalar, which X25519 does anyway, so it has the same public key.
+    pub(crate) fn hpke_private_key(&self) -> Result<<X25519HkdfSha256 as Kem>::PrivateKey> {
+        <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(self.secret.as_bytes())
+            .map_err(|_| CryptoError::Malformed("x25519 secret key (rejected by hpke)"))
+    }
 }
 
 impl fmt::Debug for HpkeIdentity {
@@ -215,6 +227,18 @@ mod tests {
             HpkeIdentity::from_secret(&SecretBytes::new(vec![0; 31])),
             Err(CryptoError::BadLength { .. })
         ));
+    }
+
+    #[test]
+    fn hpke_private_key_has_the_same_public_key() {
+        use hpke::Serializable as _;
+        // An unclamped secret: hpke clamps it, X25519 would have anyway.
+        let id = HpkeIdentity::from_secret(&SecretBytes::new(vec![0xff; 32])).unwrap();
+        let sk = id.hpke_private_key().unwrap();
+        assert_eq!(
+            X25519HkdfSha256::sk_to_pk(&sk).to_bytes().as_slice(),
+            &id.public_key()
+        );
     }
 
     #[test]

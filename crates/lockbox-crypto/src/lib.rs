@@ -13,6 +13,7 @@
 //! - [`trust`]: trusted controller keys and the M-of-N signature count.
 //! - [`grant`]: controller-signed permissions to move keys between lockboxes.
 //! - [`attestation`]: controller-signed statements of a node's public keys.
+//! - [`wrap`]: keys sealed end to end (HPKE) and signed for a transfer between lockboxes.
 
 pub mod attestation;
 pub mod audit;
@@ -23,6 +24,7 @@ pub mod keyring;
 pub mod seal;
 pub mod secret;
 pub mod trust;
+pub mod wrap;
 
 mod wire;
 
@@ -35,3 +37,4 @@ pub use keyring::*;
 pub use seal::*;
 pub use secret::*;
 pub use trust::*;
+pub use wrap::*;

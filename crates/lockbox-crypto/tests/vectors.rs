@@ -3,9 +3,12 @@
 //!
 //! Sealed records and keyrings use random nonces and salts, so their vectors store the bytes
 //! and check that they open. Audit entries, checkpoints, signatures, grants and attestations
-//! are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared. To rewrite every file after a deliberate
-//! format change (and SPEC.md first):
-//! `cargo test -p lockbox-crypto --test vectors -- --ignored regenerate`.
+//! are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared.
+//! Transfer batches are too: their HPKE ephemeral key comes from a fixed seed
+//! (`seal_batch_deterministic`, feature `test-vectors`). To rewrite every file after a
+//! deliberate format change (and SPEC.md first):
+//! `cargo test -p lockbox-crypto --test vectors -- --ignored regenerate`
+//! (`LOCKBOX_REGENERATE=wrap.json` to rewrite only the files named, comma-separated).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -51,6 +54,10 @@ fn tag(e: &CryptoError) -> &'static str {
         CryptoError::BadSignature => "bad_signature",
         CryptoError::BadLength { .. } => "bad_length",
         CryptoError::Kdf(_) => "kdf",
+        CryptoError::UnsupportedSuite(_) => "unsupported_suite",
+        CryptoError::BadBatch { .. } => "bad_batch",
+        CryptoError::UnwrapFailed { .. } => "unwrap_failed",
+        CryptoError::BadBatchSignature { .. } => "bad_batch_signature",
     }
 }
 
@@ -555,6 +562,201 @@ fn attestation_vectors_are_reproducible() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// transfer wrapping
+
+/// A batch context as it appears in wrap.json.
+struct Ctx {
+    grant_id: [u8; 16],
+    batch: u32,
+    source_node: String,
+    dest_node: String,
+}
+
+impl Ctx {
+    fn from_json(v: &Value) -> Self {
+        Self {
+            grant_id: bytes(&v["grant_id"]).try_into().expect("16-byte grant id"),
+            batch: u32::try_from(v["batch"].as_u64().unwrap()).unwrap(),
+            source_node: str_of(&v["source_node"]).into(),
+            dest_node: str_of(&v["dest_node"]).into(),
+        }
+    }
+
+    fn get(&self) -> BatchContext<'_> {
+        BatchContext {
+            grant_id: &self.grant_id,
+            batch: self.batch,
+            source_node: &self.source_node,
+            dest_node: &self.dest_node,
+        }
+    }
+}
+
+fn ctx_json(c: &BatchContext<'_>) -> Value {
+    json!({
+        "grant_id": hex::encode(c.grant_id),
+        "batch": c.batch,
+        "source_node": c.source_node,
+        "dest_node": c.dest_node,
+    })
+}
+
+fn sealed_json(b: &SealedBatch) -> Value {
+    json!({
+        "suite": b.suite,
+        "enc": hex::encode(&b.enc),
+        "keys": b.keys.iter().map(|k| json!({
+            "key_id": k.key_id,
+            "version": k.version,
+            "ciphertext": hex::encode(&k.ciphertext),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn sealed_from(v: &Value) -> SealedBatch {
+    SealedBatch {
+        suite: v["suite"].as_u64().unwrap(),
+        enc: bytes(&v["enc"]),
+        keys: v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| SealedKey {
+                key_id: str_of(&k["key_id"]).into(),
+                version: u32::try_from(k["version"].as_u64().unwrap()).unwrap(),
+                ciphertext: bytes(&k["ciphertext"]),
+            })
+            .collect(),
+    }
+}
+
+/// What opening a batch gives.
+type Opened = Result<Vec<(String, u32, SecretBytes)>>;
+
+/// Runs one `cases` entry of wrap.json: `verify_and_open_batch` and `open_batch` alone.
+fn run_wrap_case(v: &Value, case: &Value) -> (Opened, Opened) {
+    let secret = case
+        .get("recipient_x25519_secret")
+        .unwrap_or(&v["dest"]["x25519_secret"]);
+    let recipient = HpkeIdentity::from_secret(&SecretBytes::new(bytes(secret))).unwrap();
+    let source = array32(&v["source"]["signing_public_key"]);
+    let c = Ctx::from_json(&case["context"]);
+    let batch = sealed_from(&case["sealed"]);
+    let sig = bytes(&case["signature"]);
+    (
+        verify_and_open_batch(&recipient, &source, &c.get(), &batch, &sig),
+        open_batch(&recipient, &c.get(), &batch),
+    )
+}
+
+#[test]
+fn wrap_vectors() {
+    let v = load("wrap.json");
+    let dest =
+        HpkeIdentity::from_secret(&SecretBytes::new(bytes(&v["dest"]["x25519_secret"]))).unwrap();
+    assert_eq!(dest.public_key(), array32(&v["dest"]["hpke_public_key"]));
+    let source =
+        SigningIdentity::from_secret(&SecretBytes::new(bytes(&v["source"]["signing_seed"])))
+            .unwrap();
+    assert_eq!(
+        source.public_key(),
+        array32(&v["source"]["signing_public_key"])
+    );
+    let ikm = array32(&v["ephemeral_ikm"]);
+    assert_eq!(
+        v["suite"].as_u64().unwrap(),
+        SUITE_X25519_SHA256_CHACHA20,
+        "suite id"
+    );
+
+    for case in v["batches"].as_array().unwrap() {
+        let name = str_of(&case["name"]);
+        let c = Ctx::from_json(&case["context"]);
+        let c = c.get();
+        assert_eq!(transfer_info(&c), bytes(&case["info"]), "{name}: info");
+        let materials: Vec<(String, u32, SecretBytes)> = case["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    str_of(&k["key_id"]).to_string(),
+                    u32::try_from(k["version"].as_u64().unwrap()).unwrap(),
+                    SecretBytes::new(bytes(&k["material"])),
+                )
+            })
+            .collect();
+        let aads: Vec<Vec<u8>> = materials
+            .iter()
+            .map(|(id, version, _)| transfer_key_aad(id, *version))
+            .collect();
+        let want_aads: Vec<Vec<u8>> = case["aads"].as_array().unwrap().iter().map(bytes).collect();
+        assert_eq!(aads, want_aads, "{name}: aads");
+        let keys: Vec<KeyToWrap<'_>> = materials
+            .iter()
+            .map(|(key_id, version, material)| KeyToWrap {
+                key_id,
+                version: *version,
+                material,
+            })
+            .collect();
+        let sealed = sealed_from(&case["sealed"]);
+        assert_eq!(
+            seal_batch_deterministic(&dest.public_key(), &c, &keys, &ikm).unwrap(),
+            sealed,
+            "{name}: sealing is reproducible"
+        );
+        // The ephemeral key is RFC 9180 A.2.1's, whatever the recipient and info.
+        assert_eq!(sealed.enc, bytes(&v["rfc9180_a2_enc"]), "{name}: enc");
+        assert_eq!(
+            batch_message(&c, &sealed),
+            bytes(&case["message"]),
+            "{name}"
+        );
+        let signed_bytes = [
+            TRANSFER_BATCH_DOMAIN.as_bytes(),
+            &[0],
+            &bytes(&case["message"]),
+        ]
+        .concat();
+        assert_eq!(signed_bytes, bytes(&case["signed_bytes"]), "{name}");
+        let sig = bytes(&case["signature"]);
+        assert_eq!(sign_batch(&source, &c, &sealed).to_vec(), sig, "{name}");
+        let opened = verify_and_open_batch(&dest, &source.public_key(), &c, &sealed, &sig).unwrap();
+        assert_eq!(opened.len(), materials.len(), "{name}");
+        for ((id, version, m), (want_id, want_version, want)) in opened.iter().zip(&materials) {
+            assert_eq!((id, version), (want_id, want_version), "{name}");
+            assert_eq!(m.expose_secret(), want.expose_secret(), "{name}");
+        }
+    }
+
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.iter().filter(|c| c["expect"] != "ok").count() >= 20);
+    for case in cases {
+        let name = str_of(&case["name"]);
+        let (both, open_only) = run_wrap_case(&v, case);
+        check_verdict(case, &both, tag);
+        assert_eq!(
+            outcome(&open_only),
+            str_of(&case["open"]),
+            "vector {name}: open alone"
+        );
+        if let Ok(keys) = both {
+            assert_eq!(
+                keys.len(),
+                case["sealed"]["keys"].as_array().unwrap().len(),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn wrap_vectors_are_reproducible() {
+    assert_eq!(load("wrap.json"), gen_wrap());
+}
+
+// ---------------------------------------------------------------------------------------------
 // generation
 
 /// Rewrites every vector file. Run on purpose only (see the module doc).
@@ -568,7 +770,13 @@ fn regenerate() {
         ("audit.json", gen_audit()),
         ("grant.json", gen_grant()),
         ("attestation.json", gen_attestation()),
+        ("wrap.json", gen_wrap()),
     ] {
+        if let Ok(only) = std::env::var("LOCKBOX_REGENERATE")
+            && !only.split(',').any(|n| n.trim() == name)
+        {
+            continue;
+        }
         let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
         std::fs::write(path(name), text).unwrap();
     }
@@ -2188,5 +2396,438 @@ fn gen_attestation() -> Value {
         }],
         "cases": cases,
         "attest_requests": requests,
+    })
+}
+
+/// Transfer batches (SPEC.md "Transfer wrapping"). Fully deterministic: the ephemeral key comes
+/// from RFC 9180 A.2.1's `ikmE`, Ed25519 signing is deterministic.
+fn gen_wrap() -> Value {
+    // node-b's X25519 secret is RFC 7748 section 6.1 Bob's, as in attestation.json; a wrong
+    // recipient is Alice. node-a signs with seed 32 x 0xa1.
+    let dest_secret =
+        hex::decode("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb").unwrap();
+    let alice_secret =
+        hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
+    let dest = HpkeIdentity::from_secret(&SecretBytes::new(dest_secret.clone())).unwrap();
+    let dest_pk = dest.public_key();
+    let source = SigningIdentity::from_secret(&SecretBytes::new(vec![0xa1; 32])).unwrap();
+    let other_signer = SigningIdentity::from_secret(&SecretBytes::new(vec![0xa2; 32])).unwrap();
+    let ikm: [u8; 32] =
+        hex::decode("909a9b35d3dc4713a5e72a4da274b55d3d3821a37e5d099e74a647db583a904b")
+            .unwrap()
+            .try_into()
+            .unwrap();
+    let grant_id: [u8; 16] = std::array::from_fn(|i| i as u8);
+
+    let mk_ctx = |batch: u32| BatchContext {
+        grant_id: &grant_id,
+        batch,
+        source_node: "node-a",
+        dest_node: "node-b",
+    };
+    let batch_specs = [
+        ("ok_one_key_32", mk_ctx(0), vec![(KEY_1, 1, vec![0x11; 32])]),
+        (
+            "ok_two_versions_64",
+            mk_ctx(1),
+            vec![(KEY_2, 1, vec![0x21; 64]), (KEY_2, 2, vec![0x22; 64])],
+        ),
+        (
+            "ok_three_keys_1_32_64",
+            mk_ctx(7),
+            vec![
+                (KEY_1, 3, vec![0x31]),
+                (KEY_2, 1, (0u8..32).collect()),
+                (
+                    "4c3e1f0a-6b2d-4e8f-9a1c-5d7e3f2b1a0c",
+                    1,
+                    (0u8..64).collect(),
+                ),
+            ],
+        ),
+    ];
+    let mut batches = Vec::new();
+    let mut base = None;
+    for (name, c, keys) in &batch_specs {
+        let materials: Vec<SecretBytes> =
+            keys.iter().map(|k| SecretBytes::new(k.2.clone())).collect();
+        let wrap: Vec<KeyToWrap<'_>> = keys
+            .iter()
+            .zip(&materials)
+            .map(|(k, material)| KeyToWrap {
+                key_id: k.0,
+                version: k.1,
+                material,
+            })
+            .collect();
+        let sealed = seal_batch_deterministic(&dest_pk, c, &wrap, &ikm).unwrap();
+        let message = batch_message(c, &sealed);
+        let sig = sign_batch(&source, c, &sealed);
+        batches.push(json!({
+            "name": name,
+            "context": ctx_json(c),
+            "keys": keys.iter().map(|k| json!({
+                "key_id": k.0, "version": k.1, "material": hex::encode(&k.2),
+            })).collect::<Vec<_>>(),
+            "info": hex::encode(transfer_info(c)),
+            "aads": keys.iter().map(|k| hex::encode(transfer_key_aad(k.0, k.1))).collect::<Vec<_>>(),
+            "sealed": sealed_json(&sealed),
+            "message": hex::encode(&message),
+            "signed_bytes": hex::encode([TRANSFER_BATCH_DOMAIN.as_bytes(), &[0], &message].concat()),
+            "signature": hex::encode(sig),
+        }));
+        base = Some((*c, sealed, sig));
+    }
+
+    // Cases: the last batch (3 keys, batch 7), changed one way each.
+    let (c, sealed, sig) = base.unwrap();
+    let sign = |c: &BatchContext<'_>, b: &SealedBatch| sign_batch(&source, c, b).to_vec();
+    let edit = |f: &dyn Fn(&mut SealedBatch)| {
+        let mut b = sealed.clone();
+        f(&mut b);
+        b
+    };
+    let other_grant = [0xff; 16];
+    let alice = json!(hex::encode(&alice_secret));
+    let sig = sig.to_vec();
+    let mut flipped_sig = sig.clone();
+    flipped_sig[10] ^= 0x01;
+    let tampered_ct = edit(&|b| b.keys[1].ciphertext[3] ^= 0x01);
+    let low_order_enc = edit(&|b| b.enc = vec![0; 32]);
+    let no_keys = edit(&|b| b.keys.clear());
+    let other_domain_sig = source
+        .sign(GRANT_DOMAIN, &batch_message(&c, &sealed))
+        .to_vec();
+
+    // (name, context, sealed, signature, recipient if not the destination, expect, open alone)
+    #[allow(clippy::type_complexity)]
+    type Case<'a> = (
+        &'a str,
+        BatchContext<'a>,
+        SealedBatch,
+        Vec<u8>,
+        Option<&'a Value>,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        ("ok_batch", c, sealed.clone(), sig.clone(), None, "ok", "ok"),
+        (
+            "fail_wrong_recipient",
+            c,
+            sealed.clone(),
+            sig.clone(),
+            Some(&alice),
+            "unwrap_failed",
+            "unwrap_failed",
+        ),
+        (
+            "fail_tampered_enc",
+            c,
+            edit(&|b| b.enc[0] ^= 0x01),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_low_order_enc_signed",
+            c,
+            low_order_enc.clone(),
+            sign(&c, &low_order_enc),
+            None,
+            "bad_batch",
+            "bad_batch",
+        ),
+        (
+            "fail_tampered_ciphertext",
+            c,
+            tampered_ct.clone(),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_tampered_ciphertext_signed",
+            c,
+            tampered_ct.clone(),
+            sign(&c, &tampered_ct),
+            None,
+            "unwrap_failed",
+            "unwrap_failed",
+        ),
+        (
+            "fail_truncated_tag",
+            c,
+            edit(&|b| {
+                b.keys[2].ciphertext.pop();
+            }),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_swapped_key_ids",
+            c,
+            edit(&|b| {
+                let id = b.keys[1].key_id.clone();
+                b.keys[1].key_id = b.keys[2].key_id.clone();
+                b.keys[2].key_id = id;
+            }),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_changed_version",
+            c,
+            edit(&|b| b.keys[0].version = 4),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_reordered_keys",
+            c,
+            edit(&|b| b.keys.swap(0, 1)),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_dropped_first_key",
+            c,
+            edit(&|b| {
+                b.keys.remove(0);
+            }),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_dropped_last_key",
+            c,
+            edit(&|b| {
+                b.keys.pop();
+            }),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "ok",
+        ),
+        (
+            "fail_changed_batch_number",
+            BatchContext { batch: 8, ..c },
+            sealed.clone(),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_changed_grant_id",
+            BatchContext {
+                grant_id: &other_grant,
+                ..c
+            },
+            sealed.clone(),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_changed_source_node",
+            BatchContext {
+                source_node: "node-c",
+                ..c
+            },
+            sealed.clone(),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_changed_dest_node",
+            BatchContext {
+                dest_node: "node-c",
+                ..c
+            },
+            sealed.clone(),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_node_boundary_moved",
+            BatchContext {
+                source_node: "node-an",
+                dest_node: "ode-b",
+                ..c
+            },
+            sealed.clone(),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "unwrap_failed",
+        ),
+        (
+            "fail_unsupported_suite",
+            c,
+            edit(&|b| b.suite = 0x647a_0001_0003),
+            sig.clone(),
+            None,
+            "unsupported_suite",
+            "unsupported_suite",
+        ),
+        (
+            "fail_enc_31_bytes",
+            c,
+            edit(&|b| {
+                b.enc.pop();
+            }),
+            sig.clone(),
+            None,
+            "bad_length",
+            "bad_length",
+        ),
+        (
+            "fail_ciphertext_too_short",
+            c,
+            edit(&|b| b.keys[0].ciphertext.truncate(16)),
+            sig.clone(),
+            None,
+            "bad_batch",
+            "bad_batch",
+        ),
+        (
+            "fail_ciphertext_too_long",
+            c,
+            edit(&|b| b.keys[2].ciphertext.resize(81, 0)),
+            sig.clone(),
+            None,
+            "bad_batch",
+            "bad_batch",
+        ),
+        (
+            "fail_duplicate_key",
+            c,
+            edit(&|b| b.keys[2] = b.keys[0].clone()),
+            sig.clone(),
+            None,
+            "bad_batch",
+            "bad_batch",
+        ),
+        (
+            "fail_no_keys_signed",
+            c,
+            no_keys.clone(),
+            sign(&c, &no_keys),
+            None,
+            "bad_batch",
+            "bad_batch",
+        ),
+        (
+            "fail_empty_source_node",
+            BatchContext {
+                source_node: "",
+                ..c
+            },
+            sealed.clone(),
+            sig.clone(),
+            None,
+            "bad_batch",
+            "bad_batch",
+        ),
+        (
+            "fail_signed_by_other_key",
+            c,
+            sealed.clone(),
+            sign_batch(&other_signer, &c, &sealed).to_vec(),
+            None,
+            "bad_batch_signature",
+            "ok",
+        ),
+        (
+            "fail_signed_under_grant_domain",
+            c,
+            sealed.clone(),
+            other_domain_sig,
+            None,
+            "bad_batch_signature",
+            "ok",
+        ),
+        (
+            "fail_flipped_signature",
+            c,
+            sealed.clone(),
+            flipped_sig,
+            None,
+            "bad_batch_signature",
+            "ok",
+        ),
+        (
+            "fail_short_signature",
+            c,
+            sealed.clone(),
+            sig[..63].to_vec(),
+            None,
+            "bad_length",
+            "ok",
+        ),
+    ];
+    let cases: Vec<Value> = cases
+        .into_iter()
+        .map(|(name, c, b, s, recipient, expect, open)| {
+            let mut case = json!({
+                "name": name,
+                "context": ctx_json(&c),
+                "sealed": sealed_json(&b),
+                "signature": hex::encode(&s),
+                "expect": expect,
+                "open": open,
+            });
+            if let Some(r) = recipient {
+                case["recipient_x25519_secret"] = r.clone();
+            }
+            let v = json!({
+                "dest": { "x25519_secret": hex::encode(&dest_secret) },
+                "source": { "signing_public_key": hex::encode(source.public_key()) },
+            });
+            let (both, open_only) = run_wrap_case(&v, &case);
+            assert_eq!(outcome(&open_only), open, "generating {name}: open alone");
+            assert_eq!(outcome(&both), expect, "generating {name}");
+            if let Err(e) = both {
+                case["error"] = json!(e.to_string());
+            }
+            case
+        })
+        .collect();
+
+    json!({
+        "description": "Transfer wrapping (SPEC.md 'Transfer wrapping'). HPKE Base mode, suite DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305 (wire id (kem << 32) | (kdf << 16) | aead). batches: seal_batch_deterministic(dest hpke_public_key, context, keys, ephemeral_ikm) = sealed; transfer_info(context) = info; transfer_key_aad per key = aads; batch_message(context, sealed) = message; signed bytes = \"lockbox/v1/transfer-batch\" || 0x00 || message; sign_batch by the source = signature. ephemeral_ikm is RFC 9180 A.2.1 ikmE, so every enc equals that appendix's enc. cases: the last batch changed one way each; expect is the outcome of verify_and_open_batch(dest or recipient_x25519_secret, source signing key, context, sealed, signature) (error: its message), open that of open_batch alone. The destination node-b's X25519 secret is RFC 7748 6.1 Bob (as in attestation.json), the wrong recipient Alice; node-a signs with seed 32 x 0xa1.",
+        "suite": SUITE_X25519_SHA256_CHACHA20,
+        "source": {
+            "node": "node-a",
+            "signing_seed": hex::encode([0xa1; 32]),
+            "signing_public_key": hex::encode(source.public_key()),
+        },
+        "dest": {
+            "node": "node-b",
+            "x25519_secret": hex::encode(&dest_secret),
+            "hpke_public_key": hex::encode(dest_pk),
+        },
+        "ephemeral_ikm": hex::encode(ikm),
+        "rfc9180_a2_enc": "1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a",
+        "batches": batches,
+        "cases": cases,
     })
 }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 fn generated_code_matches_proto() {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let proto_root = crate_dir.join("../../proto");
-    let files = ["lockbox/v1/lockbox.proto", "lockbox/v1/controller.proto"];
+    let files = [
+        "lockbox/v1/lockbox.proto",
+        "lockbox/v1/controller.proto",
+        "lockbox/v1/peer.proto",
+    ];
     let fds = protox::compile(files, [&proto_root]).expect("proto files compile");
     let out = tempfile::tempdir().expect("temp dir");
     tonic_prost_build::configure()

@@ -61,6 +61,9 @@ pub enum Ns {
     Audit,
     /// Node-level records: sealed identity keys, the sealed audit head, counters.
     Node,
+    /// Grant id → what this node did with the grant (consumed as destination, completed as
+    /// source) and its receipt: what makes a retried transfer idempotent.
+    Grants,
 }
 
 impl Ns {
@@ -71,6 +74,7 @@ impl Ns {
             Ns::MaterialRefs => b'r',
             Ns::Audit => b'a',
             Ns::Node => b'n',
+            Ns::Grants => b'g',
         }
     }
 

@@ -34,12 +34,20 @@ pub struct Expect {
     pub role: Role,
     /// The name it must have, if a particular peer is meant.
     pub name: Option<String>,
+    /// The SHA-256 of the SubjectPublicKeyInfo its leaf must carry, when the caller knows it
+    /// from a controller-signed attestation (DESIGN.md invariant 4: the TLS peer must be the
+    /// attested one, not merely a holder of a certificate with the right name).
+    pub spki_sha256: Option<[u8; 32]>,
 }
 
 impl Expect {
     /// Any server with this role in our trust domain.
     pub fn role(role: Role) -> Self {
-        Expect { role, name: None }
+        Expect {
+            role,
+            name: None,
+            spki_sha256: None,
+        }
     }
 
     /// Exactly this server.
@@ -47,6 +55,16 @@ impl Expect {
         Expect {
             role,
             name: Some(name.into()),
+            spki_sha256: None,
+        }
+    }
+
+    /// Exactly this server, holding exactly this TLS key.
+    pub fn attested(role: Role, name: impl Into<String>, spki_sha256: [u8; 32]) -> Self {
+        Expect {
+            role,
+            name: Some(name.into()),
+            spki_sha256: Some(spki_sha256),
         }
     }
 
@@ -258,6 +276,16 @@ impl ClientTls {
                 expected: expected(),
                 got: id.uri(),
             });
+        }
+        if let Some(want) = expect.spki_sha256 {
+            let got = crate::spki_sha256(leaf.as_ref())?;
+            if got != want {
+                return Err(TlsError::WrongPeer {
+                    addr: addr.clone(),
+                    expected: format!("{} with the attested TLS key", expected()),
+                    got: format!("{} with another TLS key", id.uri()),
+                });
+            }
         }
         Ok(tls)
     }

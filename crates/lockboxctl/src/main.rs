@@ -63,6 +63,12 @@ enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run a grant with the local lockbox as its source: the keys are sealed to the
+    /// destination and delivered peer to peer; prints the destination's receipt.
+    Transfer {
+        /// The grant file (from `grant issue`).
+        file: PathBuf,
+    },
     /// Development PKI: a CA and SPIFFE certificates (operators may bring their own CA).
     #[command(subcommand)]
     Pki(remote::PkiCommand),
@@ -141,6 +147,11 @@ enum KeyCommand {
         #[arg(long)]
         commit: bool,
     },
+    /// Make a replica (a standing backup from a REPLICATE grant) an active key.
+    Promote {
+        /// The key id.
+        id: String,
+    },
     /// Destroy a key id; its material is shredded when no key id refers to it.
     Destroy {
         /// The key id.
@@ -217,7 +228,12 @@ fn info_json(k: &pb::KeyInfo) -> Value {
         "length": k.length,
         "labels": k.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "created_unix_ms": k.created_unix_ms,
-        "origin": {"kind": origin.kind, "from_key_id": origin.from_key_id},
+        "origin": {
+            "kind": origin.kind, "from_key_id": origin.from_key_id,
+            "from_node": origin.from_node, "grant_id": origin.grant_id,
+        },
+        "moved_to_node": k.moved_to_node,
+        "moved_by_grant": k.moved_by_grant,
         "clone_policy": policy_name(k.clone_policy),
         "current_version": k.current_version,
         "versions": k.versions.iter().map(|v| json!({
@@ -254,10 +270,21 @@ fn print_info(k: &pb::KeyInfo) {
     labels.sort();
     let labels: Vec<String> = labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
     println!("labels:        {}", labels.join(" "));
-    if origin.from_key_id.is_empty() {
+    if !origin.from_node.is_empty() {
+        println!(
+            "origin:        {} from {} (grant {})",
+            origin.kind, origin.from_node, origin.grant_id
+        );
+    } else if origin.from_key_id.is_empty() {
         println!("origin:        {}", origin.kind);
     } else {
         println!("origin:        {} of {}", origin.kind, origin.from_key_id);
+    }
+    if !k.moved_to_node.is_empty() {
+        println!(
+            "moved to:      {} (grant {})",
+            k.moved_to_node, k.moved_by_grant
+        );
     }
     println!("clone policy:  {}", policy_name(k.clone_policy));
     println!("version:       {}", k.current_version);
@@ -511,6 +538,14 @@ async fn run(cli: Cli) -> Result<()> {
                     .into_inner();
                 emit(j, info_json(&r), || print_info(&r));
             }
+            KeyCommand::Promote { id } => {
+                let r = c
+                    .promote_key(pb::PromoteKeyRequest { key_id: id })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                emit(j, info_json(&r), || print_info(&r));
+            }
             KeyCommand::Destroy { id, cascade } => {
                 let r = c
                     .destroy_key(pb::DestroyKeyRequest {
@@ -619,6 +654,10 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Pki(_) | Command::Grant(_) => unreachable!("handled above"),
+        Command::Transfer { file } => {
+            let grant = remote::read_grant(&file)?;
+            transfer(&mut c, &socket, grant, j).await?;
+        }
         Command::Audit(AuditCommand::Verify) => {
             let r = c
                 .audit_verify(pb::AuditVerifyRequest {})
@@ -642,6 +681,79 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn transfer(
+    c: &mut LockboxClient<Channel>,
+    socket: &std::path::Path,
+    grant: pb::SignedGrant,
+    j: bool,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    let mut stream = c
+        .transfer(pb::TransferRequest { grant: Some(grant) })
+        .await
+        .map_err(|s| rpc_error(socket, s))?
+        .into_inner();
+    let bar = !j && std::io::stderr().is_terminal();
+    let mut receipt = None;
+    while let Some(p) = stream.message().await.map_err(|s| {
+        if bar {
+            eprintln!();
+        }
+        rpc_error(socket, s)
+    })? {
+        if let Some(r) = p.receipt {
+            receipt = Some(r);
+            break;
+        }
+        if bar && p.total > 0 {
+            let width = 40usize;
+            let done = (p.sent as usize * width) / p.total as usize;
+            eprint!(
+                "\r[{}{}] {}/{} keys",
+                "#".repeat(done),
+                " ".repeat(width - done.min(width)),
+                p.sent,
+                p.total
+            );
+        }
+    }
+    if bar {
+        eprintln!();
+    }
+    let r = receipt.ok_or_else(|| anyhow!("the lockbox ended the transfer without a receipt"))?;
+    let op = match pb::GrantOp::try_from(r.op) {
+        Ok(pb::GrantOp::Copy) => "copy",
+        Ok(pb::GrantOp::Move) => "move",
+        Ok(pb::GrantOp::Replicate) => "replicate",
+        _ => "unknown",
+    };
+    emit(
+        j,
+        json!({
+            "grant_id": r.grant_id, "op": op, "source_node": r.source_node,
+            "dest_node": r.dest_node, "key_ids": r.key_ids,
+            "stored_unix_ms": r.stored_unix_ms, "fresh": r.fresh,
+        }),
+        || {
+            println!(
+                "grant {} ({op}): {} keys stored at {}{}",
+                r.grant_id,
+                r.key_ids.len(),
+                r.dest_node,
+                if r.fresh {
+                    ""
+                } else {
+                    " (already completed earlier; same receipt)"
+                }
+            );
+            for k in &r.key_ids {
+                println!("  {k}");
+            }
+        },
+    );
     Ok(())
 }
 

@@ -136,13 +136,7 @@ impl ControllerArgs {
         };
         let tls = ClientTls::load(&files).context("loading our TLS identity")?;
         let channel = tls
-            .connect(
-                &url,
-                Expect {
-                    role: Role::Controller,
-                    name: None,
-                },
-            )
+            .connect(&url, Expect::role(Role::Controller))
             .await
             .with_context(|| format!("cannot connect to the controller at {url}"))?;
         Ok(ControllerClient::new(channel)

@@ -595,6 +595,469 @@ pub mod controller_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IdentityRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DeliverRequest {
+    #[prost(oneof = "deliver_request::Msg", tags = "1, 2, 3")]
+    pub msg: ::core::option::Option<deliver_request::Msg>,
+}
+/// Nested message and enum types in `DeliverRequest`.
+pub mod deliver_request {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Msg {
+        #[prost(message, tag = "1")]
+        Header(super::DeliverHeader),
+        #[prost(message, tag = "2")]
+        Batch(super::SealedBatch),
+        #[prost(message, tag = "3")]
+        End(super::DeliverEnd),
+    }
+}
+/// First message of a delivery.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DeliverHeader {
+    #[prost(message, optional, tag = "1")]
+    pub grant: ::core::option::Option<SignedGrant>,
+    #[prost(message, optional, tag = "2")]
+    pub source_attestation: ::core::option::Option<SignedAttestation>,
+    /// How many key versions will follow in all batches.
+    #[prost(uint64, tag = "3")]
+    pub total_keys: u64,
+}
+/// One key version, sealed in its batch's HPKE context.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WrappedKey {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub ciphertext: ::prost::alloc::vec::Vec<u8>,
+    /// Metadata travels beside the sealed material (never secret).
+    #[prost(map = "string, string", tag = "4")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(string, tag = "5")]
+    pub clone_policy: ::prost::alloc::string::String,
+    /// active | rekeying | retired: the version's state at the source.
+    #[prost(string, tag = "6")]
+    pub version_state: ::prost::alloc::string::String,
+    #[prost(bool, tag = "7")]
+    pub current: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SealedBatch {
+    #[prost(uint32, tag = "1")]
+    pub batch: u32,
+    #[prost(uint64, tag = "2")]
+    pub suite: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub enc: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "4")]
+    pub keys: ::prost::alloc::vec::Vec<WrappedKey>,
+    /// The source's Ed25519 signature over the batch (SPEC.md: transfer wrapping).
+    #[prost(bytes = "vec", tag = "5")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeliverEnd {}
+/// The destination's proof that it stored the keys: signed with its attested Ed25519 key.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Receipt {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReceiptBody {
+    #[prost(bytes = "vec", tag = "1")]
+    pub grant_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(enumeration = "GrantOp", tag = "2")]
+    pub op: i32,
+    #[prost(string, tag = "3")]
+    pub source_node: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub dest_node: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "5")]
+    pub key_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "6")]
+    pub stored_unix_ms: u64,
+}
+/// Generated client implementations.
+pub mod peer_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Peer moves keys between lockboxes under a grant.
+    #[derive(Debug, Clone)]
+    pub struct PeerClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl PeerClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> PeerClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> PeerClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            PeerClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// This node's current controller-signed attestation (its HPKE and Ed25519 public keys).
+        pub async fn identity(
+            &mut self,
+            request: impl tonic::IntoRequest<super::IdentityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SignedAttestation>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lockbox.v1.Peer/Identity");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("lockbox.v1.Peer", "Identity"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The source streams a grant's keys, HPKE-sealed to this node, in signed batches; this node
+        /// verifies everything, stores the keys durably, consumes the grant and answers a receipt.
+        pub async fn deliver(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::DeliverRequest>,
+        ) -> std::result::Result<tonic::Response<super::Receipt>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lockbox.v1.Peer/Deliver");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new("lockbox.v1.Peer", "Deliver"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod peer_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with PeerServer.
+    #[async_trait]
+    pub trait Peer: std::marker::Send + std::marker::Sync + 'static {
+        /// This node's current controller-signed attestation (its HPKE and Ed25519 public keys).
+        async fn identity(
+            &self,
+            request: tonic::Request<super::IdentityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SignedAttestation>,
+            tonic::Status,
+        >;
+        /// The source streams a grant's keys, HPKE-sealed to this node, in signed batches; this node
+        /// verifies everything, stores the keys durably, consumes the grant and answers a receipt.
+        async fn deliver(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::DeliverRequest>>,
+        ) -> std::result::Result<tonic::Response<super::Receipt>, tonic::Status>;
+    }
+    /// Peer moves keys between lockboxes under a grant.
+    #[derive(Debug)]
+    pub struct PeerServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> PeerServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for PeerServer<T>
+    where
+        T: Peer,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/lockbox.v1.Peer/Identity" => {
+                    #[allow(non_camel_case_types)]
+                    struct IdentitySvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::IdentityRequest>
+                    for IdentitySvc<T> {
+                        type Response = super::SignedAttestation;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::IdentityRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::identity(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = IdentitySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Peer/Deliver" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeliverSvc<T: Peer>(pub Arc<T>);
+                    impl<
+                        T: Peer,
+                    > tonic::server::ClientStreamingService<super::DeliverRequest>
+                    for DeliverSvc<T> {
+                        type Response = super::Receipt;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::DeliverRequest>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::deliver(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeliverSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for PeerServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "lockbox.v1.Peer";
+    impl<T> tonic::server::NamedService for PeerServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CreateKeyRequest {
     /// 32 or 64; 0 means 32.
@@ -653,18 +1116,23 @@ pub struct KeyVersion {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Origin {
-    /// created | snapshot | clone-same-key | clone-new-key
+    /// created | snapshot | clone-same-key | clone-new-key | received
     #[prost(string, tag = "1")]
     pub kind: ::prost::alloc::string::String,
     /// The key id this one came from (empty when created here).
     #[prost(string, tag = "2")]
     pub from_key_id: ::prost::alloc::string::String,
+    /// For received keys: the source node and the grant (hex id).
+    #[prost(string, tag = "3")]
+    pub from_node: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub grant_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct KeyInfo {
     #[prost(string, tag = "1")]
     pub key_id: ::prost::alloc::string::String,
-    /// active | rekeying | retired | destroyed
+    /// active | rekeying | replica | moved | destroyed
     #[prost(string, tag = "2")]
     pub state: ::prost::alloc::string::String,
     #[prost(uint32, tag = "3")]
@@ -687,6 +1155,11 @@ pub struct KeyInfo {
     /// Key ids sharing this key's current material (snapshots, same-key clones), itself excluded.
     #[prost(string, repeated, tag = "10")]
     pub shares_material_with: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// For a `moved` tombstone: where the key went and under which grant (hex id).
+    #[prost(string, tag = "11")]
+    pub moved_to_node: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub moved_by_grant: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListKeysRequest {
@@ -888,6 +1361,45 @@ pub struct VerifyGrantResponse {
     /// Key ids of the controllers whose signatures verified.
     #[prost(string, repeated, tag = "9")]
     pub valid_signers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransferRequest {
+    #[prost(message, optional, tag = "1")]
+    pub grant: ::core::option::Option<SignedGrant>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TransferProgress {
+    /// Key versions sent so far, of total.
+    #[prost(uint64, tag = "1")]
+    pub sent: u64,
+    #[prost(uint64, tag = "2")]
+    pub total: u64,
+    /// Set on the last message.
+    #[prost(message, optional, tag = "3")]
+    pub receipt: ::core::option::Option<TransferReceipt>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TransferReceipt {
+    #[prost(string, tag = "1")]
+    pub grant_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "GrantOp", tag = "2")]
+    pub op: i32,
+    #[prost(string, tag = "3")]
+    pub source_node: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub dest_node: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "5")]
+    pub key_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "6")]
+    pub stored_unix_ms: u64,
+    /// False when this was a retry that found the grant already completed.
+    #[prost(bool, tag = "7")]
+    pub fresh: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PromoteKeyRequest {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
 }
 /// What the local consumer may do with a key's clones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -1396,6 +1908,54 @@ pub mod lockbox_client {
                 .insert(GrpcMethod::new("lockbox.v1.Lockbox", "VerifyGrant"));
             self.inner.unary(req, path, codec).await
         }
+        /// Runs a grant with this lockbox as its source: seals the keys to the destination and
+        /// delivers them; streams progress, then the receipt. Idempotent per grant.
+        pub async fn transfer(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TransferRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::TransferProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Lockbox/Transfer",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Lockbox", "Transfer"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Makes a replica (from a REPLICATE grant) an active key.
+        pub async fn promote_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PromoteKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Lockbox/PromoteKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Lockbox", "PromoteKey"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1514,6 +2074,23 @@ pub mod lockbox_server {
             tonic::Response<super::VerifyGrantResponse>,
             tonic::Status,
         >;
+        /// Server streaming response type for the Transfer method.
+        type TransferStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::TransferProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Runs a grant with this lockbox as its source: seals the keys to the destination and
+        /// delivers them; streams progress, then the receipt. Idempotent per grant.
+        async fn transfer(
+            &self,
+            request: tonic::Request<super::TransferRequest>,
+        ) -> std::result::Result<tonic::Response<Self::TransferStream>, tonic::Status>;
+        /// Makes a replica (from a REPLICATE grant) an active key.
+        async fn promote_key(
+            &self,
+            request: tonic::Request<super::PromoteKeyRequest>,
+        ) -> std::result::Result<tonic::Response<super::KeyInfo>, tonic::Status>;
     }
     /// Lockbox is the local custody API of one lockboxd.
     #[derive(Debug)]
@@ -2232,6 +2809,97 @@ pub mod lockbox_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = VerifyGrantSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Lockbox/Transfer" => {
+                    #[allow(non_camel_case_types)]
+                    struct TransferSvc<T: Lockbox>(pub Arc<T>);
+                    impl<
+                        T: Lockbox,
+                    > tonic::server::ServerStreamingService<super::TransferRequest>
+                    for TransferSvc<T> {
+                        type Response = super::TransferProgress;
+                        type ResponseStream = T::TransferStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TransferRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Lockbox>::transfer(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TransferSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Lockbox/PromoteKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct PromoteKeySvc<T: Lockbox>(pub Arc<T>);
+                    impl<
+                        T: Lockbox,
+                    > tonic::server::UnaryService<super::PromoteKeyRequest>
+                    for PromoteKeySvc<T> {
+                        type Response = super::KeyInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PromoteKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Lockbox>::promote_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PromoteKeySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,0 +1,519 @@
+//! The custody side of peer-to-peer transfers (DESIGN.md §7): reading keys to send, opening
+//! received batches, storing received keys atomically with the grant's consumption, and
+//! completing a grant at the source (the MOVE tombstone). The network side is `transfer.rs`
+//! and `peer.rs` in the crate root.
+
+use std::collections::BTreeMap;
+
+use lockbox_crypto::{BatchContext, GrantSide, SealedBatch, VerifiedGrant};
+use lockbox_proto::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Domain of the destination's receipt signature.
+pub const RECEIPT_DOMAIN: &str = "lockbox/v1/receipt";
+
+/// One version of a key on its way out.
+pub struct OutgoingVersion {
+    /// Version number.
+    pub version: u32,
+    /// Its state at the source.
+    pub state: VersionState,
+    /// The plaintext, zeroized on drop; only ever HPKE-sealed before it leaves.
+    pub material: SecretBytes,
+}
+
+/// A key on its way out.
+pub struct Outgoing {
+    /// Key id.
+    pub key_id: String,
+    /// Labels (metadata travels beside the sealed material).
+    pub labels: BTreeMap<String, String>,
+    /// Per-key clone policy.
+    pub clone_policy: Option<String>,
+    /// The version `get` returns.
+    pub current_version: u32,
+    /// Every readable version.
+    pub versions: Vec<OutgoingVersion>,
+}
+
+/// A key version that arrived, unwrapped.
+pub struct Incoming {
+    /// Key id.
+    pub key_id: String,
+    /// Version number.
+    pub version: u32,
+    /// State at the source.
+    pub state: VersionState,
+    /// True for the version `get` returns.
+    pub current: bool,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Per-key clone policy.
+    pub clone_policy: Option<String>,
+    /// The plaintext, zeroized on drop.
+    pub material: SecretBytes,
+}
+
+/// Which end of a grant this node was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantRole {
+    /// We sent the keys.
+    Source,
+    /// We received them.
+    Destination,
+}
+
+/// A receipt as stored and returned again on retries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// `ReceiptBody` protobuf bytes.
+    pub body: Vec<u8>,
+    /// The destination's Ed25519 signature over them.
+    pub signature: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GrantRecord {
+    role: GrantRole,
+    expires_unix_ms: u64,
+    receipt: StoredReceipt,
+}
+
+fn grant_key(grant_id: &[u8; 16], role: GrantRole) -> Vec<u8> {
+    let mut k = grant_id.to_vec();
+    k.push(match role {
+        GrantRole::Source => b's',
+        GrantRole::Destination => b'd',
+    });
+    k
+}
+
+fn parse_state(s: &str) -> VersionState {
+    match s {
+        "rekeying" => VersionState::Rekeying,
+        "retired" => VersionState::Retired,
+        _ => VersionState::Active,
+    }
+}
+
+impl Incoming {
+    /// Builds an incoming key from its wire metadata.
+    pub fn new(
+        key_id: String,
+        version: u32,
+        state: &str,
+        current: bool,
+        labels: BTreeMap<String, String>,
+        clone_policy: String,
+        material: SecretBytes,
+    ) -> Incoming {
+        Incoming {
+            key_id,
+            version,
+            state: parse_state(state),
+            current,
+            labels,
+            clone_policy: (!clone_policy.is_empty()).then_some(clone_policy),
+            material,
+        }
+    }
+}
+
+impl Custody {
+    /// What this node recorded for a grant in `role`, if anything: a completed grant answers
+    /// a retry with the same receipt instead of running again.
+    pub fn grant_record(
+        &self,
+        grant_id: &[u8; 16],
+        role: GrantRole,
+    ) -> Result<Option<StoredReceipt>> {
+        let Some(bytes) = self.store.get(Ns::Grants, &grant_key(grant_id, role))? else {
+            return Ok(None);
+        };
+        let rec: GrantRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?;
+        Ok(Some(rec.receipt))
+    }
+
+    /// Verifies a grant (signatures, threshold, window, nodes) for one side of a transfer.
+    /// Key existence is the caller's business: it differs between a first run and a retry.
+    pub fn verify_grant(
+        &self,
+        signed: &pb::SignedGrant,
+        side: GrantSide,
+        peer_node: Option<&str>,
+    ) -> Result<VerifiedGrant> {
+        let ctx = lockbox_crypto::GrantContext {
+            now_unix_ms: now_ms(),
+            skew_ms: self.policy.clock_skew.as_millis() as u64,
+            threshold: self.policy.grant_threshold,
+            self_node: &self.node_id,
+            peer_node,
+            side,
+            key_ids: None,
+        };
+        if self.policy.controllers.is_empty() {
+            return Err(CustodyError::Grant(
+                lockbox_crypto::GrantError::ThresholdNotMet {
+                    valid: 0,
+                    required: self.policy.grant_threshold,
+                },
+            ));
+        }
+        lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
+            .map_err(CustodyError::Grant)
+    }
+
+    /// Reads the keys a grant covers, with every readable version's material, refusing
+    /// anything not usable here (unknown, destroyed, moved, replica).
+    pub fn read_for_transfer(&self, key_ids: &[String]) -> Result<Vec<Outgoing>> {
+        let u = self.unlocked()?;
+        let mut out = Vec::with_capacity(key_ids.len());
+        for key_id in key_ids {
+            let id = parse_key_id(key_id)?;
+            let meta = self.usable_meta(&u, &id)?;
+            let mut versions = Vec::new();
+            for v in meta
+                .versions
+                .iter()
+                .filter(|v| v.state != VersionState::Destroyed)
+            {
+                versions.push(OutgoingVersion {
+                    version: v.version,
+                    state: v.state,
+                    material: self.open_material(&u, &id, &v.material_id)?,
+                });
+            }
+            out.push(Outgoing {
+                key_id: id,
+                labels: meta.labels,
+                clone_policy: meta.clone_policy,
+                current_version: meta.current_version,
+                versions,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Signs a sealed batch with this node's attested identity key.
+    pub fn sign_transfer_batch(
+        &self,
+        ctx: &BatchContext<'_>,
+        batch: &SealedBatch,
+    ) -> Result<[u8; 64]> {
+        let u = self.unlocked()?;
+        Ok(lockbox_crypto::sign_batch(&u.signing, ctx, batch))
+    }
+
+    /// Opens a batch sealed to this node's HPKE key.
+    pub fn open_transfer_batch(
+        &self,
+        ctx: &BatchContext<'_>,
+        batch: &SealedBatch,
+    ) -> Result<Vec<(String, u32, SecretBytes)>> {
+        let u = self.unlocked()?;
+        Ok(lockbox_crypto::open_batch(&u.hpke, ctx, batch)?)
+    }
+
+    /// True when any record (even a tombstone) exists for this key id.
+    pub fn key_exists(&self, key_id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .contains(Ns::Keys, parse_key_id(key_id)?.as_bytes())?)
+    }
+
+    /// Stores received keys, consumes the grant and signs the receipt, in one atomic durable
+    /// batch (so a crash leaves either nothing or everything, and a retry of the same grant
+    /// returns the same receipt).
+    pub async fn receive(
+        &self,
+        caller: &Caller,
+        grant: &VerifiedGrant,
+        incoming: Vec<Incoming>,
+    ) -> Result<StoredReceipt> {
+        let mut ws = self.write.lock().await;
+        let u = self.unlocked()?;
+        if let Some(r) = self.grant_record(&grant.grant_id, GrantRole::Destination)? {
+            return Ok(r);
+        }
+        let grant_hex = hex::encode(grant.grant_id);
+        let replica = grant.body.op == pb::GrantOp::Replicate as i32;
+        let now = now_ms();
+        let mut by_key: BTreeMap<String, Vec<Incoming>> = BTreeMap::new();
+        for i in incoming {
+            by_key.entry(i.key_id.clone()).or_default().push(i);
+        }
+        let mut batch = Batch::new();
+        let before = *ws;
+        for (key_id, mut versions) in by_key {
+            let id = parse_key_id(&key_id)?;
+            if self.store.contains(Ns::Keys, id.as_bytes())? {
+                return Err(CustodyError::AlreadyExists(id));
+            }
+            versions.sort_by_key(|v| v.version);
+            let first = &versions[0];
+            let labels = first.labels.clone();
+            validate_labels(&labels)?;
+            let clone_policy = first.clone_policy.clone();
+            let length = first.material.len() as u32;
+            if length != 32 && length != 64 {
+                return Err(CustodyError::InvalidArgument(format!(
+                    "key {id}: received material of {length} bytes"
+                )));
+            }
+            let current_version = versions
+                .iter()
+                .find(|v| v.current)
+                .map(|v| v.version)
+                .unwrap_or_else(|| versions.iter().map(|v| v.version).max().unwrap_or(1));
+            let mut metas = Vec::new();
+            for v in &versions {
+                let material_id = new_material_id()?;
+                batch.put(
+                    Ns::Materials,
+                    material_id.as_bytes(),
+                    &u.unsealed.current_kek().seal(
+                        RecordKind::Material,
+                        material_id.as_bytes(),
+                        v.material.expose_secret(),
+                    )?,
+                );
+                batch.put(Ns::MaterialRefs, &ref_id(&material_id, &id), b"");
+                metas.push(VersionMeta {
+                    version: v.version,
+                    state: v.state,
+                    material_id,
+                    created_unix_ms: now,
+                });
+            }
+            let meta = KeyMeta {
+                key_id: id.clone(),
+                destroyed: false,
+                length,
+                labels,
+                created_unix_ms: now,
+                origin: Origin {
+                    kind: "received".into(),
+                    from_key_id: String::new(),
+                    from_node: grant.body.source_node.clone(),
+                    grant_id: grant_hex.clone(),
+                },
+                clone_policy,
+                current_version,
+                versions: metas,
+                replica,
+                moved_to: None,
+            };
+            batch.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            ws.key_count += 1;
+        }
+        batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
+        let body = pb::ReceiptBody {
+            grant_id: grant.grant_id.to_vec(),
+            op: grant.body.op,
+            source_node: grant.body.source_node.clone(),
+            dest_node: grant.body.dest_node.clone(),
+            key_ids: grant.body.key_ids.clone(),
+            stored_unix_ms: now,
+        }
+        .encode_to_vec();
+        let receipt = StoredReceipt {
+            signature: u.signing.sign(RECEIPT_DOMAIN, &body).to_vec(),
+            body,
+        };
+        let record = GrantRecord {
+            role: GrantRole::Destination,
+            expires_unix_ms: grant.body.expires_unix_ms,
+            receipt: receipt.clone(),
+        };
+        batch.put(
+            Ns::Grants,
+            &grant_key(&grant.grant_id, GrantRole::Destination),
+            &serde_json::to_vec(&record)
+                .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?,
+        );
+        self.audit(
+            &mut ws,
+            &mut batch,
+            Some(&u),
+            caller,
+            "transfer-receive",
+            "",
+            "ok",
+            format!(
+                "grant {grant_hex} {} from {}: {} keys{}",
+                op_name(grant.body.op),
+                grant.body.source_node,
+                grant.body.key_ids.len(),
+                if replica { " (replicas)" } else { "" }
+            ),
+        )?;
+        let generation = self.apply(&mut ws, before, batch)?;
+        drop(ws);
+        self.store.durable(generation).await?;
+        Ok(receipt)
+    }
+
+    /// Records a grant as completed at the source, with the destination's receipt; for a
+    /// MOVE, leaves `moved` tombstones and shreds material no other key id refers to.
+    /// Idempotent: returns false when the grant was already completed.
+    pub async fn complete_as_source(
+        &self,
+        caller: &Caller,
+        grant: &VerifiedGrant,
+        receipt: &StoredReceipt,
+    ) -> Result<bool> {
+        let mut ws = self.write.lock().await;
+        let u = self.unlocked()?;
+        if self
+            .grant_record(&grant.grant_id, GrantRole::Source)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let grant_hex = hex::encode(grant.grant_id);
+        let is_move = grant.body.op == pb::GrantOp::Move as i32;
+        let mut batch = Batch::new();
+        let before = *ws;
+        let mut shredded = false;
+        if is_move {
+            let mut victims = Vec::new();
+            for key_id in &grant.body.key_ids {
+                let id = parse_key_id(key_id)?;
+                victims.push(self.live_meta(&u, &id)?);
+            }
+            shredded = self.drop_material_refs(&victims, &mut batch)?;
+            for mut m in victims {
+                m.destroyed = true;
+                m.moved_to = Some(MovedTo {
+                    node: grant.body.dest_node.clone(),
+                    grant_id: grant_hex.clone(),
+                });
+                for v in m.versions.iter_mut() {
+                    v.state = VersionState::Destroyed;
+                    v.material_id.clear();
+                }
+                batch.put(Ns::Keys, m.key_id.as_bytes(), &self.seal_meta(&u, &m)?);
+                ws.key_count = ws.key_count.saturating_sub(1);
+            }
+            batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
+            if shredded {
+                ws.destroys_since_rotation += 1;
+                batch.put(
+                    Ns::Node,
+                    NODE_DESTROYS,
+                    &ws.destroys_since_rotation.to_be_bytes(),
+                );
+            }
+        }
+        let record = GrantRecord {
+            role: GrantRole::Source,
+            expires_unix_ms: grant.body.expires_unix_ms,
+            receipt: receipt.clone(),
+        };
+        batch.put(
+            Ns::Grants,
+            &grant_key(&grant.grant_id, GrantRole::Source),
+            &serde_json::to_vec(&record)
+                .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?,
+        );
+        self.audit(
+            &mut ws,
+            &mut batch,
+            Some(&u),
+            caller,
+            "transfer-send",
+            "",
+            "ok",
+            format!(
+                "grant {grant_hex} {} to {}: {} keys{}",
+                op_name(grant.body.op),
+                grant.body.dest_node,
+                grant.body.key_ids.len(),
+                if is_move {
+                    ", moved (tombstones left)"
+                } else {
+                    ""
+                }
+            ),
+        )?;
+        let generation = self.apply(&mut ws, before, batch)?;
+        let rotate = shredded
+            && match self.policy.shred_rotation {
+                ShredRotation::Immediate => true,
+                ShredRotation::Every(n) => ws.destroys_since_rotation >= u64::from(n),
+            };
+        if rotate {
+            self.store.durable(generation).await?;
+            self.rotate_locked(&mut ws, caller, "shred after move")
+                .await?;
+        }
+        drop(ws);
+        self.store.durable(generation).await?;
+        Ok(true)
+    }
+
+    /// Turns a replica into an active key (audited).
+    pub async fn promote(&self, caller: &Caller, key_id: &str) -> Result<KeyInfo> {
+        let res = async {
+            let id = parse_key_id(key_id)?;
+            let mut ws = self.write.lock().await;
+            let u = self.unlocked()?;
+            let mut meta = self.live_meta(&u, &id)?;
+            if !meta.replica {
+                return Err(CustodyError::WrongState {
+                    key_id: id,
+                    why: "is not a replica".into(),
+                });
+            }
+            meta.replica = false;
+            let mut batch = Batch::new();
+            batch.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            let before = *ws;
+            self.audit(
+                &mut ws,
+                &mut batch,
+                Some(&u),
+                caller,
+                "promote",
+                &id,
+                "ok",
+                format!("replica from {} promoted", meta.origin.from_node),
+            )?;
+            let generation = self.apply(&mut ws, before, batch)?;
+            drop(ws);
+            self.store.durable(generation).await?;
+            self.info(&u, meta)
+        }
+        .await;
+        self.audited(caller, "promote", key_id, res).await
+    }
+
+    /// Audits a failed transfer under its grant id (both ends do).
+    pub async fn audit_transfer_failure(
+        &self,
+        caller: &Caller,
+        action: &str,
+        grant_id: &str,
+        err: &CustodyError,
+    ) {
+        let e = CustodyError::WrongState {
+            key_id: format!("grant {grant_id}"),
+            why: err.to_string(),
+        };
+        self.audit_refusal(caller, action, "", &e).await;
+    }
+}
+
+fn op_name(op: i32) -> &'static str {
+    match pb::GrantOp::try_from(op) {
+        Ok(pb::GrantOp::Copy) => "copy",
+        Ok(pb::GrantOp::Move) => "move",
+        Ok(pb::GrantOp::Replicate) => "replicate",
+        _ => "unknown-op",
+    }
+}

@@ -1,0 +1,290 @@
+//! The peer API (mTLS, lockbox identities only): `Identity` answers this node's attestation;
+//! `Deliver` is the destination half of DESIGN.md §7. Everything is verified again here —
+//! the caller's TLS identity, its attestation, the grant, every batch signature and seal —
+//! before anything is stored, and storing is one atomic batch with the grant's consumption.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::{
+    AttestationContext, BatchContext, GrantSide, SealedBatch, SealedKey, verify_attestation,
+    verify_batch,
+};
+use lockbox_proto::v1 as pb;
+use lockbox_proto::v1::peer_server::Peer;
+use lockbox_tls::Role;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::attest::Attestor;
+use crate::custody::{Caller, Custody, Incoming};
+use crate::error::CustodyError;
+
+/// Keys per batch the destination accepts (the source sends fewer).
+pub const MAX_BATCH_KEYS: usize = 10_000;
+
+/// The peer service of one lockbox.
+pub struct PeerApi {
+    custody: Arc<Custody>,
+    attestor: Arc<Attestor>,
+    trust_domain: String,
+}
+
+impl PeerApi {
+    /// Builds the service.
+    pub fn new(custody: Arc<Custody>, attestor: Arc<Attestor>, trust_domain: String) -> Self {
+        PeerApi {
+            custody,
+            attestor,
+            trust_domain,
+        }
+    }
+
+    /// The caller must be a lockbox of our trust domain.
+    fn caller<T>(&self, req: &Request<T>) -> Result<lockbox_tls::SpiffeId, Status> {
+        let id = lockbox_tls::peer_spiffe_id(req)
+            .map_err(|e| Status::unauthenticated(format!("peer identity: {e}")))?;
+        if id.role != Role::Lockbox || id.trust_domain != self.trust_domain {
+            return Err(Status::permission_denied(format!(
+                "the peer API serves lockboxes of {} only; caller is {id}",
+                self.trust_domain
+            )));
+        }
+        Ok(id)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Converts the wire batch to the crypto type.
+pub fn batch_from_pb(b: &pb::SealedBatch) -> SealedBatch {
+    SealedBatch {
+        suite: b.suite,
+        enc: b.enc.clone(),
+        keys: b
+            .keys
+            .iter()
+            .map(|k| SealedKey {
+                key_id: k.key_id.clone(),
+                version: k.version,
+                ciphertext: k.ciphertext.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerApi {
+    async fn identity(
+        &self,
+        req: Request<pb::IdentityRequest>,
+    ) -> Result<Response<pb::SignedAttestation>, Status> {
+        self.caller(&req)?;
+        match self.attestor.current() {
+            Some(a) => Ok(Response::new(a)),
+            None => Err(Status::failed_precondition(
+                "this lockbox has no valid attestation (controller unreachable, or sealed)",
+            )),
+        }
+    }
+
+    async fn deliver(
+        &self,
+        req: Request<Streaming<pb::DeliverRequest>>,
+    ) -> Result<Response<pb::Receipt>, Status> {
+        let source = self.caller(&req)?;
+        let spki = lockbox_tls::peer_spki_sha256(&req)
+            .map_err(|e| Status::unauthenticated(format!("peer certificate: {e}")))?;
+        let who = Caller {
+            actor: source.uri(),
+        };
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::DeliverRequest {
+                msg: Some(pb::deliver_request::Msg::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a delivery starts with its header",
+                ));
+            }
+        };
+        let grant = header
+            .grant
+            .ok_or_else(|| Status::invalid_argument("the header carries no grant"))?;
+        let attestation = header
+            .source_attestation
+            .ok_or_else(|| Status::invalid_argument("the header carries no source attestation"))?;
+
+        // The grant first: a replay of a completed grant answers with the same receipt.
+        let verified =
+            match self
+                .custody
+                .verify_grant(&grant, GrantSide::Destination, Some(&source.name))
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    let grant_id = lockbox_crypto::decode_grant_body(&grant.body)
+                        .map(|b| hex::encode(b.grant_id))
+                        .unwrap_or_default();
+                    self.custody
+                        .audit_transfer_failure(&who, "transfer-receive", &grant_id, &e)
+                        .await;
+                    return Err(Status::from(e));
+                }
+            };
+        let grant_hex = hex::encode(verified.grant_id);
+        let fail = |e: CustodyError| {
+            let custody = self.custody.clone();
+            let who = who.clone();
+            let grant_hex = grant_hex.clone();
+            async move {
+                custody
+                    .audit_transfer_failure(&who, "transfer-receive", &grant_hex, &e)
+                    .await;
+                Status::from(e)
+            }
+        };
+        if let Some(r) = self
+            .custody
+            .grant_record(&verified.grant_id, crate::custody::GrantRole::Destination)
+            .map_err(Status::from)?
+        {
+            return Ok(Response::new(pb::Receipt {
+                body: r.body,
+                signature: r.signature,
+            }));
+        }
+        if self.custody.public_keys().is_err() {
+            return Err(fail(CustodyError::Sealed).await);
+        }
+
+        // The source's attestation: signed by our controllers, for the node TLS says is
+        // calling, with the TLS key it is calling from.
+        let trusted = self.custody.trusted_controllers();
+        let ctx = AttestationContext {
+            now_unix_ms: now_ms(),
+            skew_ms: self.custody.clock_skew_ms(),
+            threshold: 1,
+            expected_node: Some(&source.name),
+            peer_tls_spki_sha256: Some(&spki),
+        };
+        let source_att = match verify_attestation(&attestation, &trusted, &ctx) {
+            Ok(a) => a,
+            Err(e) => {
+                let err = CustodyError::InvalidArgument(format!("source attestation invalid: {e}"));
+                return Err(fail(err).await);
+            }
+        };
+        for k in &verified.body.key_ids {
+            match self.custody.key_exists(k) {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Err(fail(CustodyError::AlreadyExists(k.clone())).await);
+                }
+                Err(e) => return Err(fail(e).await),
+            }
+        }
+
+        let wanted: BTreeSet<&str> = verified.body.key_ids.iter().map(String::as_str).collect();
+        let mut received: BTreeSet<(String, u32)> = BTreeSet::new();
+        let mut incoming = Vec::new();
+        let mut next_batch = 0u32;
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    let e = CustodyError::InvalidArgument(
+                        "the source closed the stream before its end marker".into(),
+                    );
+                    return Err(fail(e).await);
+                }
+                Err(s) => {
+                    let e = CustodyError::InvalidArgument(format!(
+                        "stream from the source broke: {}",
+                        s.message()
+                    ));
+                    return Err(fail(e).await);
+                }
+            };
+            let batch = match msg.msg {
+                Some(pb::deliver_request::Msg::Batch(b)) => b,
+                Some(pb::deliver_request::Msg::End(_)) => break,
+                _ => {
+                    let e =
+                        CustodyError::InvalidArgument("unexpected message in a delivery".into());
+                    return Err(fail(e).await);
+                }
+            };
+            if batch.batch != next_batch || batch.keys.len() > MAX_BATCH_KEYS {
+                let e = CustodyError::InvalidArgument(format!(
+                    "batch {} out of order or too large (expected batch {next_batch}, at most {MAX_BATCH_KEYS} keys)",
+                    batch.batch
+                ));
+                return Err(fail(e).await);
+            }
+            next_batch += 1;
+            let sealed = batch_from_pb(&batch);
+            let bctx = BatchContext {
+                grant_id: &verified.grant_id,
+                batch: batch.batch,
+                source_node: &verified.body.source_node,
+                dest_node: &verified.body.dest_node,
+            };
+            if let Err(e) = verify_batch(
+                &source_att.signing_public_key,
+                &bctx,
+                &sealed,
+                &batch.signature,
+            ) {
+                let e =
+                    CustodyError::InvalidArgument(format!("batch {} signature: {e}", batch.batch));
+                return Err(fail(e).await);
+            }
+            let opened = match self.custody.open_transfer_batch(&bctx, &sealed) {
+                Ok(o) => o,
+                Err(e) => return Err(fail(e).await),
+            };
+            for ((key_id, version, material), meta) in opened.into_iter().zip(batch.keys) {
+                if !wanted.contains(key_id.as_str()) {
+                    let e = CustodyError::Grant(lockbox_crypto::GrantError::KeyNotCovered(key_id));
+                    return Err(fail(e).await);
+                }
+                if !received.insert((key_id.clone(), version)) {
+                    let e = CustodyError::InvalidArgument(format!(
+                        "key {key_id} version {version} sent twice"
+                    ));
+                    return Err(fail(e).await);
+                }
+                let labels: BTreeMap<String, String> = meta.labels.into_iter().collect();
+                incoming.push(Incoming::new(
+                    key_id,
+                    version,
+                    &meta.version_state,
+                    meta.current,
+                    labels,
+                    meta.clone_policy,
+                    material,
+                ));
+            }
+        }
+        let got: BTreeSet<&str> = received.iter().map(|(k, _)| k.as_str()).collect();
+        if let Some(missing) = wanted.iter().find(|k| !got.contains(*k)) {
+            let e =
+                CustodyError::InvalidArgument(format!("the delivery ended without key {missing}"));
+            return Err(fail(e).await);
+        }
+        match self.custody.receive(&who, &verified, incoming).await {
+            Ok(r) => Ok(Response::new(pb::Receipt {
+                body: r.body,
+                signature: r.signature,
+            })),
+            Err(e) => Err(fail(e).await),
+        }
+    }
+}

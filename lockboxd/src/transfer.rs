@@ -1,0 +1,369 @@
+//! The source half of a transfer (DESIGN.md §7): verify the grant, reach the destination over
+//! mTLS, check its attestation against the TLS peer, seal the keys to its HPKE key in signed
+//! batches (one HPKE context per batch), stream them, check the receipt, then complete the
+//! grant here (a MOVE tombstones only after the receipt). Any failure leaves this node
+//! unchanged and names the step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lockbox_crypto::{
+    AttestationContext, BatchContext, GrantSide, KeyToWrap, VerifiedAttestation, VerifiedGrant,
+    seal_batch, verify_attestation,
+};
+use lockbox_proto::v1 as pb;
+use lockbox_proto::v1::peer_client::PeerClient;
+use lockbox_tls::{ClientTls, Expect, Role, TlsFiles};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::attest::Attestor;
+use crate::custody::{Caller, Custody, GrantRole, Outgoing, RECEIPT_DOMAIN, StoredReceipt};
+use crate::error::CustodyError;
+
+const STREAM_CLOSED: &str = "the destination closed the stream";
+
+/// Key versions per sealed batch: one HPKE encapsulation amortized over this many AEAD seals.
+pub const BATCH_KEYS: usize = 1000;
+
+/// Progress reported to the caller while a transfer runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Key versions sent so far.
+    pub sent: u64,
+    /// Of this many.
+    pub total: u64,
+}
+
+/// What the caller gets at the end.
+#[derive(Debug, Clone)]
+pub struct TransferOutcome {
+    /// The destination's receipt.
+    pub receipt: pb::ReceiptBody,
+    /// False when the grant had already completed (a retry).
+    pub fresh: bool,
+}
+
+/// Errors of a transfer, each naming its step.
+fn step(step: &str, e: impl std::fmt::Display) -> CustodyError {
+    CustodyError::Transfer(format!("{step}: {e}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A verified destination: its attestation and a channel pinned to its attested TLS key.
+#[derive(Clone)]
+struct Destination {
+    attestation: VerifiedAttestation,
+    channel: Channel,
+}
+
+/// Runs transfers with this lockbox as the source. Keeps one pinned connection per peer, so
+/// a one-key transfer costs a few round trips, not a TLS handshake.
+pub struct Transfers {
+    custody: Arc<Custody>,
+    attestor: Arc<Attestor>,
+    tls: TlsFiles,
+    peers: HashMap<String, String>,
+    cache: Mutex<HashMap<String, Destination>>,
+}
+
+impl Transfers {
+    /// Builds the runner; `peers` maps node names to `host:port` of their peer API.
+    pub fn new(
+        custody: Arc<Custody>,
+        attestor: Arc<Attestor>,
+        tls: TlsFiles,
+        peers: HashMap<String, String>,
+    ) -> Self {
+        Transfers {
+            custody,
+            attestor,
+            tls,
+            peers,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, node: &str) -> Option<Destination> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(node)
+            .filter(|d| d.attestation.body.expires_unix_ms > now_ms() + 5_000)
+            .cloned()
+    }
+
+    fn forget(&self, node: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+    }
+
+    /// Connects to `node`, fetches and verifies its attestation, and pins a channel to the
+    /// attested TLS key (DESIGN.md invariant 4).
+    async fn destination(&self, node: &str) -> Result<Destination, CustodyError> {
+        if let Some(d) = self.cached(node) {
+            return Ok(d);
+        }
+        let addr = self.peers.get(node).ok_or_else(|| {
+            step(
+                "destination unreachable",
+                format!("no address for node {node} in [peers]"),
+            )
+        })?;
+        let url = format!("https://{addr}");
+        let tls = ClientTls::load(&self.tls).map_err(|e| step("local TLS identity", e))?;
+        let channel = tls
+            .connect(&url, Expect::named(Role::Lockbox, node))
+            .await
+            .map_err(|e| step(&format!("destination {node} unreachable"), e))?;
+        let signed = PeerClient::new(channel)
+            .identity(pb::IdentityRequest {})
+            .await
+            .map_err(|s| {
+                step(
+                    &format!("destination {node} attestation"),
+                    lockbox_tls::error_chain(&s),
+                )
+            })?
+            .into_inner();
+        let trusted = self.custody.trusted_controllers();
+        let ctx = AttestationContext {
+            now_unix_ms: now_ms(),
+            skew_ms: self.custody.clock_skew_ms(),
+            threshold: 1,
+            expected_node: Some(node),
+            peer_tls_spki_sha256: None,
+        };
+        let attestation = verify_attestation(&signed, &trusted, &ctx)
+            .map_err(|e| step(&format!("destination {node} attestation invalid"), e))?;
+        let channel = tls
+            .connect(
+                &url,
+                Expect::attested(Role::Lockbox, node, attestation.tls_spki_sha256),
+            )
+            .await
+            .map_err(|e| step(&format!("destination {node} attestation invalid"), e))?;
+        let d = Destination {
+            attestation,
+            channel,
+        };
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), d.clone());
+        Ok(d)
+    }
+
+    /// Runs a grant. Retrying a completed grant returns its receipt again; retrying one the
+    /// destination completed but we did not (a crash in between) completes it here once.
+    pub async fn run(
+        &self,
+        caller: &Caller,
+        grant: &pb::SignedGrant,
+        progress: mpsc::Sender<Progress>,
+    ) -> Result<TransferOutcome, CustodyError> {
+        let verified = self.custody.verify_grant(grant, GrantSide::Source, None)?;
+        let grant_hex = hex::encode(verified.grant_id);
+        if let Some(r) = self
+            .custody
+            .grant_record(&verified.grant_id, GrantRole::Source)?
+        {
+            return Ok(TransferOutcome {
+                receipt: decode_receipt(&r)?,
+                fresh: false,
+            });
+        }
+        match self.run_fresh(caller, grant, &verified, progress).await {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                self.custody
+                    .audit_transfer_failure(caller, "transfer-send", &grant_hex, &e)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_fresh(
+        &self,
+        caller: &Caller,
+        grant: &pb::SignedGrant,
+        verified: &VerifiedGrant,
+        progress: mpsc::Sender<Progress>,
+    ) -> Result<TransferOutcome, CustodyError> {
+        let dest = verified.body.dest_node.clone();
+        let own = self.attestor.current().ok_or_else(|| {
+            step(
+                "source attestation",
+                "this node has no valid attestation (is a controller reachable?)",
+            )
+        })?;
+        // Read (and check) every key before anything leaves: unknown, moved or replica keys
+        // fail here, at the source, with nothing sent.
+        let keys = self.custody.read_for_transfer(&verified.body.key_ids)?;
+        let d = self.destination(&dest).await?;
+        let total: u64 = keys.iter().map(|k| k.versions.len() as u64).sum();
+
+        let (tx, rx) = mpsc::channel::<pb::DeliverRequest>(4);
+        let mut client = PeerClient::new(d.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let call = tokio::spawn(async move {
+            client
+                .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        let header = pb::DeliverRequest {
+            msg: Some(pb::deliver_request::Msg::Header(pb::DeliverHeader {
+                grant: Some(grant.clone()),
+                source_attestation: Some(own),
+                total_keys: total,
+            })),
+        };
+        let sent_ok = self
+            .send_batches(header, &keys, verified, &d, tx, &progress, total)
+            .await;
+        let stream_closed =
+            matches!(&sent_ok, Err(CustodyError::Transfer(m)) if m.contains(STREAM_CLOSED));
+        if let Err(e) = sent_ok
+            && !stream_closed
+        {
+            // A local failure (sealing, signing): the destination saw a truncated stream and
+            // stores nothing; report our own cause, not its complaint.
+            call.abort();
+            return Err(e);
+        }
+        let response = call
+            .await
+            .map_err(|e| step("delivery", format!("task failed: {e}")))?;
+        let receipt = match response {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown {
+                    self.forget(&dest);
+                }
+                let what = if s.message().contains("sealed") {
+                    format!("destination {dest} is sealed")
+                } else {
+                    format!("destination {dest} refused")
+                };
+                return Err(step(&what, lockbox_tls::error_chain(&s)));
+            }
+        };
+        if stream_closed {
+            return Err(step("delivery", STREAM_CLOSED));
+        }
+        let stored = StoredReceipt {
+            body: receipt.body,
+            signature: receipt.signature,
+        };
+        lockbox_crypto::verify_signature(
+            &d.attestation.signing_public_key,
+            RECEIPT_DOMAIN,
+            &stored.body,
+            &stored.signature,
+        )
+        .map_err(|e| step(&format!("receipt from {dest}"), e))?;
+        let body = decode_receipt(&stored)?;
+        if body.grant_id != verified.grant_id || body.key_ids != verified.body.key_ids {
+            return Err(step(
+                &format!("receipt from {dest}"),
+                "it does not match the grant",
+            ));
+        }
+        let fresh = self
+            .custody
+            .complete_as_source(caller, verified, &stored)
+            .await?;
+        Ok(TransferOutcome {
+            receipt: body,
+            fresh,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site; every argument is a different thing
+    async fn send_batches(
+        &self,
+        header: pb::DeliverRequest,
+        keys: &[Outgoing],
+        verified: &VerifiedGrant,
+        d: &Destination,
+        tx: mpsc::Sender<pb::DeliverRequest>,
+        progress: &mpsc::Sender<Progress>,
+        total: u64,
+    ) -> Result<(), CustodyError> {
+        let closed = || step("delivery", STREAM_CLOSED);
+        tx.send(header).await.map_err(|_| closed())?;
+        // Flatten to (key, version) pairs, then cut into batches.
+        let flat: Vec<(&Outgoing, usize)> = keys
+            .iter()
+            .flat_map(|k| (0..k.versions.len()).map(move |i| (k, i)))
+            .collect();
+        let mut sent = 0u64;
+        for (n, chunk) in flat.chunks(BATCH_KEYS).enumerate() {
+            let n = n as u32;
+            let ctx = BatchContext {
+                grant_id: &verified.grant_id,
+                batch: n,
+                source_node: &verified.body.source_node,
+                dest_node: &verified.body.dest_node,
+            };
+            let wrap: Vec<KeyToWrap<'_>> = chunk
+                .iter()
+                .map(|(k, i)| KeyToWrap {
+                    key_id: &k.key_id,
+                    version: k.versions[*i].version,
+                    material: &k.versions[*i].material,
+                })
+                .collect();
+            let sealed = seal_batch(&d.attestation.hpke_public_key, &ctx, &wrap)?;
+            let signature = self.custody.sign_transfer_batch(&ctx, &sealed)?;
+            let wire_keys = sealed
+                .keys
+                .iter()
+                .zip(chunk)
+                .map(|(s, (k, i))| pb::WrappedKey {
+                    key_id: s.key_id.clone(),
+                    version: s.version,
+                    ciphertext: s.ciphertext.clone(),
+                    labels: k.labels.clone().into_iter().collect(),
+                    clone_policy: k.clone_policy.clone().unwrap_or_default(),
+                    version_state: k.versions[*i].state.as_str().into(),
+                    current: k.versions[*i].version == k.current_version,
+                })
+                .collect();
+            let msg = pb::DeliverRequest {
+                msg: Some(pb::deliver_request::Msg::Batch(pb::SealedBatch {
+                    batch: n,
+                    suite: sealed.suite,
+                    enc: sealed.enc,
+                    keys: wire_keys,
+                    signature: signature.to_vec(),
+                })),
+            };
+            tx.send(msg).await.map_err(|_| closed())?;
+            sent += chunk.len() as u64;
+            let _ = progress.try_send(Progress { sent, total });
+        }
+        tx.send(pb::DeliverRequest {
+            msg: Some(pb::deliver_request::Msg::End(pb::DeliverEnd {})),
+        })
+        .await
+        .map_err(|_| closed())?;
+        Ok(())
+    }
+}
+
+fn decode_receipt(r: &StoredReceipt) -> Result<pb::ReceiptBody, CustodyError> {
+    pb::ReceiptBody::decode(r.body.as_slice())
+        .map_err(|e| CustodyError::Corrupt(format!("stored receipt: {e}")))
+}
