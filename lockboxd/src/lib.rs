@@ -27,6 +27,17 @@ use crate::custody::{Caller, Custody};
 use crate::error::{CustodyError, Result};
 use crate::grpc::{Access, LocalApi, authorize};
 
+/// Crash-test hook: when `LOCKBOX_FAILPOINT` names this point, the process exits at once,
+/// without destructors or flushes, as a `kill -9` there would. Lets tests crash a daemon at an
+/// exact step (e.g. after the destination's receipt, before the MOVE tombstone) instead of
+/// racing a signal against it. Unset in production, it costs one env lookup per transfer.
+pub fn failpoint(name: &str) {
+    if std::env::var("LOCKBOX_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: exiting now");
+        std::process::exit(86);
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
     move |source| CustodyError::Io {
         path: path.display().to_string(),

@@ -229,6 +229,9 @@ impl Peer for PeerApi {
                 return Err(fail(e).await);
             }
             next_batch += 1;
+            if next_batch == 2 {
+                crate::failpoint("dest-mid-stream");
+            }
             let sealed = batch_from_pb(&batch);
             let bctx = BatchContext {
                 grant_id: &verified.grant_id,

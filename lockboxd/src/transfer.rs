@@ -280,6 +280,7 @@ impl Transfers {
                 "it does not match the grant",
             ));
         }
+        crate::failpoint("source-after-receipt");
         let fresh = self
             .custody
             .complete_as_source(caller, verified, &stored)
