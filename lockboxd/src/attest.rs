@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lockbox_crypto::{AttestationContext, TrustedControllers, verify_attestation};
 use lockbox_proto::v1 as pb;
@@ -43,12 +43,7 @@ pub struct Attestor {
     state: RwLock<State>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::custody::now_ms;
 
 impl Attestor {
     /// Prepares the attestor; loads a previously saved attestation if it still verifies.

@@ -313,7 +313,7 @@ impl std::fmt::Debug for Custody {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -1679,13 +1679,8 @@ impl Custody {
             ),
         )?;
         let generation = self.apply(&mut ws, before, batch)?;
-        let rotate = shredded
-            && match self.policy.shred_rotation {
-                ShredRotation::Immediate => true,
-                ShredRotation::Every(n) => ws.destroys_since_rotation >= u64::from(n),
-            };
         let mut kek_rotated = false;
-        if rotate {
+        if shredded && self.rotation_due(&ws) {
             self.store.durable(generation).await?;
             self.rotate_locked(&mut ws, caller, "shred").await?;
             kek_rotated = true;
@@ -1734,6 +1729,14 @@ impl Custody {
             batch.remove(Ns::MaterialRefs, r);
         }
         Ok(shredded)
+    }
+
+    /// Whether the shred-rotation policy calls for a KEK rotation now (after a shred).
+    fn rotation_due(&self, ws: &WriteState) -> bool {
+        match self.policy.shred_rotation {
+            ShredRotation::Immediate => true,
+            ShredRotation::Every(n) => ws.destroys_since_rotation >= u64::from(n),
+        }
     }
 
     /// Rotates the KEK on demand.

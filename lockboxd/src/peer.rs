@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::{
     AttestationContext, BatchContext, GrantSide, SealedBatch, SealedKey, verify_attestation,
@@ -54,12 +53,7 @@ impl PeerApi {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::custody::now_ms;
 
 /// Converts the wire batch to the crypto type.
 pub fn batch_from_pb(b: &pb::SealedBatch) -> SealedBatch {

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::{
     AttestationContext, BatchContext, GrantSide, KeyToWrap, VerifiedAttestation, VerifiedGrant,
@@ -51,12 +50,7 @@ fn step(step: &str, e: impl std::fmt::Display) -> CustodyError {
     CustodyError::Transfer(format!("{step}: {e}"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::custody::now_ms;
 
 /// A verified destination: its attestation and a channel pinned to its attested TLS key.
 #[derive(Clone)]

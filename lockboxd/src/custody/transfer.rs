@@ -92,6 +92,24 @@ fn grant_key(grant_id: &[u8; 16], role: GrantRole) -> Vec<u8> {
     k
 }
 
+/// Adds the record of what this node did with a grant to the batch that does it.
+fn put_grant_record(
+    batch: &mut Batch,
+    grant: &VerifiedGrant,
+    role: GrantRole,
+    receipt: StoredReceipt,
+) -> Result<()> {
+    let record = GrantRecord {
+        role,
+        expires_unix_ms: grant.body.expires_unix_ms,
+        receipt,
+    };
+    let bytes = serde_json::to_vec(&record)
+        .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?;
+    batch.put(Ns::Grants, &grant_key(&grant.grant_id, role), &bytes);
+    Ok(())
+}
+
 fn parse_state(s: &str) -> VersionState {
     match s {
         "rekeying" => VersionState::Rekeying,
@@ -325,17 +343,7 @@ impl Custody {
             signature: u.signing.sign(RECEIPT_DOMAIN, &body).to_vec(),
             body,
         };
-        let record = GrantRecord {
-            role: GrantRole::Destination,
-            expires_unix_ms: grant.body.expires_unix_ms,
-            receipt: receipt.clone(),
-        };
-        batch.put(
-            Ns::Grants,
-            &grant_key(&grant.grant_id, GrantRole::Destination),
-            &serde_json::to_vec(&record)
-                .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?,
-        );
+        put_grant_record(&mut batch, grant, GrantRole::Destination, receipt.clone())?;
         self.audit(
             &mut ws,
             &mut batch,
@@ -410,17 +418,7 @@ impl Custody {
                 );
             }
         }
-        let record = GrantRecord {
-            role: GrantRole::Source,
-            expires_unix_ms: grant.body.expires_unix_ms,
-            receipt: receipt.clone(),
-        };
-        batch.put(
-            Ns::Grants,
-            &grant_key(&grant.grant_id, GrantRole::Source),
-            &serde_json::to_vec(&record)
-                .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?,
-        );
+        put_grant_record(&mut batch, grant, GrantRole::Source, receipt.clone())?;
         self.audit(
             &mut ws,
             &mut batch,
@@ -442,12 +440,7 @@ impl Custody {
             ),
         )?;
         let generation = self.apply(&mut ws, before, batch)?;
-        let rotate = shredded
-            && match self.policy.shred_rotation {
-                ShredRotation::Immediate => true,
-                ShredRotation::Every(n) => ws.destroys_since_rotation >= u64::from(n),
-            };
-        if rotate {
+        if shredded && self.rotation_due(&ws) {
             self.store.durable(generation).await?;
             self.rotate_locked(&mut ws, caller, "shred after move")
                 .await?;
