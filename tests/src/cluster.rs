@@ -280,6 +280,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a [`Cluster`] may vary beyond its node names.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra top-level TOML lines for every lockbox, e.g. `clock_skew = "0s"` or
+    /// `grant_threshold = 2`.
+    pub extra_top: String,
+    /// More controllers, as `(key_id, attestation_ttl)`, each with the open policy and listed
+    /// (trusted) in every lockbox's config after the first controller.
+    pub extra_controllers: Vec<(String, String)>,
+}
+
 /// A whole test cluster: a CA, one controller whose policy lets the orchestrator `cinder`
 /// ask for any grant, and lockboxes that know each other's peer addresses.
 pub struct Cluster {
@@ -287,10 +298,14 @@ pub struct Cluster {
     pub pki: Pki,
     /// The controller.
     pub controller: Controller,
+    /// The controllers of [`ClusterOptions::extra_controllers`], in that order.
+    pub extra_controllers: Vec<Controller>,
     /// The orchestrator identity that asks for grants.
     pub cinder: Identity,
     /// The lockboxes, in the order named.
     pub nodes: Vec<crate::Node>,
+    /// Peer API address (`127.0.0.1:PORT`) of each lockbox, by node name.
+    peer_addrs: Vec<(String, String)>,
     work: tempfile::TempDir,
 }
 
@@ -302,8 +317,30 @@ pub fn open_policy() -> String {
 impl Cluster {
     /// Starts a controller and one lockbox per name, each with a peer API, all attested.
     pub fn start(names: &[&str], extra_top: &str) -> Cluster {
+        Cluster::start_with(
+            names,
+            ClusterOptions {
+                extra_top: extra_top.into(),
+                ..ClusterOptions::default()
+            },
+        )
+    }
+
+    /// [`Cluster::start`] with more options: extra trusted controllers.
+    pub fn start_with(names: &[&str], options: ClusterOptions) -> Cluster {
+        let extra_top = options.extra_top.as_str();
         let pki = Pki::new(TRUST_DOMAIN);
         let controller = Controller::start(&pki, "ctl-1", &open_policy(), "1h");
+        let extra_controllers: Vec<Controller> = options
+            .extra_controllers
+            .iter()
+            .map(|(key_id, ttl)| Controller::start(&pki, key_id, &open_policy(), ttl))
+            .collect();
+        let mut blocks = controller.block.clone();
+        for c in &extra_controllers {
+            blocks.push('\n');
+            blocks.push_str(&c.block);
+        }
         let cinder = pki.issue("orchestrator", "cinder");
         let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
         let mut peers = String::from("[peers]\n");
@@ -318,7 +355,7 @@ impl Cluster {
                 ..crate::NodeOptions::default()
             };
             opts.extra_top = format!("peer_listen = \"127.0.0.1:{p}\"\n{extra_top}");
-            opts.extra_tables = format!("{}\n{}\n{peers}", id.tls_table(), controller.block);
+            opts.extra_tables = format!("{}\n{blocks}\n{peers}", id.tls_table());
             nodes.push(crate::Node::start(opts));
         }
         for node in &nodes {
@@ -328,14 +365,108 @@ impl Cluster {
             .prefix("lbwork")
             .tempdir_in("/tmp")
             .unwrap();
+        let peer_addrs = names
+            .iter()
+            .zip(&ports)
+            .map(|(n, p)| (n.to_string(), format!("127.0.0.1:{p}")))
+            .collect();
         Cluster {
             pki,
             controller,
+            extra_controllers,
             cinder,
             nodes,
+            peer_addrs,
             work,
         }
     }
+
+    /// The lockbox named `name`.
+    pub fn node(&self, name: &str) -> &crate::Node {
+        let i = self.index(name);
+        &self.nodes[i]
+    }
+
+    /// The lockbox named `name`, mutably (to kill, reconfigure or restart it).
+    pub fn node_mut(&mut self, name: &str) -> &mut crate::Node {
+        let i = self.index(name);
+        &mut self.nodes[i]
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.opts().node_id == name)
+            .unwrap_or_else(|| panic!("no lockbox named {name} in this cluster"))
+    }
+
+    /// The `https://127.0.0.1:PORT` URL of a lockbox's peer API (its `peer_listen`).
+    pub fn peer_url(&self, name: &str) -> String {
+        let addr = self
+            .peer_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("no lockbox named {name} in this cluster"));
+        format!("https://{addr}")
+    }
+
+    /// The TLS files of a lockbox identity `name` from this cluster's CA (issued now unless
+    /// the CA directory already holds them, e.g. for a lockbox of the cluster), so a test can
+    /// speak the peer API as that node.
+    pub fn lockbox_tls(&self, name: &str) -> lockbox_tls::TlsFiles {
+        lockbox_tls_files(&self.pki, name)
+    }
+
+    /// Stops a lockbox, sets (or with `None` clears) its `LOCKBOX_FAILPOINT`, starts it again
+    /// and waits until it is ready and attested.
+    pub fn restart_with_failpoint(&mut self, name: &str, failpoint: Option<&str>) {
+        let node = self.node_mut(name);
+        if node.is_running() {
+            node.stop();
+        }
+        let env = &mut node.opts_mut().env;
+        env.retain(|(k, _)| k != "LOCKBOX_FAILPOINT");
+        if let Some(f) = failpoint {
+            env.push(("LOCKBOX_FAILPOINT".into(), f.into()));
+        }
+        node.spawn_ready();
+        wait_attested(node);
+    }
+
+    /// Reads a grant file written by [`Cluster::grant`].
+    pub fn read_grant(path: &Path) -> lockbox_proto::v1::SignedGrant {
+        lockbox_crypto::grant_from_text(&fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The hex grant id of a grant file, as `transfer --json` and `describe` print it.
+    pub fn grant_id_hex(path: &Path) -> String {
+        let body = lockbox_crypto::decode_grant_body(&Cluster::read_grant(path).body).unwrap();
+        hex::encode(body.grant_id)
+    }
+}
+
+/// The TLS files of a lockbox identity `name` from `pki`, issued unless the CA directory
+/// already holds them.
+pub fn lockbox_tls_files(pki: &Pki, name: &str) -> lockbox_tls::TlsFiles {
+    let cert = pki.dir().join(format!("{name}.crt"));
+    let id = if cert.is_file() {
+        Identity {
+            cert,
+            key: pki.dir().join(format!("{name}.key")),
+            ca: pki.dir().join("ca.crt"),
+        }
+    } else {
+        pki.issue("lockbox", name)
+    };
+    lockbox_tls::TlsFiles {
+        cert: id.cert,
+        key: id.key,
+        ca: id.ca,
+    }
+}
+
+impl Cluster {
 
     /// Asks the controller for a grant and writes it to a file; returns the path.
     pub fn grant(&self, keys: &[&str], from: &str, to: &str, op: &str, ttl: &str) -> PathBuf {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 pub mod cluster;
+pub mod rogue;
 
 /// How long a single `lockboxctl` call may take before the test gives up on it.
 pub const CTL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -260,6 +261,11 @@ impl Node {
         &mut self.opts
     }
 
+    /// The node's options.
+    pub fn opts(&self) -> &NodeOptions {
+        &self.opts
+    }
+
     /// Writes the config file from the current options.
     pub fn write_config(&self) {
         fs::write(self.config_path(), self.config_text()).unwrap();
@@ -467,6 +473,26 @@ impl Node {
     pub fn spawn_ready(&mut self) {
         self.spawn();
         self.wait_ready();
+    }
+
+    /// Waits until the daemon exits on its own (a failpoint, a crash), reaps it and returns its
+    /// exit status. Panics with the log if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon not running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "lockboxd still running {timeout:?} after it should have exited; log:\n{}",
+                    self.log_contents()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILLs the daemon (no clean shutdown) and reaps it.
