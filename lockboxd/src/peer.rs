@@ -39,15 +39,24 @@ impl PeerApi {
         }
     }
 
-    /// The caller must be a lockbox of our trust domain.
-    fn caller<T>(&self, req: &Request<T>) -> Result<lockbox_tls::SpiffeId, Status> {
+    /// The caller must be a lockbox of our trust domain; anyone else is refused, logged and
+    /// audited.
+    async fn caller<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+    ) -> Result<lockbox_tls::SpiffeId, Status> {
         let id = lockbox_tls::peer_spiffe_id(req)
             .map_err(|e| Status::unauthenticated(format!("peer identity: {e}")))?;
         if id.role != Role::Lockbox || id.trust_domain != self.trust_domain {
-            return Err(Status::permission_denied(format!(
+            let why = format!(
                 "the peer API serves lockboxes of {} only; caller is {id}",
                 self.trust_domain
-            )));
+            );
+            tracing::warn!(caller = %id, action, "refused a peer that is not a lockbox");
+            let who = Caller { actor: id.uri() };
+            self.custody.audit_refused(&who, action, why.clone()).await;
+            return Err(Status::permission_denied(why));
         }
         Ok(id)
     }
@@ -78,7 +87,7 @@ impl Peer for PeerApi {
         &self,
         req: Request<pb::IdentityRequest>,
     ) -> Result<Response<pb::SignedAttestation>, Status> {
-        self.caller(&req)?;
+        self.caller(&req, "peer-identity").await?;
         match self.attestor.current() {
             Some(a) => Ok(Response::new(a)),
             None => Err(Status::failed_precondition(
@@ -91,7 +100,7 @@ impl Peer for PeerApi {
         &self,
         req: Request<Streaming<pb::DeliverRequest>>,
     ) -> Result<Response<pb::Receipt>, Status> {
-        let source = self.caller(&req)?;
+        let source = self.caller(&req, "transfer-receive").await?;
         let spki = lockbox_tls::peer_spki_sha256(&req)
             .map_err(|e| Status::unauthenticated(format!("peer certificate: {e}")))?;
         let who = Caller {
@@ -179,6 +188,17 @@ impl Peer for PeerApi {
             match self.custody.key_exists(k) {
                 Ok(false) => {}
                 Ok(true) => {
+                    // A concurrent delivery of this same grant may have just stored it: then
+                    // this one is a retry and gets the same receipt.
+                    if let Ok(Some(r)) = self
+                        .custody
+                        .grant_record(&verified.grant_id, crate::custody::GrantRole::Destination)
+                    {
+                        return Ok(Response::new(pb::Receipt {
+                            body: r.body,
+                            signature: r.signature,
+                        }));
+                    }
                     return Err(fail(CustodyError::AlreadyExists(k.clone())).await);
                 }
                 Err(e) => return Err(fail(e).await),

@@ -247,6 +247,8 @@ impl Transfers {
                 }
                 let what = if s.message().contains("sealed") {
                     format!("destination {dest} is sealed")
+                } else if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+                    format!("destination {dest} unreachable or gone mid-transfer")
                 } else {
                     format!("destination {dest} refused")
                 };

@@ -444,29 +444,6 @@ impl Cluster {
         let body = lockbox_crypto::decode_grant_body(&Cluster::read_grant(path).body).unwrap();
         hex::encode(body.grant_id)
     }
-}
-
-/// The TLS files of a lockbox identity `name` from `pki`, issued unless the CA directory
-/// already holds them.
-pub fn lockbox_tls_files(pki: &Pki, name: &str) -> lockbox_tls::TlsFiles {
-    let cert = pki.dir().join(format!("{name}.crt"));
-    let id = if cert.is_file() {
-        Identity {
-            cert,
-            key: pki.dir().join(format!("{name}.key")),
-            ca: pki.dir().join("ca.crt"),
-        }
-    } else {
-        pki.issue("lockbox", name)
-    };
-    lockbox_tls::TlsFiles {
-        cert: id.cert,
-        key: id.key,
-        ca: id.ca,
-    }
-}
-
-impl Cluster {
 
     /// Asks the controller for a grant and writes it to a file; returns the path.
     pub fn grant(&self, keys: &[&str], from: &str, to: &str, op: &str, ttl: &str) -> PathBuf {
@@ -506,5 +483,25 @@ pub fn wait_attested(node: &crate::Node) {
         }
         assert!(Instant::now() < deadline, "never attested: {s}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The TLS files of a lockbox identity `name` from `pki`, issued unless the CA directory
+/// already holds them.
+pub fn lockbox_tls_files(pki: &Pki, name: &str) -> lockbox_tls::TlsFiles {
+    let cert = pki.dir().join(format!("{name}.crt"));
+    let id = if cert.is_file() {
+        Identity {
+            cert,
+            key: pki.dir().join(format!("{name}.key")),
+            ca: pki.dir().join("ca.crt"),
+        }
+    } else {
+        pki.issue("lockbox", name)
+    };
+    lockbox_tls::TlsFiles {
+        cert: id.cert,
+        key: id.key,
+        ca: id.ca,
     }
 }

@@ -47,11 +47,13 @@ impl std::fmt::Debug for Rogue {
     }
 }
 
-/// One key version the rogue sends: a key id (a UUID) and its plaintext material.
+/// One key version the rogue sends: a key id (a UUID), a version and its plaintext material.
 #[derive(Debug, Clone)]
 pub struct RogueKey {
     /// The key id.
     pub key_id: String,
+    /// The key version (1 unless a test says otherwise).
+    pub version: u32,
     /// The plaintext material (32 or 64 bytes for a key a lockbox accepts).
     pub material: Vec<u8>,
 }
@@ -61,6 +63,7 @@ impl RogueKey {
     pub fn random() -> RogueKey {
         RogueKey {
             key_id: random_uuid(),
+            version: 1,
             material: lockbox_crypto::random_array::<32>().unwrap().to_vec(),
         }
     }
@@ -69,6 +72,7 @@ impl RogueKey {
     pub fn with_other_material(&self) -> RogueKey {
         RogueKey {
             key_id: self.key_id.clone(),
+            version: self.version,
             material: lockbox_crypto::random_array::<32>().unwrap().to_vec(),
         }
     }
@@ -189,14 +193,19 @@ impl Rogue {
             let ch = self
                 .channel(controller_url, Expect::role(Role::Controller))
                 .await?;
-            Ok(ControllerClient::new(ch).attest(request).await?.into_inner())
+            Ok(ControllerClient::new(ch)
+                .attest(request)
+                .await?
+                .into_inner())
         })
     }
 
     /// `Peer.Identity` of the lockbox `peer` at `url`.
     pub fn identity(&self, url: &str, peer: &str) -> Result<pb::SignedAttestation, RogueError> {
         self.run(async {
-            let ch = self.channel(url, Expect::named(Role::Lockbox, peer)).await?;
+            let ch = self
+                .channel(url, Expect::named(Role::Lockbox, peer))
+                .await?;
             Ok(PeerClient::new(ch)
                 .identity(pb::IdentityRequest {})
                 .await?
@@ -210,11 +219,14 @@ impl Rogue {
             .identity(url, peer)
             .unwrap_or_else(|e| panic!("Identity of {peer}: {e}"));
         let body = decode_attestation_body(&att.body).unwrap();
-        assert_eq!(body.node, peer, "{peer} answered another node's attestation");
+        assert_eq!(
+            body.node, peer,
+            "{peer} answered another node's attestation"
+        );
         body.hpke_public_key.as_slice().try_into().unwrap()
     }
 
-    /// Seals `keys` (version 1 each) as batch `batch` of `grant`, to `dest_hpke`, and signs it
+    /// Seals `keys` as batch `batch` of `grant`, to `dest_hpke`, and signs it
     /// with this rogue's key, exactly as a source lockbox does.
     pub fn batch(
         &self,
@@ -240,7 +252,7 @@ impl Rogue {
             .zip(&secrets)
             .map(|(k, m)| KeyToWrap {
                 key_id: &k.key_id,
-                version: 1,
+                version: k.version,
                 material: m,
             })
             .collect();
@@ -320,7 +332,9 @@ impl Rogue {
             msg: Some(Msg::End(pb::DeliverEnd {})),
         });
         self.run(async {
-            let ch = self.channel(url, Expect::named(Role::Lockbox, peer)).await?;
+            let ch = self
+                .channel(url, Expect::named(Role::Lockbox, peer))
+                .await?;
             let stream = tonic::codegen::tokio_stream::iter(msgs);
             Ok(PeerClient::new(ch).deliver(stream).await?.into_inner())
         })

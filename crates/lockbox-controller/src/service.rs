@@ -340,10 +340,22 @@ fn validate_request(
             "a grant names at least one key id",
         ));
     }
+    let mut seen = std::collections::BTreeSet::new();
     for k in key_ids {
-        if uuid::Uuid::parse_str(k).is_err() {
+        // Grants carry key ids in one canonical spelling (lower-case hyphenated), the one
+        // lockboxes store: two spellings of one key would otherwise count as two keys.
+        let canonical = uuid::Uuid::parse_str(k)
+            .map_err(|_| Status::invalid_argument(format!("key id {k:?} is not a UUID")))?
+            .hyphenated()
+            .to_string();
+        if canonical != *k {
             return Err(Status::invalid_argument(format!(
-                "key id {k:?} is not a UUID"
+                "key id {k:?} must be written in canonical form ({canonical})"
+            )));
+        }
+        if !seen.insert(canonical) {
+            return Err(Status::invalid_argument(format!(
+                "key id {k} appears twice"
             )));
         }
     }

@@ -328,10 +328,13 @@ fn emit(json_mode: bool, v: Value, human: impl FnOnce()) {
 
 /// Turns a gRPC failure into one line that says what failed, without the transport noise.
 fn rpc_error(socket: &std::path::Path, s: tonic::Status) -> anyhow::Error {
+    let lost = ["transport", "h2 protocol", "connection", "broken pipe"];
     match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown if s.message().contains("transport") => {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            if lost.iter().any(|w| s.message().contains(w)) =>
+        {
             anyhow!(
-                "cannot reach lockboxd at {}: {}",
+                "lost the connection to lockboxd at {} (did it stop?): {}",
                 socket.display(),
                 s.message()
             )

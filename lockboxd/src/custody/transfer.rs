@@ -92,6 +92,29 @@ fn grant_key(grant_id: &[u8; 16], role: GrantRole) -> Vec<u8> {
     k
 }
 
+/// A received key's versions must make sense before anything is stored: numbered from 1,
+/// each once, all of one length, exactly one current.
+fn check_versions(key_id: &str, versions: &[Incoming]) -> Result<()> {
+    let bad = |why: String| CustodyError::InvalidArgument(format!("received key {key_id}: {why}"));
+    let Some(first) = versions.first() else {
+        return Err(bad("no versions".into()));
+    };
+    let mut last = 0u32;
+    for v in versions {
+        if v.version == 0 || v.version == last {
+            return Err(bad(format!("version {} is zero or repeated", v.version)));
+        }
+        last = v.version;
+        if v.material.len() != first.material.len() {
+            return Err(bad("versions of different lengths".into()));
+        }
+    }
+    if versions.iter().filter(|v| v.current).count() != 1 {
+        return Err(bad("exactly one version must be current".into()));
+    }
+    Ok(())
+}
+
 /// Adds the record of what this node did with a grant to the batch that does it.
 fn put_grant_record(
     batch: &mut Batch,
@@ -182,8 +205,19 @@ impl Custody {
                 },
             ));
         }
-        lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
-            .map_err(CustodyError::Grant)
+        let verified =
+            lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
+                .map_err(CustodyError::Grant)?;
+        // Key ids are stored in one spelling; a grant spelling one differently could name the
+        // same key twice or miss it. Controllers issue canonical ids; refuse anything else.
+        for k in &verified.body.key_ids {
+            if parse_key_id(k)? != *k {
+                return Err(CustodyError::Grant(lockbox_crypto::GrantError::Malformed(
+                    format!("key id {k:?} is not in canonical form"),
+                )));
+            }
+        }
+        Ok(verified)
     }
 
     /// Reads the keys a grant covers, with every readable version's material, refusing
@@ -273,6 +307,7 @@ impl Custody {
                 return Err(CustodyError::AlreadyExists(id));
             }
             versions.sort_by_key(|v| v.version);
+            check_versions(&id, &versions)?;
             let first = &versions[0];
             let labels = first.labels.clone();
             validate_labels(&labels)?;
@@ -287,7 +322,7 @@ impl Custody {
                 .iter()
                 .find(|v| v.current)
                 .map(|v| v.version)
-                .unwrap_or_else(|| versions.iter().map(|v| v.version).max().unwrap_or(1));
+                .unwrap_or(first.version);
             let mut metas = Vec::new();
             for v in &versions {
                 let material_id = new_material_id()?;
@@ -484,6 +519,13 @@ impl Custody {
         }
         .await;
         self.audited(caller, "promote", key_id, res).await
+    }
+
+    /// Audits a request refused before it reached the domain (e.g. a peer that is not a
+    /// lockbox), when the node is unsealed.
+    pub async fn audit_refused(&self, caller: &Caller, action: &str, why: String) {
+        let e = CustodyError::InvalidArgument(why);
+        self.audit_refusal(caller, action, "", &e).await;
     }
 
     /// Audits a failed transfer under its grant id (both ends do).

@@ -1,0 +1,293 @@
+//! Crash tests for MOVE transfers (DESIGN.md §2.6, §7): a destination that dies mid-stream
+//! stores nothing and the source keeps everything; a source that dies after the destination's
+//! receipt but before its tombstones completes the grant exactly once on retry. At every step
+//! each key is on at least one host, with its original bytes.
+//!
+//! The crashes are exact, not raced: `LOCKBOX_FAILPOINT` makes the daemon `exit(86)` at the
+//! named step, without flushing, as a `kill -9` there would.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use lockbox_tests::Node;
+use lockbox_tests::cluster::Cluster;
+
+/// The exit code of a failpoint.
+const FAILPOINT_EXIT: i32 = 86;
+
+/// Creates `n` keys with a few concurrent CLI callers (one at a time takes ~10 ms each in a
+/// debug build); returns all their ids.
+fn create_keys(node: &Node, n: usize) -> Vec<String> {
+    const THREADS: usize = 4;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let count = n / THREADS + usize::from(t < n % THREADS);
+                s.spawn(move || (0..count).map(|_| node.create_key(&[])).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// A spread of keys (first, every 97th, last) with their bytes as `holder` returns them.
+fn sample(holder: &Node, keys: &[String]) -> Vec<(String, Vec<u8>)> {
+    let mut ids: Vec<&String> = keys.iter().step_by(97).collect();
+    ids.push(keys.last().unwrap());
+    ids.dedup();
+    ids.into_iter()
+        .map(|k| (k.clone(), holder.key_bytes(k)))
+        .collect()
+}
+
+/// Key ids `node` lists (active keys only: tombstones are left out).
+fn listed(node: &Node) -> BTreeSet<String> {
+    node.ctl_json(&["key", "list"])["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Invariant 6: every key is active on at least one of the two hosts.
+fn assert_no_key_on_zero_hosts(a: &Node, b: &Node, keys: &[String]) {
+    let held: BTreeSet<String> = listed(a).union(&listed(b)).cloned().collect();
+    let lost: Vec<&String> = keys.iter().filter(|k| !held.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} keys are on no host, e.g. {:?}",
+        lost.len(),
+        keys.len(),
+        &lost[..lost.len().min(3)]
+    );
+}
+
+fn transfer_err(node: &Node, grant: &Path) -> String {
+    node.ctl_err(&["transfer", grant.to_str().unwrap()])
+}
+
+fn transfer(node: &Node, grant: &Path) -> serde_json::Value {
+    node.ctl_json(&["transfer", grant.to_str().unwrap()])
+}
+
+fn assert_audit_ok(node: &Node) {
+    let v = node.ctl_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Waits for a daemon to hit its failpoint, and checks it exited there and nowhere else.
+fn assert_died_at_failpoint(c: &mut Cluster, name: &str, failpoint: &str) {
+    let node = c.node_mut(name);
+    let st = node.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        st.code(),
+        Some(FAILPOINT_EXIT),
+        "{name} exited with {st}, not at a failpoint; log:\n{}",
+        node.log_contents()
+    );
+    assert!(
+        node.log_contents()
+            .contains(&format!("failpoint {failpoint}: exiting now")),
+        "{name} did not log the failpoint; log:\n{}",
+        node.log_contents()
+    );
+}
+
+/// Records of `node`'s audit log with this action and outcome whose detail names the grant.
+fn audit_count(node: &Node, action: &str, outcome: &str, grant_hex: &str) -> usize {
+    let tail = node.ctl_json(&["audit", "tail", "-n", "10000"]);
+    tail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["action"] == action
+                && r["outcome"] == outcome
+                && r["detail"].as_str().unwrap_or("").contains(grant_hex)
+        })
+        .count()
+}
+
+#[test]
+fn a_destination_killed_mid_stream_stores_nothing_and_the_retry_moves_everything() {
+    const N: usize = 1500; // two batches of at most 1000: the failpoint fires on the second
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
+    c.restart_with_failpoint("host-b", Some("dest-mid-stream"));
+
+    let keys = create_keys(c.node("host-a"), N);
+    assert_eq!(c.node("host-a").status()["key_count"], N);
+    let before = sample(c.node("host-a"), &keys);
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = c.grant(&refs, "host-a", "host-b", "move", "10m");
+    let grant_hex = Cluster::grant_id_hex(&g);
+
+    // The destination dies on batch #1; the source reports the failure.
+    let err = transfer_err(c.node("host-a"), &g);
+    assert!(
+        err.contains("host-b"),
+        "the error should name the peer: {err}"
+    );
+    assert_died_at_failpoint(&mut c, "host-b", "dest-mid-stream");
+
+    // The source is unchanged: every key active, same bytes, nothing tombstoned.
+    let a = c.node("host-a");
+    assert_eq!(a.status()["key_count"], N);
+    assert_eq!(listed(a).len(), N);
+    for (k, bytes) in &before {
+        assert_eq!(a.describe(k)["state"], "active", "{k}");
+        assert_eq!(&a.key_bytes(k), bytes, "{k}");
+    }
+    assert_audit_ok(a);
+
+    // Back up (without the failpoint), the destination holds none of the keys: the first
+    // batch it had opened was never stored on its own.
+    c.restart_with_failpoint("host-b", None);
+    let b = c.node("host-b");
+    assert_eq!(b.status()["key_count"], 0);
+    assert!(listed(b).is_empty());
+    for (k, _) in before.iter().take(3) {
+        let e = b.ctl_err(&["key", "describe", k]);
+        assert!(e.contains("unknown key"), "{e}");
+    }
+    assert_no_key_on_zero_hosts(c.node("host-a"), b, &keys);
+
+    // The same grant again: nothing consumed it, so it now moves everything.
+    let r = transfer(c.node("host-a"), &g);
+    assert_eq!(r["fresh"], true, "{r}");
+    assert_eq!(r["grant_id"], grant_hex.as_str());
+    assert_eq!(r["key_ids"].as_array().unwrap().len(), N);
+    let (a, b) = (c.node("host-a"), c.node("host-b"));
+    assert_eq!(b.status()["key_count"], N);
+    assert_eq!(a.status()["key_count"], 0);
+    for (k, bytes) in &before {
+        assert_eq!(&b.key_bytes(k), bytes, "{k} arrived with other bytes");
+        let t = a.describe(k);
+        assert_eq!(t["state"], "moved", "{t}");
+        assert_eq!(t["moved_to_node"], "host-b", "{t}");
+        assert_eq!(t["moved_by_grant"], grant_hex.as_str(), "{t}");
+    }
+    assert_no_key_on_zero_hosts(a, b, &keys);
+    assert_eq!(listed(b), keys.iter().cloned().collect::<BTreeSet<_>>());
+
+    // Each end recorded the grant's success exactly once, and both chains verify.
+    assert_eq!(audit_count(b, "transfer-receive", "ok", &grant_hex), 1);
+    assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 1);
+    assert_audit_ok(a);
+    assert_audit_ok(b);
+}
+
+/// Source crash after a verified receipt, before completion: run with `n` keys.
+fn source_killed_after_the_receipt(n: usize) {
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
+    c.restart_with_failpoint("host-a", Some("source-after-receipt"));
+
+    let keys = create_keys(c.node("host-a"), n);
+    // Every key's bytes for a few keys, a spread of them for many (the counts and key lists
+    // cover the rest).
+    let all_bytes = if n <= 10 {
+        keys.iter()
+            .map(|k| (k.clone(), c.node("host-a").key_bytes(k)))
+            .collect()
+    } else {
+        sample(c.node("host-a"), &keys)
+    };
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = c.grant(&refs, "host-a", "host-b", "move", "10m");
+    let grant_hex = Cluster::grant_id_hex(&g);
+
+    // The source dies right after it verified the receipt: the call fails.
+    let err = transfer_err(c.node("host-a"), &g);
+    assert!(!err.is_empty());
+    assert_died_at_failpoint(&mut c, "host-a", "source-after-receipt");
+
+    // The receipt was durable: the destination holds every key, with the right bytes.
+    let b = c.node("host-b");
+    assert_eq!(b.status()["key_count"], n);
+    for (k, bytes) in &all_bytes {
+        assert_eq!(&b.key_bytes(k), bytes, "{k}");
+        let d = b.describe(k);
+        assert_eq!(d["origin"]["kind"], "received", "{d}");
+        assert_eq!(d["origin"]["grant_id"], grant_hex.as_str(), "{d}");
+    }
+
+    // The source never recorded completion: after a restart it still holds the keys active.
+    c.restart_with_failpoint("host-a", None);
+    let a = c.node("host-a");
+    assert_eq!(a.status()["key_count"], n);
+    for (k, bytes) in &all_bytes {
+        assert_eq!(a.describe(k)["state"], "active", "{k}");
+        assert_eq!(&a.key_bytes(k), bytes, "{k}");
+    }
+    assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 0);
+
+    // Retry: the destination answers its stored receipt (nothing stored twice), and the
+    // source completes the grant now: fresh at the source, same grant id.
+    let r = transfer(a, &g);
+    assert_eq!(
+        r["fresh"], true,
+        "the source completes the grant on this retry: {r}"
+    );
+    assert_eq!(r["grant_id"], grant_hex.as_str(), "{r}");
+    assert_eq!(r["op"], "move");
+    assert_eq!(r["dest_node"], "host-b");
+    let ids: Vec<&str> = r["key_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids, refs);
+    let (a, b) = (c.node("host-a"), c.node("host-b"));
+    assert_eq!(a.status()["key_count"], 0);
+    assert_eq!(
+        b.status()["key_count"],
+        n,
+        "the destination stored nothing twice"
+    );
+    for (k, bytes) in &all_bytes {
+        let t = a.describe(k);
+        assert_eq!(t["state"], "moved", "{t}");
+        assert_eq!(t["moved_by_grant"], grant_hex.as_str(), "{t}");
+        assert_eq!(&b.key_bytes(k), bytes, "{k}");
+    }
+    assert_no_key_on_zero_hosts(a, b, &keys);
+    assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 1);
+    assert_eq!(audit_count(b, "transfer-receive", "ok", &grant_hex), 1);
+
+    // A third run changes nothing and says so, with the same receipt.
+    let r3 = transfer(a, &g);
+    assert_eq!(r3["fresh"], false, "{r3}");
+    assert_eq!(r3["grant_id"], r["grant_id"]);
+    assert_eq!(r3["stored_unix_ms"], r["stored_unix_ms"]);
+    assert_eq!(a.status()["key_count"], 0);
+    assert_eq!(b.status()["key_count"], n);
+    assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 1);
+    assert_eq!(audit_count(b, "transfer-receive", "ok", &grant_hex), 1);
+
+    assert_audit_ok(a);
+    assert_audit_ok(b);
+}
+
+#[test]
+fn a_source_killed_after_the_receipt_completes_one_key_once_on_retry() {
+    source_killed_after_the_receipt(1);
+}
+
+#[test]
+fn a_source_killed_after_the_receipt_completes_three_keys_once_on_retry() {
+    source_killed_after_the_receipt(3);
+}
+
+#[test]
+fn a_source_killed_after_the_receipt_completes_a_two_batch_move_once_on_retry() {
+    // The retry's destination answers its stored receipt right after the header, while the
+    // source still streams two batches: the source must still complete.
+    source_killed_after_the_receipt(1500);
+}
