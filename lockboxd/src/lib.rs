@@ -217,6 +217,20 @@ pub async fn run(
         tracing::debug!(error = %e, "sd_notify failed");
     }
 
+    if peer_server.is_none() {
+        // SIGHUP reloads the peer API's certificates; without one there is nothing to reload
+        // (client certificates are re-read on every use), but the signal must not kill us.
+        tokio::spawn(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                while hup.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP: no peer API to reload; client certificates are re-read on use"
+                    );
+                }
+            }
+        });
+    }
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(api)

@@ -184,25 +184,23 @@ impl Peer for PeerApi {
                 return Err(fail(err).await);
             }
         };
-        for k in &verified.body.key_ids {
-            match self.custody.key_exists(k) {
-                Ok(false) => {}
-                Ok(true) => {
-                    // A concurrent delivery of this same grant may have just stored it: then
-                    // this one is a retry and gets the same receipt.
-                    if let Ok(Some(r)) = self
-                        .custody
-                        .grant_record(&verified.grant_id, crate::custody::GrantRole::Destination)
-                    {
-                        return Ok(Response::new(pb::Receipt {
-                            body: r.body,
-                            signature: r.signature,
-                        }));
-                    }
-                    return Err(fail(CustodyError::AlreadyExists(k.clone())).await);
-                }
-                Err(e) => return Err(fail(e).await),
+        let replicate = verified.body.op == pb::GrantOp::Replicate as i32;
+        if let Err(e) = self
+            .custody
+            .check_receivable(&verified.body.key_ids, replicate)
+        {
+            // A concurrent delivery of this same grant may have just stored it: then this
+            // one is a retry and gets the same receipt.
+            if let Ok(Some(r)) = self
+                .custody
+                .grant_record(&verified.grant_id, crate::custody::GrantRole::Destination)
+            {
+                return Ok(Response::new(pb::Receipt {
+                    body: r.body,
+                    signature: r.signature,
+                }));
             }
+            return Err(fail(e).await);
         }
 
         let wanted: BTreeSet<&str> = verified.body.key_ids.iter().map(String::as_str).collect();

@@ -315,6 +315,11 @@ impl Node {
         s
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The node's temporary directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

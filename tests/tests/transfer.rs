@@ -158,3 +158,49 @@ fn evacuation_streams_many_keys_in_batches() {
         assert_eq!(a.describe(k)["state"], "moved");
     }
 }
+
+#[test]
+fn a_key_can_move_back_and_a_replica_can_be_refreshed() {
+    let c = Cluster::start(&["host-a", "host-b", "host-c"], "");
+    let (a, b, cc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let k = a.create_key(&[]);
+    let bytes = a.key_bytes(&k);
+    // a -> b -> a: the key comes home over its own tombstone.
+    transfer(a, &c.grant(&[&k], "host-a", "host-b", "move", "10m"));
+    transfer(b, &c.grant(&[&k], "host-b", "host-a", "move", "10m"));
+    assert_eq!(a.describe(&k)["state"], "active");
+    assert_eq!(a.key_bytes(&k), bytes);
+    assert_eq!(b.describe(&k)["state"], "moved");
+    assert_eq!(a.status()["key_count"], 1);
+    assert_eq!(b.status()["key_count"], 0);
+    // A replica goes stale after a rekey; a new REPLICATE refreshes it in place.
+    transfer(a, &c.grant(&[&k], "host-a", "host-c", "replicate", "10m"));
+    a.ctl_json(&["key", "rekey", &k]);
+    a.ctl_json(&["key", "rekey", &k, "--commit"]);
+    let fresh = a.key_bytes(&k);
+    assert_ne!(fresh, bytes);
+    transfer(a, &c.grant(&[&k], "host-a", "host-c", "replicate", "10m"));
+    assert_eq!(cc.describe(&k)["state"], "replica");
+    assert_eq!(cc.status()["key_count"], 1);
+    cc.ctl_json(&["key", "promote", &k]);
+    assert_eq!(cc.key_bytes(&k), fresh);
+    // But a live key is never overwritten by a COPY.
+    let g = c.grant(&[&k], "host-a", "host-c", "copy", "10m");
+    let err = a.ctl_err(&["transfer", g.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(cc.key_bytes(&k), fresh);
+}
+
+#[test]
+fn sighup_does_not_stop_a_lockbox_without_a_peer_api() {
+    let node = lockbox_tests::Node::keyfile();
+    let pid = node.pid().unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(node.is_running(), "lockboxd died on SIGHUP");
+    assert_eq!(node.status()["sealed"], false);
+}

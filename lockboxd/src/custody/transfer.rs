@@ -271,11 +271,28 @@ impl Custody {
         Ok(lockbox_crypto::open_batch(&u.hpke, ctx, batch)?)
     }
 
-    /// True when any record (even a tombstone) exists for this key id.
-    pub fn key_exists(&self, key_id: &str) -> Result<bool> {
-        Ok(self
-            .store
-            .contains(Ns::Keys, parse_key_id(key_id)?.as_bytes())?)
+    /// Whether a received key may take this key id here: yes when the id is new, when it is
+    /// the `moved` tombstone of a key that left (it comes back), or when it is a replica and
+    /// the grant is a REPLICATE (the standing backup is refreshed). Anything else (a live
+    /// key, a destroyed one: ids are never reused) is refused. Returns the record replaced.
+    fn replaceable(&self, u: &Unlocked, key_id: &str, replicate: bool) -> Result<Option<KeyMeta>> {
+        let Some(meta) = self.load_meta(u, key_id)? else {
+            return Ok(None);
+        };
+        if meta.moved_to.is_some() || (replicate && meta.replica && !meta.destroyed) {
+            return Ok(Some(meta));
+        }
+        Err(CustodyError::AlreadyExists(key_id.to_string()))
+    }
+
+    /// Checks, before a delivery streams, that every key id of a grant may be received here
+    /// (see `replaceable`).
+    pub fn check_receivable(&self, key_ids: &[String], replicate: bool) -> Result<()> {
+        let u = self.unlocked()?;
+        for k in key_ids {
+            self.replaceable(&u, &parse_key_id(k)?, replicate)?;
+        }
+        Ok(())
     }
 
     /// Stores received keys, consumes the grant and signs the receipt, in one atomic durable
@@ -303,8 +320,10 @@ impl Custody {
         let before = *ws;
         for (key_id, mut versions) in by_key {
             let id = parse_key_id(&key_id)?;
-            if self.store.contains(Ns::Keys, id.as_bytes())? {
-                return Err(CustodyError::AlreadyExists(id));
+            let replaced = self.replaceable(&u, &id, replica)?;
+            let counted = replaced.as_ref().is_some_and(|m| m.moved_to.is_none());
+            if let Some(old) = &replaced {
+                self.drop_material_refs(std::slice::from_ref(old), &mut batch)?;
             }
             versions.sort_by_key(|v| v.version);
             check_versions(&id, &versions)?;
@@ -362,7 +381,9 @@ impl Custody {
                 moved_to: None,
             };
             batch.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
-            ws.key_count += 1;
+            if !counted {
+                ws.key_count += 1;
+            }
         }
         batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         let body = pb::ReceiptBody {
