@@ -2,7 +2,7 @@
 //!
 //! [`Daemon`] is a drop guard: whatever happens (an error, a panic, Ctrl-C unwinding the
 //! future that owns it), dropping it SIGTERMs the daemon, SIGKILLs it if it does not exit in
-//! time, and removes the temp dir.
+//! time, and removes the temp dir (unless asked to keep it).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,11 +28,13 @@ pub struct Daemon {
     socket: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Leave the temp dir in place on drop (for inspection or profiling a restart).
+    keep: bool,
 }
 
 impl Daemon {
     /// Makes a temp dir under /tmp, writes the config and runs `lockboxd init`.
-    pub fn init(bin: &Path) -> Result<Daemon> {
+    pub fn init(bin: &Path, keep: bool) -> Result<Daemon> {
         if !bin.is_file() {
             bail!(
                 "no lockboxd at {} (build it: cargo build --release -p lockboxd, or pass --lockboxd)",
@@ -68,6 +70,7 @@ impl Daemon {
             config,
             socket,
             child: None,
+            keep,
         };
         let out = Command::new(&daemon.bin)
             .arg("--config")
@@ -220,6 +223,10 @@ impl Drop for Daemon {
             eprintln!("warning: {e:#}");
         }
         if let Some(dir) = self.dir.take() {
+            if self.keep {
+                eprintln!("kept {} (lockboxd stopped)", dir.keep().display());
+                return;
+            }
             let path = dir.path().display().to_string();
             if let Err(e) = dir.close() {
                 eprintln!("warning: cannot remove {path}: {e}");

@@ -38,6 +38,10 @@ struct Cli {
     /// Worker threads of the client's tokio runtime (default: one per CPU).
     #[arg(long, global = true)]
     client_threads: Option<usize>,
+    /// Keep each lockbox's temp dir (config, data, log) instead of removing it; the daemon is
+    /// still stopped. For inspecting or profiling a restart by hand.
+    #[arg(long, global = true)]
+    keep: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +122,7 @@ struct Ctx {
     lockboxd: PathBuf,
     json: bool,
     per_channel: usize,
+    keep: bool,
 }
 
 impl Ctx {
@@ -134,7 +139,7 @@ impl Ctx {
     }
 
     async fn daemon(&self) -> Result<Daemon> {
-        let mut d = Daemon::init(&self.lockboxd)?;
+        let mut d = Daemon::init(&self.lockboxd, self.keep)?;
         d.start().await?;
         Ok(d)
     }
@@ -193,6 +198,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         json: cli.json,
         per_channel: cli.per_channel.max(1),
+        keep: cli.keep,
     };
     match cli.command {
         Command::Create { concurrency, count } => create(&ctx, concurrency, count).await,
