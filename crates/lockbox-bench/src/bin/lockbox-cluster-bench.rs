@@ -181,12 +181,10 @@ impl Cluster {
     }
 
     async fn local(&self, node: &str) -> Result<LockboxClient<Channel>> {
-        let ch = tonic::transport::Endpoint::try_from(format!(
-            "unix:{}",
-            self.socket(node).display()
-        ))?
-        .connect()
-        .await?;
+        let ch =
+            tonic::transport::Endpoint::try_from(format!("unix:{}", self.socket(node).display()))?
+                .connect()
+                .await?;
         Ok(LockboxClient::new(ch)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
@@ -223,7 +221,13 @@ impl Cluster {
             .max_encoding_message_size(64 << 20))
     }
 
-    async fn grant(&self, keys: Vec<String>, from: &str, to: &str, op: pb::GrantOp) -> Result<pb::SignedGrant> {
+    async fn grant(
+        &self,
+        keys: Vec<String>,
+        from: &str,
+        to: &str,
+        op: pb::GrantOp,
+    ) -> Result<pb::SignedGrant> {
         Ok(self
             .orchestrator()
             .await?
@@ -267,7 +271,10 @@ async fn create_keys(c: &Cluster, node: &str, n: u64) -> Result<Vec<String>> {
     Ok(all)
 }
 
-async fn transfer(client: &mut LockboxClient<Channel>, grant: pb::SignedGrant) -> Result<pb::TransferReceipt> {
+async fn transfer(
+    client: &mut LockboxClient<Channel>,
+    grant: pb::SignedGrant,
+) -> Result<pb::TransferReceipt> {
     let mut stream = client
         .transfer(pb::TransferRequest { grant: Some(grant) })
         .await?
@@ -337,7 +344,10 @@ async fn bench_transfer(c: &Cluster, count: u64) -> Result<serde_json::Value> {
     let keys = create_keys(c, "host-a", count + 20).await?;
     let mut grants = Vec::new();
     for k in &keys {
-        grants.push(c.grant(vec![k.clone()], "host-a", "host-b", pb::GrantOp::Copy).await?);
+        grants.push(
+            c.grant(vec![k.clone()], "host-a", "host-b", pb::GrantOp::Copy)
+                .await?,
+        );
     }
     let mut client = c.local("host-a").await?;
     // Warm-up: the first transfer connects and verifies host-b's attestation.
