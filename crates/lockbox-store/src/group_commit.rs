@@ -1,114 +1,373 @@
-//! Group commit: many writers, one flush.
+//! Group commit: many writers, one `fdatasync`.
 //!
-//! Writers apply their batch, take a generation number, and wait until the flusher reports a
-//! flushed generation at least as large. A single flusher task flushes whatever has accumulated
-//! since its last flush, so under load one ~150 µs fsync covers dozens of writes.
+//! Writers encode their batch into the pending log buffer and publish it in the overlay (so
+//! reads see it at once), under one short lock. A committer thread writes whatever has
+//! accumulated to the current log segment with one `write` and one `fdatasync`, reports the
+//! sequence number now durable, and only then copies the batches into sled (coalesced: a record
+//! rewritten by every batch, such as the audit head, is written to sled once per group) and
+//! drops them from the overlay. While it syncs, the next group accumulates, so under load one
+//! ~150 µs sync covers dozens of writes.
+//!
+//! sled never holds a write that is not durable in the log: after a crash, replaying the log
+//! over sled's recovered state gives exactly the acknowledged writes (plus possibly the last,
+//! unacknowledged group, whole or not at all).
+//!
+//! A checkpointer thread flushes sled and fsyncs its files, then deletes the log segments whose
+//! records sled now holds durably, and prepares the next (preallocated) segment.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
+use crate::wal::{self, Op};
 use crate::{Result, StoreError};
 
-pub(crate) struct GroupCommit {
-    db: sled::Db,
-    /// Generation of the newest applied write.
-    written: AtomicU64,
-    /// Generation known to be on disk; `Err` once a flush failed (every later wait fails too:
-    /// a store that cannot flush must not acknowledge anything).
-    flushed: watch::Sender<std::result::Result<u64, String>>,
-    /// Shared with the flusher, which holds only a weak reference to the rest so that dropping
-    /// the store closes the database.
-    wake: Arc<Notify>,
-    /// True while a flusher task is running; the first waiter with nothing flushing starts one.
-    running: Mutex<bool>,
+/// Size of a preallocated log segment. Records beyond it rotate to a new segment; the segments
+/// left behind are deleted at the next checkpoint, so the log on disk stays near this size and
+/// a restart replays at most about this much.
+pub(crate) const SEGMENT_BYTES: usize = 8 << 20;
+/// A checkpoint also runs when this much time passed since the last one and anything was
+/// written, so that an idle lockbox's log shrinks and its restart replays little.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// A value pending in the overlay: the batch that wrote it and the value (`None`: removed).
+pub(crate) type Pending = (u64, Option<sled::IVec>);
+
+/// State shared by writers, readers, the committer and the checkpointer.
+pub(crate) struct Shared {
+    pub(crate) tree: sled::Db,
+    /// Writes acknowledged or about to be, not yet in sled: reads look here first.
+    overlay: RwLock<BTreeMap<Vec<u8>, Pending>>,
+    state: Mutex<State>,
+    /// Wakes the committer when a batch arrives (or at shutdown).
+    work: Condvar,
+    /// Wakes blocking waiters when the durable sequence number advances.
+    durable_cv: Condvar,
+    /// The same, for async waiters; `Err` once the log cannot be written.
+    durable_tx: watch::Sender<std::result::Result<u64, String>>,
+    wal_dir: PathBuf,
+    db_dir: PathBuf,
 }
 
-impl GroupCommit {
-    pub(crate) fn new(db: sled::Db) -> Self {
-        let (flushed, _) = watch::channel(Ok(0));
-        GroupCommit {
-            db,
-            written: AtomicU64::new(0),
-            flushed,
-            wake: Arc::new(Notify::new()),
-            running: Mutex::new(false),
+struct State {
+    /// Sequence number of the next batch.
+    next_seq: u64,
+    /// Encoded records not yet handed to the committer.
+    buf: Vec<u8>,
+    /// The same batches, for copying into sled once durable.
+    queue: Vec<(u64, Vec<Op>)>,
+    /// Newest sequence number known to be durable.
+    durable: u64,
+    /// Set once a log write or sync failed: nothing more may be acknowledged.
+    failed: Option<String>,
+    shutdown: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(tree: sled::Db, db_dir: PathBuf, wal_dir: PathBuf, next_seq: u64) -> Self {
+        let (durable_tx, _) = watch::channel(Ok(next_seq - 1));
+        Shared {
+            tree,
+            overlay: RwLock::new(BTreeMap::new()),
+            state: Mutex::new(State {
+                next_seq,
+                buf: Vec::new(),
+                queue: Vec::new(),
+                durable: next_seq - 1,
+                failed: None,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            durable_cv: Condvar::new(),
+            durable_tx,
+            wal_dir,
+            db_dir,
         }
     }
 
-    /// Called after a batch is applied: returns the generation that covers it.
-    pub(crate) fn written(&self) -> u64 {
-        self.written.fetch_add(1, Ordering::SeqCst) + 1
+    pub(crate) fn overlay(&self) -> RwLockReadGuard<'_, BTreeMap<Vec<u8>, Pending>> {
+        self.overlay.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) async fn wait_durable(self: &Arc<Self>, generation: u64) -> Result<()> {
-        let mut rx = self.flushed.subscribe();
-        self.ensure_flusher();
-        self.wake.notify_one();
+    fn overlay_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<Vec<u8>, Pending>> {
+        self.overlay.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a batch: visible to reads at once, durable once [`Shared::wait_durable`] says so.
+    pub(crate) fn submit(&self, ops: Vec<Op>) -> Result<u64> {
+        let mut st = lock(&self.state);
+        if let Some(e) = &st.failed {
+            return Err(StoreError::Flush(e.clone()));
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        wal::encode_record(&mut st.buf, seq, &ops);
+        {
+            let mut ov = self.overlay_mut();
+            for (k, v) in &ops {
+                ov.insert(k.clone(), (seq, v.as_deref().map(sled::IVec::from)));
+            }
+        }
+        st.queue.push((seq, ops));
+        drop(st);
+        self.work.notify_one();
+        Ok(seq)
+    }
+
+    /// The newest sequence number handed out (what "everything so far" means).
+    pub(crate) fn last_submitted(&self) -> u64 {
+        lock(&self.state).next_seq - 1
+    }
+
+    pub(crate) async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut rx = self.durable_tx.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                Ok(done) if *done >= generation => return Ok(()),
+                Ok(done) if *done >= seq => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(StoreError::Flush(e.clone())),
             }
             if rx.changed().await.is_err() {
-                return Err(StoreError::Flush("flusher stopped".into()));
+                return Err(StoreError::Flush("the log writer stopped".into()));
             }
         }
     }
 
-    fn ensure_flusher(self: &Arc<Self>) {
-        let mut running = match self.running.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if *running {
-            return;
+    pub(crate) fn wait_durable_blocking(&self, seq: u64) -> Result<()> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(StoreError::Flush(e.clone()));
+            }
+            if st.durable >= seq {
+                return Ok(());
+            }
+            st = self.durable_cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        *running = true;
-        let weak = Arc::downgrade(self);
-        let wake = self.wake.clone();
-        tokio::spawn(flush_loop(weak, wake));
+    }
+
+    fn fail(&self, msg: String) {
+        tracing::error!(error = %msg, "write-ahead log failed; refusing further writes");
+        let mut st = lock(&self.state);
+        st.failed = Some(msg.clone());
+        drop(st);
+        let _previous = self.durable_tx.send_replace(Err(msg));
+        self.durable_cv.notify_all();
+    }
+
+    pub(crate) fn shutdown(&self) {
+        lock(&self.state).shutdown = true;
+        self.work.notify_all();
+    }
+
+    pub(crate) fn db_dir(&self) -> &Path {
+        &self.db_dir
     }
 }
 
-impl Drop for GroupCommit {
-    fn drop(&mut self) {
-        // Let an idle flusher notice the store is gone and exit.
-        self.wake.notify_one();
-    }
+/// What the committer tells the checkpointer.
+pub(crate) enum Checkpoint {
+    /// Make sled durable, then delete these segments (their records are all in sled).
+    Retire(Vec<PathBuf>),
 }
 
-async fn flush_loop(weak: Weak<GroupCommit>, wake: Arc<Notify>) {
+/// The committer thread: see the module documentation.
+pub(crate) fn committer(
+    shared: Arc<Shared>,
+    mut file: File,
+    mut segment_path: PathBuf,
+    checkpoints: mpsc::Sender<Checkpoint>,
+    spare_ready: Arc<Mutex<Option<PathBuf>>>,
+) {
+    let mut offset = wal::MAGIC.len();
+    let mut last_checkpoint = Instant::now();
+    let mut spare_buf = Vec::new();
     loop {
-        let Some(this) = weak.upgrade() else { return };
-        let target = this.written.load(Ordering::SeqCst);
-        let done = match &*this.flushed.borrow() {
-            Ok(d) => *d,
-            Err(_) => return,
+        let (mut buf, queue, last) = {
+            let mut st = lock(&shared.state);
+            while st.buf.is_empty() && !st.shutdown {
+                st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.buf.is_empty() {
+                return; // shutdown with nothing pending
+            }
+            let buf = std::mem::replace(&mut st.buf, std::mem::take(&mut spare_buf));
+            let queue = std::mem::take(&mut st.queue);
+            (buf, queue, st.next_seq - 1)
         };
-        if target <= done {
-            drop(this);
-            // Nothing pending: sleep until a writer (or Drop) wakes us. `notify_one` stores a
-            // permit, so a wake-up sent between the check above and this await is not lost.
-            wake.notified().await;
-            continue;
+        let first = queue.first().map(|(s, _)| *s).unwrap_or(last);
+
+        // Rotate before a write that would overflow the preallocated segment.
+        if offset > wal::MAGIC.len() && offset + buf.len() > SEGMENT_BYTES {
+            let spare = lock(&spare_ready).take();
+            let spare = match spare {
+                Some(p) => Ok(p),
+                None => wal::prepare_spare(&shared.wal_dir, SEGMENT_BYTES),
+            };
+            match spare.and_then(|p| wal::install_segment(&shared.wal_dir, &p, first)) {
+                Ok(f) => {
+                    let old = std::mem::replace(
+                        &mut segment_path,
+                        wal::segment_path(&shared.wal_dir, first),
+                    );
+                    file = f;
+                    offset = wal::MAGIC.len();
+                    last_checkpoint = Instant::now();
+                    let _ = checkpoints.send(Checkpoint::Retire(vec![old]));
+                }
+                Err(e) => {
+                    shared.fail(format!("cannot start a new log segment: {e}"));
+                    return;
+                }
+            }
         }
-        let db = this.db.clone();
-        let res = tokio::task::spawn_blocking(move || db.flush()).await;
-        let outcome = match res {
-            Ok(Ok(_)) => Ok(target),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("flush task failed: {e}")),
-        };
-        let failed = outcome.is_err();
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "database flush failed; refusing further acknowledgements");
-        }
-        let _previous = this.flushed.send_replace(outcome);
-        if failed {
+
+        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+            shared.fail(format!(
+                "cannot write the log segment {}: {e}",
+                segment_path.display()
+            ));
             return;
         }
+        offset += buf.len();
+        {
+            let mut st = lock(&shared.state);
+            st.durable = last;
+        }
+        let _previous = shared.durable_tx.send_replace(Ok(last));
+        shared.durable_cv.notify_all();
+
+        // Copy the group into sled, each key once with its final value, then drop it from the
+        // overlay (sled first: a reader that misses the overlay must find the value in sled).
+        let mut finals: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+        for (_, ops) in &queue {
+            for (k, v) in ops {
+                finals.insert(k.as_slice(), v.as_deref());
+            }
+        }
+        for (k, v) in &finals {
+            let res = match v {
+                Some(v) => shared.tree.insert(*k, *v).map(|_| ()),
+                None => shared.tree.remove(*k).map(|_| ()),
+            };
+            if let Err(e) = res {
+                // The writes are durable in the log and stay visible through the overlay;
+                // a restart replays them. Stop taking new ones.
+                shared.fail(format!("cannot update the index: {e}"));
+                return;
+            }
+        }
+        {
+            let mut ov = shared.overlay_mut();
+            for k in finals.keys() {
+                if let Some((seq, _)) = ov.get(*k)
+                    && *seq <= last
+                {
+                    ov.remove(*k);
+                }
+            }
+        }
+        drop(finals);
+        drop(queue);
+        buf.clear();
+        spare_buf = buf;
+
+        if offset > wal::MAGIC.len() && last_checkpoint.elapsed() > CHECKPOINT_EVERY {
+            // An idle-ish lockbox: start a fresh segment so the old one can be retired.
+            let spare = lock(&spare_ready).take();
+            if let Some(p) = spare {
+                match wal::install_segment(&shared.wal_dir, &p, last + 1) {
+                    Ok(f) => {
+                        let old = std::mem::replace(
+                            &mut segment_path,
+                            wal::segment_path(&shared.wal_dir, last + 1),
+                        );
+                        file = f;
+                        offset = wal::MAGIC.len();
+                        let _ = checkpoints.send(Checkpoint::Retire(vec![old]));
+                    }
+                    Err(e) => {
+                        shared.fail(format!("cannot start a new log segment: {e}"));
+                        return;
+                    }
+                }
+            }
+            last_checkpoint = Instant::now();
+        }
     }
+}
+
+/// The checkpointer thread: makes sled durable, retires log segments, keeps a spare ready.
+pub(crate) fn checkpointer(
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Checkpoint>,
+    spare_ready: Arc<Mutex<Option<PathBuf>>>,
+) {
+    refill_spare(&shared, &spare_ready);
+    while let Ok(Checkpoint::Retire(mut old)) = requests.recv() {
+        while let Ok(Checkpoint::Retire(more)) = requests.try_recv() {
+            old.extend(more);
+        }
+        match checkpoint_index(&shared.tree, shared.db_dir()) {
+            Ok(()) => {
+                for path in &old {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot delete a retired log segment");
+                    }
+                }
+                if let Err(e) = wal::sync_dir(&shared.wal_dir) {
+                    tracing::warn!(error = %e, "cannot sync the log directory");
+                }
+            }
+            // Keeping the segments is always safe: a restart replays them.
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed; keeping the log segments"),
+        }
+        refill_spare(&shared, &spare_ready);
+    }
+}
+
+fn refill_spare(shared: &Shared, spare_ready: &Mutex<Option<PathBuf>>) {
+    if lock(spare_ready).is_some() {
+        return;
+    }
+    match wal::prepare_spare(&shared.wal_dir, SEGMENT_BYTES) {
+        Ok(p) => *lock(spare_ready) = Some(p),
+        Err(e) => tracing::warn!(error = %e, "cannot prepare the next log segment"),
+    }
+}
+
+/// Flushes sled and fsyncs every file it keeps, so its state no longer depends on the log.
+/// (sled's own flush uses `sync_file_range`, which does not flush the device cache or the
+/// file's metadata.)
+pub(crate) fn checkpoint_index(tree: &sled::Db, db_dir: &Path) -> Result<()> {
+    tree.flush()?;
+    let blobs = db_dir.join("blobs");
+    for dir in [db_dir, blobs.as_path()] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.map_err(wal::file_err(dir))?;
+            let path = entry.path();
+            if entry.file_type().map(|t| t.is_file()).unwrap_or(false)
+                && !path.starts_with(db_dir.join("wal"))
+            {
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(wal::file_err(&path))?;
+            }
+        }
+        wal::sync_dir(dir)?;
+    }
+    Ok(())
 }
