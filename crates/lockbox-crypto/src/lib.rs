@@ -14,9 +14,11 @@
 //! - [`grant`]: controller-signed permissions to move keys between lockboxes.
 //! - [`attestation`]: controller-signed statements of a node's public keys.
 //! - [`wrap`]: keys sealed end to end (HPKE) and signed for a transfer between lockboxes.
+//! - [`backup`]: offline backups sealed to recovery keys (one HPKE stanza per recipient).
 
 pub mod attestation;
 pub mod audit;
+pub mod backup;
 pub mod error;
 pub mod grant;
 pub mod identity;
@@ -30,6 +32,7 @@ mod wire;
 
 pub use attestation::*;
 pub use audit::*;
+pub use backup::*;
 pub use error::*;
 pub use grant::*;
 pub use identity::*;

@@ -483,14 +483,14 @@ fn len_u32(n: usize) -> u32 {
 /// bytes we drew (or fixed, for vectors) keeps RNG failures a [`CryptoError::Random`] instead
 /// of hpke's panic, and makes vectors reproducible. A request beyond the 32 bytes gets zeros
 /// and is recorded, and the caller then discards the context.
-struct EphemeralIkm<'a> {
+pub(crate) struct EphemeralIkm<'a> {
     ikm: &'a [u8; 32],
     drawn: usize,
     overdrawn: bool,
 }
 
 impl<'a> EphemeralIkm<'a> {
-    fn new(ikm: &'a [u8; 32]) -> Self {
+    pub(crate) fn new(ikm: &'a [u8; 32]) -> Self {
         Self {
             ikm,
             drawn: 0,
@@ -515,7 +515,7 @@ impl<'a> EphemeralIkm<'a> {
         }
     }
 
-    fn used_exactly_once(&self) -> bool {
+    pub(crate) fn used_exactly_once(&self) -> bool {
         !self.overdrawn && self.drawn == self.ikm.len()
     }
 }
@@ -541,7 +541,8 @@ impl TryRng for EphemeralIkm<'_> {
     }
 }
 
-// Cryptographically secure as long as its 32 bytes are: random_key() in seal_batch.
+// Cryptographically secure as long as its 32 bytes are: random_key() in seal_batch and
+// seal_backup.
 impl TryCryptoRng for EphemeralIkm<'_> {}
 
 #[cfg(test)]
