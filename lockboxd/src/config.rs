@@ -88,6 +88,27 @@ pub struct Config {
     /// `[peers]`: node name → `host:port` of its peer API, for the nodes grants name.
     #[serde(default)]
     pub peers: std::collections::HashMap<String, String>,
+    /// `[hardening]`: process hardening at start-up (optional; defaults are safe).
+    #[serde(default)]
+    pub hardening: HardeningConfig,
+}
+
+/// `[hardening]`: how lockboxd protects its memory (see `hardening.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardeningConfig {
+    /// `auto` (lock memory when RLIMIT_MEMLOCK is unlimited, else warn), `required` (refuse
+    /// to start unless memory is locked) or `off`.
+    #[serde(default = "default_mlock")]
+    pub mlock: String,
+}
+
+impl Default for HardeningConfig {
+    fn default() -> Self {
+        HardeningConfig {
+            mlock: default_mlock(),
+        }
+    }
 }
 
 /// `[tls]`: certificate, key and CA, PEM files.
@@ -197,6 +218,9 @@ fn default_argon_iter() -> u32 {
 fn default_clone_policy() -> String {
     "same-key".into()
 }
+fn default_mlock() -> String {
+    "auto".into()
+}
 fn default_shred_rotation() -> toml::Value {
     toml::Value::String("immediate".into())
 }
@@ -233,6 +257,29 @@ impl ClonePolicy {
     }
 }
 
+/// Whether lockboxd locks its memory at start-up (`[hardening] mlock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlockMode {
+    /// Lock when RLIMIT_MEMLOCK is unlimited; otherwise warn once and run unlocked.
+    Auto,
+    /// Refuse to start (exit 78) unless memory is locked.
+    Required,
+    /// Do not try.
+    Off,
+}
+
+impl MlockMode {
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "required" => Some(Self::Required),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+}
+
 /// When destroyed material becomes unrecoverable from the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShredRotation {
@@ -257,6 +304,8 @@ pub struct Policy {
     pub clock_skew: std::time::Duration,
     /// M distinct trusted controller signatures required on a grant.
     pub grant_threshold: usize,
+    /// Memory locking at start-up.
+    pub mlock: MlockMode,
 }
 
 impl Config {
@@ -417,6 +466,15 @@ impl Config {
                 ));
             }
         }
+        let mlock = MlockMode::parse(&cfg.hardening.mlock).ok_or_else(|| {
+            invalid(
+                "hardening.mlock",
+                format!(
+                    "unknown value {:?}, expected \"auto\", \"required\" or \"off\"",
+                    cfg.hardening.mlock
+                ),
+            )
+        })?;
         let grant_threshold = cfg.grant_threshold;
         Ok((
             cfg,
@@ -427,6 +485,7 @@ impl Config {
                 controllers,
                 clock_skew,
                 grant_threshold,
+                mlock,
             },
         ))
     }
@@ -472,6 +531,30 @@ mod tests {
         assert!(e.to_string().contains("shred_rotation"), "{e}");
         let e = parse("version = 2\nnode_id = \"a\"\n").unwrap_err();
         assert!(e.to_string().contains("version"), "{e}");
+    }
+
+    #[test]
+    fn hardening_table_is_optional_and_checked() {
+        let (_, p) = parse("version = 1\nnode_id = \"a\"\n").unwrap();
+        assert_eq!(p.mlock, MlockMode::Auto);
+        for (v, want) in [
+            ("auto", MlockMode::Auto),
+            ("required", MlockMode::Required),
+            ("off", MlockMode::Off),
+        ] {
+            let (_, p) = parse(&format!(
+                "version = 1\nnode_id = \"a\"\n[hardening]\nmlock = \"{v}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(p.mlock, want);
+        }
+        let e =
+            parse("version = 1\nnode_id = \"a\"\n[hardening]\nmlock = \"always\"\n").unwrap_err();
+        assert!(e.to_string().contains("hardening.mlock"), "{e}");
+        let e = parse("version = 1\nnode_id = \"a\"\n[hardening]\nmlock = true\n").unwrap_err();
+        assert!(e.to_string().contains("mlock"), "{e}");
+        let e = parse("version = 1\nnode_id = \"a\"\n[hardening]\nswap = \"off\"\n").unwrap_err();
+        assert!(e.to_string().contains("swap"), "{e}");
     }
 
     #[test]

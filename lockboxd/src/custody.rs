@@ -21,8 +21,10 @@ use tokio::sync::Mutex;
 
 use crate::config::{ClonePolicy, Config, Policy, ShredRotation};
 
+mod backup;
 mod transfer;
 use crate::error::{CustodyError, Result};
+pub use backup::{ExportedBackup, RestoreSource, Restored};
 pub use transfer::{GrantRole, Incoming, Outgoing, OutgoingVersion, RECEIPT_DOMAIN, StoredReceipt};
 
 const NODE_SIGNING: &[u8] = b"signing";

@@ -88,6 +88,17 @@ pub enum CustodyError {
     /// The database content is inconsistent (a bug or tampering).
     #[error("corrupt database: {0}")]
     Corrupt(String),
+    /// A backup, recipient or identity was refused (the message names the check).
+    #[error(transparent)]
+    Backup(#[from] lockbox_crypto::BackupError),
+    /// A restore would overwrite or contradict a key here; nothing was imported.
+    #[error("restore refused, nothing imported: key {key_id} {why}")]
+    RestoreConflict {
+        /// The key id in conflict.
+        key_id: String,
+        /// How it differs here.
+        why: String,
+    },
 }
 
 /// Shorthand for custody results.
@@ -120,6 +131,12 @@ impl From<CustodyError> for tonic::Status {
             CustodyError::AlreadyInitialized(_) | CustodyError::NotInitialized(_) => {
                 Code::FailedPrecondition
             }
+            CustodyError::RestoreConflict { .. } => Code::AlreadyExists,
+            CustodyError::Backup(lockbox_crypto::BackupError::TooLarge { .. }) => {
+                Code::ResourceExhausted
+            }
+            CustodyError::Backup(lockbox_crypto::BackupError::Crypto(_)) => Code::Internal,
+            CustodyError::Backup(_) => Code::InvalidArgument,
         };
         tonic::Status::new(code, e.to_string())
     }

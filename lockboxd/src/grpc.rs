@@ -101,6 +101,9 @@ impl LocalApi {
             s.attestation_state = "none".into();
             s.attestation_error = "no [[controllers]] configured".into();
         }
+        let h = crate::hardening::current();
+        s.memory_locked = h.memory_locked;
+        s.core_dumps_disabled = h.core_dumps_disabled;
         s
     }
 }
@@ -457,4 +460,94 @@ impl Lockbox for LocalApi {
         let info = self.custody.promote(&who, &r.key_id).await?;
         Ok(Response::new(info_to_pb(info)))
     }
+
+    async fn export_backup(
+        &self,
+        req: Request<pb::ExportBackupRequest>,
+    ) -> R<pb::ExportBackupResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let e = self
+            .custody
+            .export_backup(&who, &r.recipients, &labels(r.labels))
+            .await?;
+        Ok(Response::new(pb::ExportBackupResponse {
+            backup: e.bytes,
+            keys: e.keys,
+            materials: e.materials,
+            recipient_fingerprints: e.fingerprints,
+        }))
+    }
+
+    async fn restore_backup(
+        &self,
+        req: Request<pb::RestoreBackupRequest>,
+    ) -> R<pb::RestoreBackupResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let source = custody::RestoreSource {
+            source_node: r.source_node,
+            created_unix_ms: r.created_unix_ms,
+            backup_sha256: r.backup_sha256,
+        };
+        // The request's buffers move into SecretBytes without another copy (prost's decode
+        // buffer is out of reach, as for GetKey's reply).
+        let contents = lockbox_crypto::BackupContents {
+            materials: r.materials.into_iter().map(SecretBytes::new).collect(),
+            keys: r
+                .keys
+                .into_iter()
+                .map(restore_key_from_pb)
+                .collect::<Result<_, Status>>()?,
+        };
+        let done = self.custody.restore_backup(&who, contents, &source).await?;
+        Ok(Response::new(pb::RestoreBackupResponse {
+            restored: done.restored,
+            skipped: done.skipped,
+        }))
+    }
+}
+
+fn restore_key_from_pb(k: pb::RestoreKey) -> Result<lockbox_crypto::BackupKey, Status> {
+    use lockbox_crypto::BackupVersionState as S;
+    let origin = k.origin.unwrap_or_default();
+    let versions = k
+        .versions
+        .into_iter()
+        .map(|v| {
+            let state = match v.state.as_str() {
+                "active" => S::Active,
+                "rekeying" => S::Rekeying,
+                "retired" => S::Retired,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid argument: key {} version {}: state {other:?} is not active, \
+                         rekeying or retired",
+                        k.key_id, v.version
+                    )));
+                }
+            };
+            Ok(lockbox_crypto::BackupVersion {
+                version: v.version,
+                state,
+                created_unix_ms: v.created_unix_ms,
+                material: v.material,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    Ok(lockbox_crypto::BackupKey {
+        labels: labels(k.labels),
+        created_unix_ms: k.created_unix_ms,
+        origin: lockbox_crypto::BackupOrigin {
+            kind: origin.kind,
+            from_key_id: origin.from_key_id,
+            from_node: origin.from_node,
+            grant_id: origin.grant_id,
+        },
+        clone_policy: k.clone_policy,
+        replica: k.replica,
+        current_version: k.current_version,
+        versions,
+        key_id: k.key_id,
+    })
 }

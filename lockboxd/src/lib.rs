@@ -9,11 +9,12 @@ pub mod config;
 pub mod custody;
 pub mod error;
 pub mod grpc;
+pub mod hardening;
 pub mod peer;
 pub mod transfer;
 
 use std::future::Future;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,11 +46,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
     }
 }
 
-/// The effective uid of this process, without `unsafe`: the owner of `/proc/self`.
+/// The effective uid of this process. (Not the owner of `/proc/self`: once the process is
+/// made non-dumpable, its `/proc` entries belong to root.)
 fn own_uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
+    rustix::process::geteuid().as_raw()
 }
 
 /// Binds the Unix socket (mode 0660), replacing a stale socket file but refusing to steal the

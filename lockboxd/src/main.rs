@@ -88,6 +88,12 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format == "json");
+    // Before the runtime's threads and before any secret is read or generated.
+    if let Err(e) = lockboxd::hardening::apply(policy.mlock) {
+        tracing::error!(error = %e, "refusing to start");
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     lockbox_tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -427,8 +427,9 @@ fn lp(out: &mut Vec<u8>, bytes: &[u8], what: &str) -> BackupResult<()> {
 }
 
 /// The rules of SPEC.md "Backup payload", shared by encoding (which refuses to write what a
-/// reader would refuse) and decoding.
-fn check_contents(c: &BackupContents) -> BackupResult<()> {
+/// reader would refuse), decoding, and the daemon before a restore (whose request it gets
+/// from a client, not from a file).
+pub fn check_backup_contents(c: &BackupContents) -> BackupResult<()> {
     if c.materials.len() > u32::MAX as usize || c.keys.len() > u32::MAX as usize {
         return Err(malformed("too many keys or materials"));
     }
@@ -531,7 +532,7 @@ fn payload_len(c: &BackupContents) -> usize {
 
 /// Encodes the payload plaintext (SPEC.md "Backup payload") into a buffer wiped on drop.
 fn encode_payload(c: &BackupContents) -> BackupResult<Zeroizing<Vec<u8>>> {
-    check_contents(c)?;
+    check_backup_contents(c)?;
     let mut out = Zeroizing::new(Vec::with_capacity(payload_len(c)));
     out.extend_from_slice(&len_u32(c.materials.len(), "material count")?.to_be_bytes());
     for m in &c.materials {
@@ -661,7 +662,7 @@ fn decode_payload(bytes: &[u8]) -> BackupResult<BackupContents> {
     r.finish("payload")
         .map_err(|_| malformed("trailing bytes after the last key"))?;
     let contents = BackupContents { materials, keys };
-    check_contents(&contents)?;
+    check_backup_contents(&contents)?;
     Ok(contents)
 }
 

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
+mod backup;
 mod remote;
 
 #[derive(Parser)]
@@ -75,6 +76,9 @@ enum Command {
     /// Grants: ask a controller for one, cosign, inspect, verify against the local lockbox.
     #[command(subcommand)]
     Grant(remote::GrantCommand),
+    /// Offline backups sealed to recovery keys: keygen, export, restore.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
 }
 
 #[derive(Subcommand)]
@@ -258,6 +262,8 @@ fn status_json(s: &pb::StatusResponse) -> Value {
         "attestation_state": s.attestation_state,
         "attestation_expires_unix_ms": s.attestation_expires_unix_ms,
         "attestation_error": s.attestation_error,
+        "memory_locked": s.memory_locked,
+        "core_dumps_disabled": s.core_dumps_disabled,
     })
 }
 
@@ -305,6 +311,22 @@ fn print_status(s: &pb::StatusResponse) {
     println!("audit:    {} records", s.audit_records);
     println!("version:  {}", s.version);
     println!("uptime:   {} s", s.uptime_seconds);
+    println!(
+        "memory:   {}",
+        if s.memory_locked {
+            "locked (no swap)"
+        } else {
+            "NOT locked (may be swapped; see [hardening] in operations.md)"
+        }
+    );
+    println!(
+        "core:     {}",
+        if s.core_dumps_disabled {
+            "dumps disabled"
+        } else {
+            "dumps NOT disabled"
+        }
+    );
     if s.attestation_expires_unix_ms > 0 {
         println!(
             "attested: {} (expires {} unix ms)",
@@ -358,7 +380,10 @@ async fn connect(socket: &std::path::Path) -> Result<LockboxClient<Channel>> {
             socket.display()
         )
     })?;
-    Ok(LockboxClient::new(channel))
+    // Backups travel in one message each way; lockboxd accepts up to 64 MiB too.
+    Ok(LockboxClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 fn read_secret_line(file: Option<&PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
@@ -380,6 +405,12 @@ async fn run(cli: Cli) -> Result<()> {
             return verify_grant(&socket, &file, cli.json).await;
         }
         Command::Grant(g) => return remote::run_grant(g, cli.json).await,
+        Command::Backup(backup::BackupCommand::Keygen { output }) => {
+            return backup::keygen(&output, cli.json);
+        }
+        Command::Backup(backup::BackupCommand::Restore { file, identity }) => {
+            return backup::restore(&socket, &file, &identity, cli.json).await;
+        }
         other => other,
     };
     let mut c = connect(&socket).await?;
@@ -656,7 +687,19 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             );
         }
-        Command::Pki(_) | Command::Grant(_) => unreachable!("handled above"),
+        Command::Pki(_)
+        | Command::Grant(_)
+        | Command::Backup(backup::BackupCommand::Keygen { .. })
+        | Command::Backup(backup::BackupCommand::Restore { .. }) => {
+            unreachable!("handled above")
+        }
+        Command::Backup(backup::BackupCommand::Export {
+            recipients,
+            labels: l,
+            output,
+        }) => {
+            backup::export(&mut c, err, recipients, l, &output, j).await?;
+        }
         Command::Transfer { file } => {
             let grant = remote::read_grant(&file)?;
             transfer(&mut c, &socket, grant, j).await?;

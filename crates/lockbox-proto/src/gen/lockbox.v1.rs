@@ -1267,6 +1267,12 @@ pub struct StatusResponse {
     /// Why the last attestation attempt failed (empty when it did not).
     #[prost(string, tag = "13")]
     pub attestation_error: ::prost::alloc::string::String,
+    /// True when lockboxd locked its memory (mlockall), so key pages cannot be swapped out.
+    #[prost(bool, tag = "14")]
+    pub memory_locked: bool,
+    /// True when core dumps are off for lockboxd (not dumpable and RLIMIT_CORE 0).
+    #[prost(bool, tag = "15")]
+    pub core_dumps_disabled: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SealRequest {}
@@ -1400,6 +1406,96 @@ pub struct TransferReceipt {
 pub struct PromoteKeyRequest {
     #[prost(string, tag = "1")]
     pub key_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExportBackupRequest {
+    /// Recipients (`lockbox-recipient1:<base64>`), one stanza each; at least one.
+    #[prost(string, repeated, tag = "1")]
+    pub recipients: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Only keys carrying every label here; empty: every live key.
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExportBackupResponse {
+    /// The backup file, sealed; write it as is.
+    #[prost(bytes = "vec", tag = "1")]
+    pub backup: ::prost::alloc::vec::Vec<u8>,
+    /// Key ids in it.
+    #[prost(uint64, tag = "2")]
+    pub keys: u64,
+    /// Distinct materials in it (fewer than keys when snapshots share material).
+    #[prost(uint64, tag = "3")]
+    pub materials: u64,
+    /// Hex fingerprints of the recipients, in the order given.
+    #[prost(string, repeated, tag = "4")]
+    pub recipient_fingerprints: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// One version of a key being restored.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreKeyVersion {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// active | rekeying | retired
+    #[prost(string, tag = "2")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub created_unix_ms: u64,
+    /// Index into RestoreBackupRequest.materials.
+    #[prost(uint32, tag = "4")]
+    pub material: u32,
+}
+/// One key id being restored, as the backup describes it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RestoreKey {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(uint64, tag = "3")]
+    pub created_unix_ms: u64,
+    #[prost(message, optional, tag = "4")]
+    pub origin: ::core::option::Option<Origin>,
+    /// Empty: the node's default.
+    #[prost(string, tag = "5")]
+    pub clone_policy: ::prost::alloc::string::String,
+    #[prost(bool, tag = "6")]
+    pub replica: bool,
+    #[prost(uint32, tag = "7")]
+    pub current_version: u32,
+    #[prost(message, repeated, tag = "8")]
+    pub versions: ::prost::alloc::vec::Vec<RestoreKeyVersion>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RestoreBackupRequest {
+    /// Plaintext materials, referenced by index from the keys' versions (shared materials once).
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub materials: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(message, repeated, tag = "2")]
+    pub keys: ::prost::alloc::vec::Vec<RestoreKey>,
+    /// From the backup's authenticated header, for the audit record.
+    #[prost(string, tag = "3")]
+    pub source_node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub created_unix_ms: u64,
+    /// Hex SHA-256 of the backup file, for the audit record.
+    #[prost(string, tag = "5")]
+    pub backup_sha256: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestoreBackupResponse {
+    /// Key ids created.
+    #[prost(string, repeated, tag = "1")]
+    pub restored: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Key ids already here with the same material (nothing changed for them).
+    #[prost(string, repeated, tag = "2")]
+    pub skipped: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// What the local consumer may do with a key's clones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -1956,6 +2052,61 @@ pub mod lockbox_client {
                 .insert(GrpcMethod::new("lockbox.v1.Lockbox", "PromoteKey"));
             self.inner.unary(req, path, codec).await
         }
+        /// Seals the live keys (or those carrying every given label) to one or more offline
+        /// recovery keys and returns the backup file (crates/lockbox-crypto/SPEC.md "Backup file").
+        /// Plaintext never leaves lockboxd: the file holds only ciphertext. Audited.
+        pub async fn export_backup(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExportBackupRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExportBackupResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Lockbox/ExportBackup",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Lockbox", "ExportBackup"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Imports keys from a backup that the caller opened with its recovery identity, in one
+        /// atomic batch: keys already here with the same material are skipped; a key id here with
+        /// different material (or a tombstone) refuses the whole import. Carries plaintext: Unix
+        /// socket only. Audited.
+        pub async fn restore_backup(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RestoreBackupRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreBackupResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Lockbox/RestoreBackup",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Lockbox", "RestoreBackup"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2091,6 +2242,27 @@ pub mod lockbox_server {
             &self,
             request: tonic::Request<super::PromoteKeyRequest>,
         ) -> std::result::Result<tonic::Response<super::KeyInfo>, tonic::Status>;
+        /// Seals the live keys (or those carrying every given label) to one or more offline
+        /// recovery keys and returns the backup file (crates/lockbox-crypto/SPEC.md "Backup file").
+        /// Plaintext never leaves lockboxd: the file holds only ciphertext. Audited.
+        async fn export_backup(
+            &self,
+            request: tonic::Request<super::ExportBackupRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExportBackupResponse>,
+            tonic::Status,
+        >;
+        /// Imports keys from a backup that the caller opened with its recovery identity, in one
+        /// atomic batch: keys already here with the same material are skipped; a key id here with
+        /// different material (or a tombstone) refuses the whole import. Carries plaintext: Unix
+        /// socket only. Audited.
+        async fn restore_backup(
+            &self,
+            request: tonic::Request<super::RestoreBackupRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RestoreBackupResponse>,
+            tonic::Status,
+        >;
     }
     /// Lockbox is the local custody API of one lockboxd.
     #[derive(Debug)]
@@ -2900,6 +3072,96 @@ pub mod lockbox_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PromoteKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Lockbox/ExportBackup" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExportBackupSvc<T: Lockbox>(pub Arc<T>);
+                    impl<
+                        T: Lockbox,
+                    > tonic::server::UnaryService<super::ExportBackupRequest>
+                    for ExportBackupSvc<T> {
+                        type Response = super::ExportBackupResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExportBackupRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Lockbox>::export_backup(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExportBackupSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Lockbox/RestoreBackup" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestoreBackupSvc<T: Lockbox>(pub Arc<T>);
+                    impl<
+                        T: Lockbox,
+                    > tonic::server::UnaryService<super::RestoreBackupRequest>
+                    for RestoreBackupSvc<T> {
+                        type Response = super::RestoreBackupResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RestoreBackupRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Lockbox>::restore_backup(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestoreBackupSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

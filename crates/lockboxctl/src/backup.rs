@@ -1,0 +1,313 @@
+//! `lockboxctl backup …`: offline backups sealed to recovery keys (DESIGN.md §8).
+//!
+//! `keygen` makes a recovery key pair here (no daemon needed). `export` asks lockboxd to seal
+//! the keys (plaintext never leaves it) and writes the file atomically. `restore` opens the
+//! whole file with the recovery identity here, refusing it if any byte is off, and only then
+//! sends the keys to lockboxd over its Unix socket, which imports them in one batch.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+use lockbox_crypto::{
+    BackupIdentity, BackupRecipient, BackupVersionState, MAX_BACKUP_LEN, RECIPIENT_PREFIX,
+    open_backup,
+};
+use lockbox_proto::v1 as pb;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::{emit, labels, parse_label};
+
+/// `lockboxctl backup …`
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Make a recovery key pair: FILE holds the private identity (mode 0600, never
+    /// overwritten; keep it offline), FILE.pub the recipient to export to.
+    Keygen {
+        /// The identity file to create.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Seal the lockbox's live keys (or those with every --label) to one or more recovery
+    /// keys and write the backup file (mode 0600, atomically). It holds no plaintext.
+    Export {
+        /// A recipient: `lockbox-recipient1:…` or a file holding such lines (FILE.pub from
+        /// keygen). Repeatable: each recipient can open the backup on its own.
+        #[arg(long = "recipient", required = true)]
+        recipients: Vec<String>,
+        /// Only keys carrying this label k=v (repeatable, all must match).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The backup file to write.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+    /// Open a backup with a recovery identity, check every byte of it, then import its keys
+    /// into the lockbox (keys already here with the same material are skipped; any other
+    /// clash refuses the whole restore).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The identity file (from keygen).
+        #[arg(long)]
+        identity: PathBuf,
+    },
+}
+
+/// `PATH.pub`.
+fn pub_path(path: &Path) -> PathBuf {
+    let mut s = OsString::from(path.as_os_str());
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// Creates `path` with `mode`, failing if it exists, and writes `bytes` durably.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Replaces `path` atomically: a mode-0600 temporary file beside it, fsync, rename, fsync of
+/// the directory. A crash leaves the old file or the new one, never half of one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = write_new(&tmp, bytes, 0o600).and_then(|_| {
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Every recipient named by one `--recipient`: the string itself, or each non-comment line of
+/// the file it names.
+fn resolve_recipient(arg: &str) -> Result<Vec<BackupRecipient>> {
+    if arg.starts_with(RECIPIENT_PREFIX) {
+        return Ok(vec![BackupRecipient::parse(arg)?]);
+    }
+    let text = std::fs::read_to_string(arg).map_err(|e| {
+        anyhow!(
+            "--recipient {arg:?} is neither a {RECIPIENT_PREFIX}… string nor a readable \
+             recipient file ({e})"
+        )
+    })?;
+    let found: Vec<BackupRecipient> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| BackupRecipient::parse(l).with_context(|| format!("recipient file {arg}")))
+        .collect::<Result<_>>()?;
+    if found.is_empty() {
+        bail!("recipient file {arg} holds no recipient");
+    }
+    Ok(found)
+}
+
+fn state_name(s: BackupVersionState) -> &'static str {
+    match s {
+        BackupVersionState::Active => "active",
+        BackupVersionState::Rekeying => "rekeying",
+        BackupVersionState::Retired => "retired",
+    }
+}
+
+/// `backup keygen` (needs no daemon).
+pub fn keygen(output: &Path, j: bool) -> Result<()> {
+    let public = pub_path(output);
+    for p in [output, public.as_path()] {
+        if p.symlink_metadata().is_ok() {
+            bail!("{} already exists; refusing to overwrite it", p.display());
+        }
+    }
+    let identity = BackupIdentity::generate()?;
+    let recipient = identity.recipient();
+    write_new(output, identity.to_file_text().as_bytes(), 0o600)?;
+    if let Err(e) = write_new(&public, format!("{recipient}\n").as_bytes(), 0o644) {
+        let _ = std::fs::remove_file(output);
+        return Err(e);
+    }
+    emit(
+        j,
+        json!({
+            "identity": output.display().to_string(),
+            "recipient_file": public.display().to_string(),
+            "recipient": recipient.to_string(),
+            "fingerprint": recipient.fingerprint_hex(),
+        }),
+        || {
+            println!("identity:  {} (keep it offline)", output.display());
+            println!("recipient: {recipient}");
+            println!("           (in {})", public.display());
+        },
+    );
+    Ok(())
+}
+
+/// `backup export`.
+pub async fn export(
+    c: &mut pb::lockbox_client::LockboxClient<tonic::transport::Channel>,
+    err: impl Fn(tonic::Status) -> anyhow::Error,
+    recipients: Vec<String>,
+    label_args: Vec<(String, String)>,
+    output: &Path,
+    j: bool,
+) -> Result<()> {
+    let mut resolved = Vec::new();
+    for r in &recipients {
+        resolved.extend(resolve_recipient(r)?);
+    }
+    let r = c
+        .export_backup(pb::ExportBackupRequest {
+            recipients: resolved.iter().map(ToString::to_string).collect(),
+            labels: labels(label_args),
+        })
+        .await
+        .map_err(err)?
+        .into_inner();
+    write_atomic(output, &r.backup)?;
+    emit(
+        j,
+        json!({
+            "file": output.display().to_string(),
+            "keys": r.keys,
+            "materials": r.materials,
+            "recipients": r.recipient_fingerprints.len(),
+            "recipient_fingerprints": r.recipient_fingerprints,
+            "bytes": r.backup.len(),
+        }),
+        || {
+            println!(
+                "{}: {} keys ({} materials) sealed to {} recipient(s)",
+                output.display(),
+                r.keys,
+                r.materials,
+                r.recipient_fingerprints.len()
+            );
+        },
+    );
+    Ok(())
+}
+
+/// `backup restore`: nothing reaches the daemon unless the whole file verified.
+pub async fn restore(socket: &Path, file: &Path, identity_path: &Path, j: bool) -> Result<()> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(identity_path)
+            .with_context(|| format!("reading identity {}", identity_path.display()))?,
+    );
+    let identity = BackupIdentity::from_file_text(&text)
+        .with_context(|| format!("identity {}", identity_path.display()))?;
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading backup {}", file.display()))?
+        .len();
+    if size > MAX_BACKUP_LEN as u64 {
+        bail!(
+            "backup {} refused, nothing imported: {size} bytes, at most {MAX_BACKUP_LEN}",
+            file.display()
+        );
+    }
+    let bytes =
+        std::fs::read(file).with_context(|| format!("reading backup {}", file.display()))?;
+    let opened = open_backup(&identity, &bytes)
+        .map_err(|e| anyhow!("backup {} refused, nothing imported: {e}", file.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    let source_node = opened.header.source_node.clone();
+    let contents = opened.contents;
+    // The request holds copies prost will drop unwiped: plaintext crosses only this Unix
+    // socket, as `key get` does.
+    let request = pb::RestoreBackupRequest {
+        materials: contents
+            .materials
+            .iter()
+            .map(|m| m.expose_secret().to_vec())
+            .collect(),
+        keys: contents
+            .keys
+            .iter()
+            .map(|k| pb::RestoreKey {
+                key_id: k.key_id.clone(),
+                labels: k
+                    .labels
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect(),
+                created_unix_ms: k.created_unix_ms,
+                origin: Some(pb::Origin {
+                    kind: k.origin.kind.clone(),
+                    from_key_id: k.origin.from_key_id.clone(),
+                    from_node: k.origin.from_node.clone(),
+                    grant_id: k.origin.grant_id.clone(),
+                }),
+                clone_policy: k.clone_policy.clone(),
+                replica: k.replica,
+                current_version: k.current_version,
+                versions: k
+                    .versions
+                    .iter()
+                    .map(|v| pb::RestoreKeyVersion {
+                        version: v.version,
+                        state: state_name(v.state).into(),
+                        created_unix_ms: v.created_unix_ms,
+                        material: v.material,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        source_node: source_node.clone(),
+        created_unix_ms: opened.header.created_unix_ms,
+        backup_sha256: sha,
+    };
+    drop(contents);
+    let mut c = crate::connect(socket).await?;
+    let r = c
+        .restore_backup(request)
+        .await
+        .map_err(|s| crate::rpc_error(socket, s))?
+        .into_inner();
+    emit(
+        j,
+        json!({
+            "file": file.display().to_string(),
+            "source_node": source_node,
+            "restored": r.restored.len(),
+            "skipped": r.skipped.len(),
+            "restored_key_ids": r.restored,
+            "skipped_key_ids": r.skipped,
+        }),
+        || {
+            println!(
+                "{}: {} keys restored, {} skipped (already here with the same material)",
+                file.display(),
+                r.restored.len(),
+                r.skipped.len()
+            );
+        },
+    );
+    Ok(())
+}

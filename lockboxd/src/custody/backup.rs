@@ -1,0 +1,433 @@
+//! Offline backups (DESIGN.md §8): export seals keys to recovery public keys here, in the
+//! daemon, so plaintext never leaves it for an export; restore imports keys that the admin's
+//! `lockboxctl` opened with a recovery identity and sent over the Unix socket. Both are
+//! audited. The byte format is `lockbox_crypto::backup` (SPEC.md "Backup file").
+
+use std::collections::{BTreeMap, HashMap};
+
+use lockbox_crypto::{
+    BackupContents, BackupKey, BackupOrigin, BackupRecipient, BackupVersion, BackupVersionState,
+    check_backup_contents, seal_backup,
+};
+
+use super::*;
+
+/// A sealed backup, ready to be written to a file.
+#[derive(Debug)]
+pub struct ExportedBackup {
+    /// The file's bytes (ciphertext only).
+    pub bytes: Vec<u8>,
+    /// Key ids in it.
+    pub keys: u64,
+    /// Distinct materials in it.
+    pub materials: u64,
+    /// Hex fingerprints of the recipients, in the order given.
+    pub fingerprints: Vec<String>,
+}
+
+/// Where a backup being restored came from, for the audit record (from its authenticated
+/// header, as the client read it).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreSource {
+    /// The node that sealed it.
+    pub source_node: String,
+    /// When it was sealed.
+    pub created_unix_ms: u64,
+    /// Hex SHA-256 of the file.
+    pub backup_sha256: String,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Key ids created.
+    pub restored: Vec<String>,
+    /// Key ids already here with the same material, left alone.
+    pub skipped: Vec<String>,
+}
+
+const ORIGIN_KINDS: [&str; 5] = [
+    "created",
+    "snapshot",
+    "clone-same-key",
+    "clone-new-key",
+    "received",
+];
+/// Longest free-text field of a restored key (origin node, grant id).
+const MAX_FIELD_LEN: usize = 255;
+
+fn to_backup_state(s: VersionState) -> Option<BackupVersionState> {
+    match s {
+        VersionState::Active => Some(BackupVersionState::Active),
+        VersionState::Rekeying => Some(BackupVersionState::Rekeying),
+        VersionState::Retired => Some(BackupVersionState::Retired),
+        VersionState::Destroyed => None,
+    }
+}
+
+fn from_backup_state(s: BackupVersionState) -> VersionState {
+    match s {
+        BackupVersionState::Active => VersionState::Active,
+        BackupVersionState::Rekeying => VersionState::Rekeying,
+        BackupVersionState::Retired => VersionState::Retired,
+    }
+}
+
+/// Equal bytes, without an early exit (the material is secret).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The daemon's own rules for a key being restored, beyond the format's (which
+/// `check_backup_contents` applies): canonical UUIDs, label syntax, known origin and policy,
+/// one material length of 32 or 64 bytes per key.
+fn check_restored_key(k: &BackupKey, materials: &[SecretBytes]) -> Result<()> {
+    let bad =
+        |why: String| CustodyError::InvalidArgument(format!("backup key {}: {why}", k.key_id));
+    if parse_key_id(&k.key_id).ok().as_deref() != Some(k.key_id.as_str()) {
+        return Err(CustodyError::InvalidArgument(format!(
+            "backup key id {:?} is not a canonical UUID",
+            k.key_id
+        )));
+    }
+    validate_labels(&k.labels).map_err(|e| match e {
+        CustodyError::InvalidArgument(m) => bad(m),
+        other => other,
+    })?;
+    if !ORIGIN_KINDS.contains(&k.origin.kind.as_str()) {
+        return Err(bad(format!("unknown origin {:?}", k.origin.kind)));
+    }
+    if !k.origin.from_key_id.is_empty() && parse_key_id(&k.origin.from_key_id).is_err() {
+        return Err(bad("origin key id is not a UUID".into()));
+    }
+    if k.origin.from_node.len() > MAX_FIELD_LEN || k.origin.grant_id.len() > MAX_FIELD_LEN {
+        return Err(bad("origin node or grant id too long".into()));
+    }
+    if !k.clone_policy.is_empty() && ClonePolicy::parse(&k.clone_policy).is_none() {
+        return Err(bad(format!("unknown clone policy {:?}", k.clone_policy)));
+    }
+    let mut length = None;
+    for v in &k.versions {
+        let n = materials
+            .get(v.material as usize)
+            .map(SecretBytes::len)
+            .ok_or_else(|| bad(format!("version {}: no material {}", v.version, v.material)))?;
+        if n != 32 && n != 64 {
+            return Err(bad(format!("version {}: material of {n} bytes", v.version)));
+        }
+        if length.replace(n).is_some_and(|l| l != n) {
+            return Err(bad("versions of different lengths".into()));
+        }
+    }
+    Ok(())
+}
+
+impl Custody {
+    /// Seals every live key (or those carrying all of `labels`) to each recipient and audits
+    /// the export (who, how many keys, the recipients' fingerprints; never key bytes).
+    ///
+    /// The keys are read under the writer lock, so the backup is one consistent snapshot
+    /// (shared materials stay shared); the sealing runs after it is released.
+    pub async fn export_backup(
+        &self,
+        caller: &Caller,
+        recipients: &[String],
+        labels: &BTreeMap<String, String>,
+    ) -> Result<ExportedBackup> {
+        let res = self.export_inner(caller, recipients, labels).await;
+        self.audited(caller, "backup-export", "", res).await
+    }
+
+    async fn export_inner(
+        &self,
+        caller: &Caller,
+        recipients: &[String],
+        labels: &BTreeMap<String, String>,
+    ) -> Result<ExportedBackup> {
+        self.unlocked()?;
+        let recipients = recipients
+            .iter()
+            .map(|r| BackupRecipient::parse(r.trim()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if recipients.is_empty() {
+            return Err(CustodyError::InvalidArgument(
+                "a backup needs at least one recipient (--recipient)".into(),
+            ));
+        }
+        let contents = {
+            let _ws = self.write.lock().await;
+            let u = self.unlocked()?;
+            self.read_for_backup(&u, labels)?
+        };
+        let bytes = seal_backup(&recipients, &self.node_id, now_ms(), &contents)?;
+        let keys = contents.keys.len() as u64;
+        let materials = contents.materials.len() as u64;
+        drop(contents);
+        let fingerprints: Vec<String> = recipients.iter().map(|r| r.fingerprint_hex()).collect();
+
+        let mut ws = self.write.lock().await;
+        let u = self.unlocked()?;
+        let before = *ws;
+        let mut batch = Batch::new();
+        let filter = if labels.is_empty() {
+            String::new()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(" with labels {}", l.join(","))
+        };
+        self.audit(
+            &mut ws,
+            &mut batch,
+            Some(&u),
+            caller,
+            "backup-export",
+            "",
+            "ok",
+            format!(
+                "{keys} keys{filter} ({materials} materials, {} bytes) sealed to {} recipient(s): {}",
+                bytes.len(),
+                fingerprints.len(),
+                fingerprints.join(",")
+            ),
+        )?;
+        let generation = self.apply(&mut ws, before, batch)?;
+        drop(ws);
+        self.store.durable(generation).await?;
+        Ok(ExportedBackup {
+            bytes,
+            keys,
+            materials,
+            fingerprints,
+        })
+    }
+
+    /// Every live key matching `labels`, in key id order, with its readable versions;
+    /// materials once each, in order of first use (SPEC.md "Backup payload").
+    fn read_for_backup(
+        &self,
+        u: &Unlocked,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<BackupContents> {
+        let mut contents = BackupContents::default();
+        let mut index: HashMap<String, u32> = HashMap::new();
+        for r in self.store.iter_after(Ns::Keys, None) {
+            let (id, _) = r?;
+            let key_id = String::from_utf8_lossy(&id).into_owned();
+            let Some(meta) = self.load_meta(u, &key_id)? else {
+                continue;
+            };
+            if meta.destroyed
+                || meta.moved_to.is_some()
+                || !labels.iter().all(|(k, v)| meta.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let mut versions = Vec::new();
+            for v in &meta.versions {
+                let Some(state) = to_backup_state(v.state) else {
+                    continue;
+                };
+                let material = match index.get(&v.material_id) {
+                    Some(&i) => i,
+                    None => {
+                        let i = u32::try_from(contents.materials.len()).map_err(|_| {
+                            CustodyError::InvalidArgument("too many materials to back up".into())
+                        })?;
+                        contents
+                            .materials
+                            .push(self.open_material(u, &key_id, &v.material_id)?);
+                        index.insert(v.material_id.clone(), i);
+                        i
+                    }
+                };
+                versions.push(BackupVersion {
+                    version: v.version,
+                    state,
+                    created_unix_ms: v.created_unix_ms,
+                    material,
+                });
+            }
+            contents.keys.push(BackupKey {
+                key_id: meta.key_id,
+                labels: meta.labels,
+                created_unix_ms: meta.created_unix_ms,
+                origin: BackupOrigin {
+                    kind: meta.origin.kind,
+                    from_key_id: meta.origin.from_key_id,
+                    from_node: meta.origin.from_node,
+                    grant_id: meta.origin.grant_id,
+                },
+                clone_policy: meta.clone_policy.unwrap_or_default(),
+                replica: meta.replica,
+                current_version: meta.current_version,
+                versions,
+            });
+        }
+        Ok(contents)
+    }
+
+    /// Imports the keys of an opened backup in one atomic, durable batch, and audits it.
+    ///
+    /// Every key is checked first: a key id already here with the same material in every
+    /// version is skipped; one here with other material, other versions, or as a destroyed
+    /// or moved tombstone refuses the whole restore (nothing is imported). Restored keys keep
+    /// their ids, labels, origin, versions and states, and key ids that shared a material in
+    /// the backup share one material here (also with a skipped key that holds it).
+    pub async fn restore_backup(
+        &self,
+        caller: &Caller,
+        contents: BackupContents,
+        source: &RestoreSource,
+    ) -> Result<Restored> {
+        let res = self.restore_inner(caller, contents, source).await;
+        self.audited(caller, "backup-restore", "", res).await
+    }
+
+    async fn restore_inner(
+        &self,
+        caller: &Caller,
+        contents: BackupContents,
+        source: &RestoreSource,
+    ) -> Result<Restored> {
+        self.unlocked()?;
+        check_backup_contents(&contents)?;
+        for k in &contents.keys {
+            check_restored_key(k, &contents.materials)?;
+        }
+        let mut ws = self.write.lock().await;
+        let u = self.unlocked()?;
+        // Material index → a material record already here holding those bytes.
+        let mut here: HashMap<u32, String> = HashMap::new();
+        let mut out = Restored::default();
+        let mut fresh = Vec::new();
+        for k in &contents.keys {
+            let Some(meta) = self.load_meta(&u, &k.key_id)? else {
+                fresh.push(k);
+                continue;
+            };
+            let conflict = |why: &str| CustodyError::RestoreConflict {
+                key_id: k.key_id.clone(),
+                why: why.to_string(),
+            };
+            if meta.moved_to.is_some() {
+                return Err(conflict(
+                    "is a moved tombstone here (the key lives elsewhere)",
+                ));
+            }
+            if meta.destroyed {
+                return Err(conflict("is destroyed here (key ids are never reused)"));
+            }
+            let live: Vec<&VersionMeta> = meta
+                .versions
+                .iter()
+                .filter(|v| v.state != VersionState::Destroyed)
+                .collect();
+            if live.len() != k.versions.len() {
+                return Err(conflict("exists here with other versions"));
+            }
+            for (mine, theirs) in live.iter().zip(&k.versions) {
+                if mine.version != theirs.version {
+                    return Err(conflict("exists here with other versions"));
+                }
+                let bytes = self.open_material(&u, &k.key_id, &mine.material_id)?;
+                let backed_up = &contents.materials[theirs.material as usize];
+                if !same_bytes(bytes.expose_secret(), backed_up.expose_secret()) {
+                    return Err(conflict("exists here with different material"));
+                }
+                here.entry(theirs.material)
+                    .or_insert_with(|| mine.material_id.clone());
+            }
+            out.skipped.push(k.key_id.clone());
+        }
+
+        let before = *ws;
+        let mut batch = Batch::new();
+        let mut created: HashMap<u32, String> = HashMap::new();
+        for k in fresh {
+            let mut versions = Vec::with_capacity(k.versions.len());
+            for v in &k.versions {
+                let material_id = match here.get(&v.material).or_else(|| created.get(&v.material)) {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = new_material_id()?;
+                        let bytes = &contents.materials[v.material as usize];
+                        batch.put(
+                            Ns::Materials,
+                            id.as_bytes(),
+                            &u.unsealed.current_kek().seal(
+                                RecordKind::Material,
+                                id.as_bytes(),
+                                bytes.expose_secret(),
+                            )?,
+                        );
+                        created.insert(v.material, id.clone());
+                        id
+                    }
+                };
+                batch.put(Ns::MaterialRefs, &ref_id(&material_id, &k.key_id), b"");
+                versions.push(VersionMeta {
+                    version: v.version,
+                    state: from_backup_state(v.state),
+                    material_id,
+                    created_unix_ms: v.created_unix_ms,
+                });
+            }
+            let length = k
+                .versions
+                .first()
+                .map(|v| contents.materials[v.material as usize].len() as u32)
+                .unwrap_or(32);
+            let meta = KeyMeta {
+                key_id: k.key_id.clone(),
+                destroyed: false,
+                length,
+                labels: k.labels.clone(),
+                created_unix_ms: k.created_unix_ms,
+                origin: Origin {
+                    kind: k.origin.kind.clone(),
+                    from_key_id: k.origin.from_key_id.clone(),
+                    from_node: k.origin.from_node.clone(),
+                    grant_id: k.origin.grant_id.clone(),
+                },
+                clone_policy: (!k.clone_policy.is_empty()).then(|| k.clone_policy.clone()),
+                current_version: k.current_version,
+                versions,
+                replica: k.replica,
+                moved_to: None,
+            };
+            batch.put(Ns::Keys, k.key_id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            ws.key_count += 1;
+            out.restored.push(k.key_id.clone());
+        }
+        batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
+        let sha = source
+            .backup_sha256
+            .get(..16)
+            .unwrap_or(&source.backup_sha256);
+        self.audit(
+            &mut ws,
+            &mut batch,
+            Some(&u),
+            caller,
+            "backup-restore",
+            "",
+            "ok",
+            format!(
+                "backup {sha} of node {} made at {} unix ms: {} keys restored, {} skipped (already here)",
+                trust_printable(&source.source_node),
+                source.created_unix_ms,
+                out.restored.len(),
+                out.skipped.len()
+            ),
+        )?;
+        let generation = self.apply(&mut ws, before, batch)?;
+        drop(ws);
+        self.store.durable(generation).await?;
+        Ok(out)
+    }
+}
+
+/// A node name from a client, cut and stripped of control characters for the audit log.
+fn trust_printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
