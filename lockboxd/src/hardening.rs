@@ -4,10 +4,10 @@
 //! - Core dumps: the process is made non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`, which also
 //!   keeps other processes of the same user from ptrace-attaching) and `RLIMIT_CORE` is set to
 //!   0 (a non-dumpable process still dumps when `fs.suid_dumpable = 2`).
-//! - Swap: `mlockall(MCL_CURRENT | MCL_FUTURE)`, but only when `RLIMIT_MEMLOCK` is unlimited.
-//!   With a finite limit, `MCL_FUTURE` would make every allocation beyond it fail later (a
-//!   daemon that dies on its next big read is worse than one that may swap), so then memory is
-//!   left unlocked and one warning says how to allow it. `[hardening] mlock` chooses between
+//! - Swap: `mlockall(MCL_CURRENT | MCL_FUTURE)`, but only when `RLIMIT_MEMLOCK` is unlimited
+//!   (or `CAP_IPC_LOCK` lifts it). With a finite limit, `MCL_FUTURE` would make every
+//!   allocation beyond it fail later (a daemon that dies on its next big read is worse than
+//!   one that may swap), so then memory is left unlocked and one warning says how to allow it. `[hardening] mlock` chooses between
 //!   that (`auto`), refusing to start (`required`) and not trying (`off`).
 //!
 //! The result is kept for `status` (`memory_locked`, `core_dumps_disabled`).
@@ -121,12 +121,18 @@ fn core_dumps_disabled() -> bool {
         && getrlimit(Resource::Core).current == Some(0)
 }
 
-/// Locks all current and future pages, if `RLIMIT_MEMLOCK` allows it without a ceiling.
+/// Locks all current and future pages, if nothing caps how much may be locked:
+/// `RLIMIT_MEMLOCK` is unlimited, or the process holds `CAP_IPC_LOCK` (which the limit does
+/// not bind; e.g. root outside the shipped unit, which drops every capability).
 fn lock_memory() -> Result<(), String> {
-    if let Some(limit) = getrlimit(Resource::Memlock).current {
+    let ipc_lock = rustix::thread::capabilities(None).is_ok_and(|c| {
+        c.effective
+            .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+    });
+    if let (Some(limit), false) = (getrlimit(Resource::Memlock).current, ipc_lock) {
         return Err(format!(
-            "RLIMIT_MEMLOCK is {limit} bytes, not unlimited, and locking future allocations \
-             under a finite limit would make them fail"
+            "RLIMIT_MEMLOCK is {limit} bytes, not unlimited (and no CAP_IPC_LOCK), and locking \
+             future allocations under a finite limit would make them fail"
         ));
     }
     mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE)

@@ -88,8 +88,16 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log_format == "json");
-    // Before the runtime's threads and before any secret is read or generated.
-    if let Err(e) = lockboxd::hardening::apply(policy.mlock) {
+    // Before the runtime's threads and before any secret is read or generated. `init` is a
+    // one-shot run by hand (often in a shell with a small `ulimit -l`): it locks memory when
+    // it can but does not insist, even with mlock = "required".
+    let mlock = match (&args.command, policy.mlock) {
+        (Some(Command::Init { .. }), lockboxd::config::MlockMode::Required) => {
+            lockboxd::config::MlockMode::Auto
+        }
+        (_, mode) => mode,
+    };
+    if let Err(e) = lockboxd::hardening::apply(mlock) {
         tracing::error!(error = %e, "refusing to start");
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
