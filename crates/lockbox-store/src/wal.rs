@@ -277,7 +277,11 @@ pub(crate) fn prepare_spare(dir: &Path, len: usize) -> Result<PathBuf> {
         .write(true)
         .open(&path)
         .map_err(file_err(&path))?;
-    let mut block = vec![0u8; 1 << 20];
+    // Written one 4 KiB page at a time on purpose: the page cache sizes its folios by the
+    // write, and a large folio is written back whole. Preallocated in 1 MiB writes, every
+    // later ~1 KiB log append made `fdatasync` write 1 MiB (measured: 1,024 KiB written per
+    // sync and 400 µs, against 5 KiB and 170 µs with 4 KiB pages).
+    let mut block = vec![0u8; 4096];
     block[..MAGIC.len()].copy_from_slice(MAGIC);
     let mut written = 0;
     while written < len.max(MAGIC.len()) {
