@@ -139,6 +139,25 @@ async fn start_peer_api(
     Ok((handle, stop_tx))
 }
 
+/// How often expired grant records are swept (also once at start-up).
+const GRANT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Sweeps expired grant records now and then, for the life of the daemon. A sealed lockbox
+/// skips a sweep (it cannot audit one); the next one catches up.
+async fn prune_grants(custody: Arc<Custody>) {
+    let mut tick = tokio::time::interval(GRANT_PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match custody.prune_expired_grants(&Caller::system()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "deleted expired grant records"),
+            Err(CustodyError::Sealed) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot sweep expired grant records"),
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -183,6 +202,7 @@ pub async fn run(
             );
         }
         attestor = Some(a);
+        tokio::spawn(prune_grants(custody.clone()));
     }
     let listener = bind_socket(&config.socket)?;
     let access = Arc::new(Access {

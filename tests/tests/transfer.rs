@@ -204,3 +204,39 @@ fn sighup_does_not_stop_a_lockbox_without_a_peer_api() {
     assert!(node.is_running(), "lockboxd died on SIGHUP");
     assert_eq!(node.status()["sealed"], false);
 }
+
+#[test]
+fn expired_grant_records_are_swept_and_a_replay_is_still_refused() {
+    let mut c = Cluster::start(&["host-a", "host-b"], "clock_skew = \"1s\"\n");
+    let k = c.nodes[0].create_key(&[]);
+    let g = c.grant(&[&k], "host-a", "host-b", "copy", "2s");
+    assert_eq!(transfer(&c.nodes[0], &g)["fresh"], true);
+    // Within the window a retry is answered from the grant records.
+    assert_eq!(transfer(&c.nodes[0], &g)["fresh"], false);
+
+    // Past expiry + skew, the next sweep (one runs at start-up) deletes both ends' records.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    for name in ["host-a", "host-b"] {
+        c.node_mut(name).restart();
+        lockbox_tests::cluster::wait_attested(c.node(name));
+    }
+    for name in ["host-a", "host-b"] {
+        let node = c.node(name);
+        let mut swept = false;
+        for _ in 0..50 {
+            let tail = node.ctl_json(&["audit", "tail", "-n", "20"]);
+            swept = tail.to_string().contains("prune-grants");
+            if swept {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(swept, "{name} did not audit a grant sweep");
+        assert!(node.ctl(&["audit", "verify"]).status.success());
+    }
+    // The grant is refused as expired, not run again, and nothing changed.
+    let err = c.nodes[0].ctl_err(&["transfer", g.to_str().unwrap()]);
+    assert!(err.contains("expired"), "{err}");
+    assert_eq!(c.nodes[1].status()["key_count"], 1);
+    assert_eq!(c.nodes[1].key_bytes(&k), c.nodes[0].key_bytes(&k));
+}
