@@ -99,8 +99,9 @@ pub struct Config {
 pub struct HardeningConfig {
     /// `auto` (lock memory when RLIMIT_MEMLOCK is unlimited, else warn), `required` (refuse
     /// to start unless memory is locked) or `off`.
+    /// (A TOML value, not a string, so a wrong type is reported naming this field.)
     #[serde(default = "default_mlock")]
-    pub mlock: String,
+    pub mlock: toml::Value,
 }
 
 impl Default for HardeningConfig {
@@ -218,8 +219,8 @@ fn default_argon_iter() -> u32 {
 fn default_clone_policy() -> String {
     "same-key".into()
 }
-fn default_mlock() -> String {
-    "auto".into()
+fn default_mlock() -> toml::Value {
+    toml::Value::String("auto".into())
 }
 fn default_shred_rotation() -> toml::Value {
     toml::Value::String("immediate".into())
@@ -466,15 +467,20 @@ impl Config {
                 ));
             }
         }
-        let mlock = MlockMode::parse(&cfg.hardening.mlock).ok_or_else(|| {
-            invalid(
-                "hardening.mlock",
-                format!(
-                    "unknown value {:?}, expected \"auto\", \"required\" or \"off\"",
-                    cfg.hardening.mlock
-                ),
-            )
-        })?;
+        let mlock = cfg
+            .hardening
+            .mlock
+            .as_str()
+            .and_then(MlockMode::parse)
+            .ok_or_else(|| {
+                invalid(
+                    "hardening.mlock",
+                    format!(
+                        "{} is not \"auto\", \"required\" or \"off\"",
+                        cfg.hardening.mlock
+                    ),
+                )
+            })?;
         let grant_threshold = cfg.grant_threshold;
         Ok((
             cfg,
@@ -552,7 +558,7 @@ mod tests {
             parse("version = 1\nnode_id = \"a\"\n[hardening]\nmlock = \"always\"\n").unwrap_err();
         assert!(e.to_string().contains("hardening.mlock"), "{e}");
         let e = parse("version = 1\nnode_id = \"a\"\n[hardening]\nmlock = true\n").unwrap_err();
-        assert!(e.to_string().contains("mlock"), "{e}");
+        assert!(e.to_string().contains("hardening.mlock"), "{e}");
         let e = parse("version = 1\nnode_id = \"a\"\n[hardening]\nswap = \"off\"\n").unwrap_err();
         assert!(e.to_string().contains("swap"), "{e}");
     }

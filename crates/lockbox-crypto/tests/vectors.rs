@@ -1,8 +1,8 @@
 //! Test vectors in `tests/vectors/*.json`, including `fail_*` cases that every decoder must
 //! reject with the named error.
 //!
-//! Sealed records and keyrings use random nonces and salts, so their vectors store the bytes
-//! and check that they open. Audit entries, checkpoints, signatures, grants and attestations
+//! Sealed records, keyrings and backup files use random nonces, salts and keys, so their
+//! vectors store the bytes and check that they open (or fail as named). Audit entries, checkpoints, signatures, grants and attestations
 //! are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared.
 //! Transfer batches are too: their HPKE ephemeral key comes from a fixed seed
 //! (`seal_batch_deterministic`, feature `test-vectors`). To rewrite every file after a
@@ -771,6 +771,7 @@ fn regenerate() {
         ("grant.json", gen_grant()),
         ("attestation.json", gen_attestation()),
         ("wrap.json", gen_wrap()),
+        ("backup.json", gen_backup()),
     ] {
         if let Ok(only) = std::env::var("LOCKBOX_REGENERATE")
             && !only.split(',').any(|n| n.trim() == name)
@@ -2828,6 +2829,266 @@ fn gen_wrap() -> Value {
         "ephemeral_ikm": hex::encode(ikm),
         "rfc9180_a2_enc": "1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a",
         "batches": batches,
+        "cases": cases,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// backup files
+
+/// The `expect` name of each backup error.
+fn backup_tag(e: &BackupError) -> &'static str {
+    match e {
+        BackupError::BadMagic => "bad_magic",
+        BackupError::UnsupportedVersion(_) => "unsupported_version",
+        BackupError::UnsupportedSuite(_) => "unsupported_suite",
+        BackupError::Truncated(_) => "truncated",
+        BackupError::Malformed(_) => "malformed",
+        BackupError::NoStanza { .. } => "no_stanza",
+        BackupError::StanzaAuthFailed => "stanza_auth_failed",
+        BackupError::HeaderAuthFailed => "header_auth_failed",
+        BackupError::PayloadAuthFailed => "payload_auth_failed",
+        BackupError::BadRecipient(_) => "bad_recipient",
+        BackupError::BadIdentity(_) => "bad_identity",
+        BackupError::TooLarge { .. } => "too_large",
+        BackupError::Crypto(e) => tag(e),
+    }
+}
+
+fn backup_identity(v: &Value) -> BackupIdentity {
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes(v));
+    BackupIdentity::from_file_text(&format!("{IDENTITY_PREFIX}{b64}\n")).unwrap()
+}
+
+/// Backups are sealed with random keys, so this file stores the bytes and checks that they
+/// open (or fail as named), like `seal.json`.
+#[test]
+fn backup_vectors() {
+    let v = load("backup.json");
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.iter().filter(|c| c["expect"] != "ok").count() >= 15);
+    for case in cases {
+        let id = backup_identity(&v["identities"][str_of(&case["identity"])]);
+        let file = bytes(&case["file"]);
+        let opened = open_backup(&id, &file);
+        let got = opened.as_ref().map_or_else(backup_tag, |_| "ok");
+        check_name(case, got);
+        if let Ok(o) = opened {
+            assert_eq!(o.header.source_node, str_of(&v["source_node"]));
+            let ids: Vec<&str> = o.contents.keys.iter().map(|k| k.key_id.as_str()).collect();
+            assert_eq!(ids, strings(&v["key_ids"]));
+            let materials: Vec<String> = o
+                .contents
+                .materials
+                .iter()
+                .map(|m| hex::encode(m.expose_secret()))
+                .collect();
+            assert_eq!(materials, strings(&v["materials"]));
+            let shared: Vec<u32> = o
+                .contents
+                .keys
+                .iter()
+                .map(|k| k.versions[0].material)
+                .collect();
+            assert_eq!(shared, vec![0, 0, 1], "the snapshot shares material 0");
+        }
+    }
+    for (recipient, name) in [("recipient_r1", "r1"), ("recipient_r2", "r2")] {
+        let id = backup_identity(&v["identities"][name]);
+        assert_eq!(id.recipient().to_string(), str_of(&v[recipient]));
+    }
+}
+
+fn gen_backup() -> Value {
+    let secret = |b: u8| SecretBytes::new(vec![b; 32]);
+    let ids: Vec<(&str, SecretBytes)> = vec![
+        ("r1", secret(0x51)),
+        ("r2", secret(0x52)),
+        ("stranger", secret(0x53)),
+    ];
+    let identity = |s: &SecretBytes| {
+        let b64 = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            s.expose_secret(),
+        );
+        BackupIdentity::from_file_text(&format!("{IDENTITY_PREFIX}{b64}\n")).unwrap()
+    };
+    let (r1, r2) = (identity(&ids[0].1), identity(&ids[1].1));
+    let key_ids = [
+        "00000001-8d7b-4c1a-9e2f-0a1b2c3d4e5f",
+        "00000002-8d7b-4c1a-9e2f-0a1b2c3d4e5f",
+        "00000003-8d7b-4c1a-9e2f-0a1b2c3d4e5f",
+    ];
+    let materials = [vec![0xa1u8; 32], vec![0xb2u8; 64]];
+    let key = |id: &str, kind: &str, from: &str, material: u32| BackupKey {
+        key_id: id.into(),
+        labels: [("volume".to_string(), format!("vol-{}", &id[7..8]))].into(),
+        created_unix_ms: 1_700_000_000_000,
+        origin: BackupOrigin {
+            kind: kind.into(),
+            from_key_id: from.into(),
+            ..Default::default()
+        },
+        clone_policy: String::new(),
+        replica: false,
+        current_version: 1,
+        versions: vec![BackupVersion {
+            version: 1,
+            state: BackupVersionState::Active,
+            created_unix_ms: 1_700_000_000_000,
+            material,
+        }],
+    };
+    let contents = BackupContents {
+        materials: materials
+            .iter()
+            .map(|m| SecretBytes::new(m.clone()))
+            .collect(),
+        keys: vec![
+            key(key_ids[0], "created", "", 0),
+            key(key_ids[1], "snapshot", key_ids[0], 0),
+            key(key_ids[2], "created", "", 1),
+        ],
+    };
+    let node = "vector-node";
+    let good = seal_backup(
+        &[r1.recipient(), r2.recipient()],
+        node,
+        1_700_000_000_123,
+        &contents,
+    )
+    .unwrap();
+    // Layout: prefix 37 + 4 + 11 + 2 = 54; stanzas 54..278; mac 278..310; payload 310..
+    let stanza = 54;
+    let mac = stanza + 2 * BACKUP_STANZA_LEN;
+    let payload = mac + BACKUP_MAC_LEN;
+    let flip = |at: usize| {
+        let mut t = good.clone();
+        t[at] ^= 0x01;
+        t
+    };
+    let mut swapped = good.clone();
+    let (a, b) = swapped[stanza..mac].split_at_mut(BACKUP_STANZA_LEN);
+    a.swap_with_slice(b);
+    let mut duplicate = good.clone();
+    duplicate.copy_within(
+        stanza..stanza + BACKUP_STANZA_LEN,
+        stanza + BACKUP_STANZA_LEN,
+    );
+    let mut zero_stanzas = good.clone();
+    zero_stanzas[stanza - 2..stanza].copy_from_slice(&[0, 0]);
+    let mut extended = good.clone();
+    extended.push(0);
+    let mut v2 = good.clone();
+    v2[4] = 2;
+    let case = |name: &str, identity: &str, file: &[u8], expect: &str| json!({"name": name, "identity": identity, "file": hex::encode(file), "expect": expect});
+    let cases = vec![
+        case("ok_first_recipient", "r1", &good, "ok"),
+        case("ok_second_recipient", "r2", &good, "ok"),
+        case("fail_other_identity", "stranger", &good, "no_stanza"),
+        case("fail_empty", "r1", &[], "truncated"),
+        case("fail_truncated_magic", "r1", &good[..3], "truncated"),
+        case(
+            "fail_bad_magic",
+            "r1",
+            &[b"LBKR", &good[4..]].concat(),
+            "bad_magic",
+        ),
+        case("fail_unsupported_version", "r1", &v2, "unsupported_version"),
+        case(
+            "fail_unsupported_suite",
+            "r1",
+            &flip(12),
+            "unsupported_suite",
+        ),
+        case("fail_truncated_header", "r1", &good[..30], "truncated"),
+        case(
+            "fail_truncated_stanzas",
+            "r1",
+            &good[..stanza + 100],
+            "truncated",
+        ),
+        case("fail_truncated_mac", "r1", &good[..mac + 5], "truncated"),
+        case(
+            "fail_truncated_payload_tag",
+            "r1",
+            &good[..payload + 10],
+            "truncated",
+        ),
+        case(
+            "fail_cut_payload",
+            "r1",
+            &good[..good.len() - 1],
+            "payload_auth_failed",
+        ),
+        case("fail_extended", "r1", &extended, "payload_auth_failed"),
+        case("fail_zero_stanzas", "r1", &zero_stanzas, "malformed"),
+        case("fail_duplicate_stanza", "r1", &duplicate, "malformed"),
+        case(
+            "fail_flipped_created_time",
+            "r1",
+            &flip(15),
+            "stanza_auth_failed",
+        ),
+        case("fail_flipped_salt", "r1", &flip(25), "stanza_auth_failed"),
+        case(
+            "fail_flipped_source_node",
+            "r1",
+            &flip(45),
+            "stanza_auth_failed",
+        ),
+        case(
+            "fail_flipped_own_fingerprint",
+            "r1",
+            &flip(stanza + 3),
+            "no_stanza",
+        ),
+        case(
+            "fail_flipped_own_enc",
+            "r1",
+            &flip(stanza + 40),
+            "stanza_auth_failed",
+        ),
+        case(
+            "fail_flipped_own_wrapped_key",
+            "r1",
+            &flip(stanza + 90),
+            "stanza_auth_failed",
+        ),
+        case(
+            "fail_flipped_other_stanza",
+            "r1",
+            &flip(stanza + BACKUP_STANZA_LEN + 40),
+            "header_auth_failed",
+        ),
+        case("fail_swapped_stanzas", "r1", &swapped, "header_auth_failed"),
+        case(
+            "fail_flipped_mac",
+            "r1",
+            &flip(mac + 7),
+            "header_auth_failed",
+        ),
+        case(
+            "fail_flipped_payload",
+            "r1",
+            &flip(payload + 3),
+            "payload_auth_failed",
+        ),
+        case(
+            "fail_flipped_payload_tag",
+            "r1",
+            &flip(good.len() - 2),
+            "payload_auth_failed",
+        ),
+    ];
+    json!({
+        "description": "Backup files (SPEC.md \"Backup file\"): sealed with random keys, so the bytes are stored and opened. Identities are raw 32-byte X25519 secrets.",
+        "identities": ids.iter().map(|(n, s)| (n.to_string(), json!(hex::encode(s.expose_secret())))).collect::<serde_json::Map<_, _>>(),
+        "recipient_r1": r1.recipient().to_string(),
+        "recipient_r2": r2.recipient().to_string(),
+        "source_node": node,
+        "key_ids": key_ids,
+        "materials": materials.iter().map(hex::encode).collect::<Vec<_>>(),
         "cases": cases,
     })
 }
