@@ -152,11 +152,13 @@ impl BackupRecipient {
     /// Parses the text form, strictly (prefix, canonical padded base64, 32 bytes), so a
     /// pasted identity, a controller key or a truncated line is refused, not sealed to.
     pub fn parse(text: &str) -> BackupResult<Self> {
+        // The text is never echoed: it may be an identity pasted by mistake.
         let b64 = text.strip_prefix(RECIPIENT_PREFIX).ok_or_else(|| {
-            BackupError::BadRecipient(format!(
-                "{:?} does not start with {RECIPIENT_PREFIX}",
-                printable(text)
-            ))
+            BackupError::BadRecipient(if text.trim_start().starts_with(IDENTITY_PREFIX) {
+                "this is an identity (private key), not a recipient: use its .pub file".into()
+            } else {
+                format!("it does not start with {RECIPIENT_PREFIX}")
+            })
         })?;
         let bytes = Zeroizing::new(BASE64.decode(b64).map_err(|_| {
             BackupError::BadRecipient(format!("invalid base64 after {RECIPIENT_PREFIX}"))

@@ -289,6 +289,15 @@ fn recipients_and_identities_parse_strictly() {
             "{bad:?}"
         );
     }
+    let secret_line = id.to_file_text().lines().last().unwrap().to_owned();
+    let err = BackupRecipient::parse(&secret_line)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a recipient"), "{err}");
+    assert!(
+        !err.contains(&secret_line[IDENTITY_PREFIX.len()..][..8]),
+        "secret echoed: {err}"
+    );
     let file = id.to_file_text();
     assert!(
         file.contains(&text),
