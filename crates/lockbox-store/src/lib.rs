@@ -195,6 +195,8 @@ impl std::fmt::Debug for Store {
 }
 
 type KvIter = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send>;
+/// A record from the overlay: its full key and its value (`None`: removed).
+type PendingKv = (Vec<u8>, Option<Vec<u8>>);
 
 impl Store {
     /// Opens (or creates) the database in `dir`, replaying the write-ahead log over sled's
@@ -347,7 +349,7 @@ impl Store {
     /// sled's record). The overlay part is copied when the iterator is made; sled's is read as
     /// it goes. Like sled's own iterators, this is not a snapshot across concurrent writes.
     fn merged(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, rev: bool) -> Merge {
-        let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+        let mut pending: Vec<PendingKv> = self
             .shared()
             .overlay()
             .range::<Vec<u8>, _>((start.clone(), end.clone()))
@@ -427,7 +429,7 @@ fn owned((k, v): (sled::IVec, sled::IVec)) -> (Vec<u8>, Vec<u8>) {
 
 /// See [`Store::merged`]. Yields ids without their namespace prefix.
 struct Merge {
-    pending: Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>,
+    pending: Peekable<std::vec::IntoIter<PendingKv>>,
     index: Peekable<KvIter>,
     rev: bool,
 }
