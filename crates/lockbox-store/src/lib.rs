@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use group_commit::{Checkpoint, Shared};
+use group_commit::{Checkpoint, Index, Shared};
 
 /// Errors from the storage layer. Messages say what failed, never what the value was.
 #[derive(Debug, thiserror::Error)]
@@ -248,41 +248,37 @@ impl Store {
             wal_dir,
             replay.next_seq,
         ));
-        let (tx, rx) = mpsc::channel::<Checkpoint>();
+        let (index_tx, index_rx) = mpsc::channel::<Index>();
+        let (checkpoint_tx, checkpoint_rx) = mpsc::channel::<Checkpoint>();
         let spare_ready = Arc::new(Mutex::new(None));
-        let committer = {
-            let shared = shared.clone();
-            let spare_ready = spare_ready.clone();
-            std::thread::Builder::new()
-                .name("lockbox-commit".into())
-                .spawn(move || group_commit::committer(shared, file, segment, tx, spare_ready))
-                .map_err(|source| StoreError::Thread {
-                    what: "log committer",
-                    source,
-                })?
+        // Started in pipeline order; each stops when the one before it has stopped and dropped
+        // its sender, and `Inner::drop` joins them in this order.
+        let mut threads = Vec::new();
+        let spawned = (|| {
+            let (sh, rx) = (shared.clone(), checkpoint_rx);
+            let spare = spare_ready.clone();
+            threads.push(spawn("lockbox-checkpoint", move || {
+                group_commit::checkpointer(sh, rx, spare)
+            })?);
+            let sh = shared.clone();
+            threads.push(spawn("lockbox-index", move || {
+                group_commit::indexer(sh, index_rx, checkpoint_tx)
+            })?);
+            let sh = shared.clone();
+            threads.push(spawn("lockbox-commit", move || {
+                group_commit::committer(sh, file, segment, index_tx, spare_ready)
+            })?);
+            Ok::<(), StoreError>(())
+        })();
+        threads.reverse();
+        let inner = Inner {
+            shared,
+            threads: Mutex::new(threads),
         };
-        let checkpointer = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("lockbox-checkpoint".into())
-                .spawn(move || group_commit::checkpointer(shared, rx, spare_ready))
-        };
-        let checkpointer = match checkpointer {
-            Ok(t) => t,
-            Err(source) => {
-                shared.shutdown();
-                let _ = committer.join();
-                return Err(StoreError::Thread {
-                    what: "checkpointer",
-                    source,
-                });
-            }
-        };
+        // On failure, dropping `inner` stops and joins whatever was started.
+        spawned?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                shared,
-                threads: Mutex::new(vec![committer, checkpointer]),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -409,6 +405,13 @@ impl Store {
         }
         Ok(total)
     }
+}
+
+fn spawn(name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| StoreError::Thread { what: name, source })
 }
 
 /// The first key after every key starting with `prefix` (unbounded when there is none).
