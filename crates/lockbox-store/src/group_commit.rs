@@ -219,21 +219,11 @@ pub(crate) fn committer(
 
         // Rotate before a write that would overflow the preallocated segment.
         if offset > wal::MAGIC.len() && offset + buf.len() > SEGMENT_BYTES {
-            let spare = lock(&spare_ready).take();
-            let spare = match spare {
-                Some(p) => Ok(p),
-                None => wal::prepare_spare(&shared.wal_dir, SEGMENT_BYTES),
-            };
-            match spare.and_then(|p| wal::install_segment(&shared.wal_dir, &p, first)) {
+            match rotate(&shared, &spare_ready, first, &indexer, &mut segment_path) {
                 Ok(f) => {
-                    let old = std::mem::replace(
-                        &mut segment_path,
-                        wal::segment_path(&shared.wal_dir, first),
-                    );
                     file = f;
                     offset = wal::MAGIC.len();
                     last_checkpoint = Instant::now();
-                    let _ = indexer.send(Index::Retire(old));
                 }
                 Err(e) => {
                     shared.fail(format!("cannot start a new log segment: {e}"));
@@ -264,29 +254,40 @@ pub(crate) fn committer(
         buf.clear();
         spare_buf = buf;
 
-        if offset > wal::MAGIC.len() && last_checkpoint.elapsed() > CHECKPOINT_EVERY {
-            // An idle-ish lockbox: start a fresh segment so the old one can be retired.
-            let spare = lock(&spare_ready).take();
-            if let Some(p) = spare {
-                match wal::install_segment(&shared.wal_dir, &p, last + 1) {
-                    Ok(f) => {
-                        let old = std::mem::replace(
-                            &mut segment_path,
-                            wal::segment_path(&shared.wal_dir, last + 1),
-                        );
-                        file = f;
-                        offset = wal::MAGIC.len();
-                        let _ = indexer.send(Index::Retire(old));
-                    }
-                    Err(e) => {
-                        shared.fail(format!("cannot start a new log segment: {e}"));
-                        return;
-                    }
+        if offset > wal::MAGIC.len()
+            && last_checkpoint.elapsed() > CHECKPOINT_EVERY
+            && lock(&spare_ready).is_some()
+        {
+            // Quiet for a while: start a fresh segment so the old one can be retired.
+            match rotate(&shared, &spare_ready, last + 1, &indexer, &mut segment_path) {
+                Ok(f) => {
+                    file = f;
+                    offset = wal::MAGIC.len();
+                }
+                Err(e) => {
+                    shared.fail(format!("cannot start a new log segment: {e}"));
+                    return;
                 }
             }
             last_checkpoint = Instant::now();
         }
     }
+}
+
+/// Installs the segment starting at `first` (the prepared spare if there is one) and sends
+/// the old one to be retired once the indexer has caught up with it.
+fn rotate(
+    shared: &Shared,
+    spare_ready: &Mutex<Option<PathBuf>>,
+    first: u64,
+    indexer: &mpsc::Sender<Index>,
+    segment_path: &mut PathBuf,
+) -> Result<File> {
+    let spare = lock(spare_ready).take();
+    let file = wal::install_segment(&shared.wal_dir, spare.as_deref(), first, SEGMENT_BYTES)?;
+    let old = std::mem::replace(segment_path, wal::segment_path(&shared.wal_dir, first));
+    let _ = indexer.send(Index::Retire(old));
+    Ok(file)
 }
 
 /// The indexer thread: copies durable groups into sled, in log order, each key once with its
