@@ -33,6 +33,10 @@ use crate::{Result, StoreError};
 /// left behind are deleted at the next checkpoint, so the log on disk stays near this size and
 /// a restart replays at most about this much.
 pub(crate) const SEGMENT_BYTES: usize = 8 << 20;
+/// How far (in batches) sled may fall behind the log before acknowledgements wait for it. The
+/// overlay holds everything in between in memory, and a clean shutdown must drain it: without
+/// a bound, a sled slowed by a large tree let the backlog (and memory) grow without limit.
+const MAX_INDEX_BACKLOG: u64 = 2048;
 /// A checkpoint also runs when this much time passed since the last one and anything was
 /// written, so that an idle lockbox's log shrinks and its restart replays little.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -52,6 +56,8 @@ pub(crate) struct Shared {
     durable_cv: Condvar,
     /// The same, for async waiters; `Err` once the log cannot be written.
     durable_tx: watch::Sender<std::result::Result<u64, String>>,
+    /// Newest sequence number copied into sled (for backpressure).
+    indexed_tx: watch::Sender<u64>,
     wal_dir: PathBuf,
     db_dir: PathBuf,
 }
@@ -77,6 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(tree: sled::Db, db_dir: PathBuf, wal_dir: PathBuf, next_seq: u64) -> Self {
         let (durable_tx, _) = watch::channel(Ok(next_seq - 1));
+        let (indexed_tx, _) = watch::channel(next_seq - 1);
         Shared {
             tree,
             overlay: RwLock::new(BTreeMap::new()),
@@ -91,6 +98,7 @@ impl Shared {
             work: Condvar::new(),
             durable_cv: Condvar::new(),
             durable_tx,
+            indexed_tx,
             wal_dir,
             db_dir,
         }
@@ -134,7 +142,7 @@ impl Shared {
         let mut rx = self.durable_tx.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                Ok(done) if *done >= seq => return Ok(()),
+                Ok(done) if *done >= seq => break,
                 Ok(_) => {}
                 Err(e) => return Err(StoreError::Flush(e.clone())),
             }
@@ -142,6 +150,21 @@ impl Shared {
                 return Err(StoreError::Flush("the log writer stopped".into()));
             }
         }
+        // Durable. Backpressure: if sled is far behind, hold the acknowledgement until it
+        // catches up, so writers cannot outrun the index without bound.
+        let mut indexed = self.indexed_tx.subscribe();
+        let mut failed = self.durable_tx.subscribe();
+        while *indexed.borrow_and_update() + MAX_INDEX_BACKLOG < seq {
+            tokio::select! {
+                r = indexed.changed() => if r.is_err() { break },
+                _ = failed.changed() => {
+                    if let Err(e) = &*failed.borrow_and_update() {
+                        return Err(StoreError::Flush(e.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn wait_durable_blocking(&self, seq: u64) -> Result<()> {
@@ -327,14 +350,17 @@ pub(crate) fn indexer(
                 return;
             }
         }
-        let mut ov = shared.overlay_mut();
-        for k in finals.keys() {
-            if let Some((seq, _)) = ov.get(*k)
-                && *seq <= last
-            {
-                ov.remove(*k);
+        {
+            let mut ov = shared.overlay_mut();
+            for k in finals.keys() {
+                if let Some((seq, _)) = ov.get(*k)
+                    && *seq <= last
+                {
+                    ov.remove(*k);
+                }
             }
         }
+        let _previous = shared.indexed_tx.send_replace(last);
     }
 }
 
