@@ -157,8 +157,45 @@ pub struct Store {
 }
 
 struct Inner {
+    // Field order matters: `shared` (and with it sled) is dropped before `snapshot`.
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    snapshot: SnapshotOnClose,
+}
+
+/// Reopens sled once it has been closed cleanly, so that sled writes its recovery snapshot now
+/// rather than at the next start. sled 0.34 writes that snapshot only when it opens, replaying
+/// all of its log since the previous open; without this, the first start after a million
+/// creates spent seconds replaying them. A clean stop (SIGTERM, an upgrade) pays that time
+/// instead of the next start; a crash still replays at start.
+struct SnapshotOnClose {
+    dir: std::path::PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for SnapshotOnClose {
+    fn drop(&mut self) {
+        if !self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match sled::Config::new()
+            .path(&self.dir)
+            .cache_capacity(1 << 20)
+            .flush_every_ms(None)
+            .open()
+        {
+            Ok(db) => {
+                drop(db);
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "database snapshot written for a fast next start"
+                );
+            }
+            // Harmless: the next start replays instead.
+            Err(e) => tracing::debug!(error = %e, "no snapshot at close"),
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -180,6 +217,12 @@ impl Drop for Inner {
                 }
                 let _ = std::fs::remove_file(wal_dir.join(wal::SPARE));
                 let _ = wal::sync_dir(&wal_dir);
+                // Every thread has stopped, so `shared` is the last reference to sled.
+                if Arc::strong_count(&self.shared) == 1 {
+                    self.snapshot
+                        .armed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed")
@@ -274,6 +317,10 @@ impl Store {
         let inner = Inner {
             shared,
             threads: Mutex::new(threads),
+            snapshot: SnapshotOnClose {
+                dir: dir.to_path_buf(),
+                armed: std::sync::atomic::AtomicBool::new(false),
+            },
         };
         // On failure, dropping `inner` stops and joins whatever was started.
         spawned?;
