@@ -198,6 +198,13 @@ impl Drop for SnapshotOnClose {
     }
 }
 
+/// How long a clean close waits for the final checkpoint. sled 0.34's flush has been seen to
+/// stall forever at close (waiting on an I/O buffer no thread writes, after a KEK rotation in
+/// a busy daemon); the log makes that harmless for durability, so the close gives up, leaves
+/// sled open (the stalled thread keeps its reference, so nothing else blocks on sled's own
+/// flush-on-drop) and the next start replays the log.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shared.shutdown();
@@ -207,16 +214,21 @@ impl Drop for Inner {
         }
         // A clean close leaves sled durable and the log empty, so the next start replays
         // nothing. Failing here is harmless: the log is still there to replay.
-        let wal_dir = self.shared.db_dir().join("wal");
-        match group_commit::checkpoint_index(&self.shared.tree, self.shared.db_dir()) {
-            Ok(()) => {
-                if let Ok(segments) = wal::list_segments(&wal_dir) {
-                    for (_, path) in segments {
-                        let _ = std::fs::remove_file(path);
-                    }
-                }
-                let _ = std::fs::remove_file(wal_dir.join(wal::SPARE));
-                let _ = wal::sync_dir(&wal_dir);
+        let shared = self.shared.clone();
+        let (tx, rx) = mpsc::channel();
+        let closer = std::thread::Builder::new()
+            .name("lockbox-close".into())
+            .spawn(move || {
+                let res = final_checkpoint(&shared);
+                drop(shared);
+                let _ = tx.send(res);
+            });
+        if let Err(e) = closer {
+            tracing::warn!(error = %e, "cannot run the final checkpoint; the log will be replayed");
+            return;
+        }
+        match rx.recv_timeout(CLOSE_TIMEOUT) {
+            Ok(Ok(())) => {
                 // Every thread has stopped, so `shared` is the last reference to sled.
                 if Arc::strong_count(&self.shared) == 1 {
                     self.snapshot
@@ -224,11 +236,27 @@ impl Drop for Inner {
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed")
             }
+            Err(_) => tracing::warn!(
+                timeout_s = CLOSE_TIMEOUT.as_secs(),
+                "final checkpoint did not finish (sled flush stalled); closing without it, the \
+                 log will be replayed at the next start"
+            ),
         }
     }
+}
+
+/// Flushes sled durably and deletes every log segment (all of them are then redundant).
+fn final_checkpoint(shared: &Shared) -> Result<()> {
+    group_commit::checkpoint_index(&shared.tree, shared.db_dir())?;
+    let wal_dir = shared.db_dir().join("wal");
+    for (_, path) in wal::list_segments(&wal_dir)? {
+        std::fs::remove_file(&path).map_err(wal::file_err(&path))?;
+    }
+    let _ = std::fs::remove_file(wal_dir.join(wal::SPARE));
+    wal::sync_dir(&wal_dir)
 }
 
 impl std::fmt::Debug for Store {
@@ -720,6 +748,51 @@ mod tests {
                 .unwrap()
                 .unwrap(),
             value
+        );
+    }
+
+    /// The KEK rotation's pattern: rewrite every record in chunks while iterating, then close.
+    /// The close must finish (a sled flush once hung here after such a rewrite).
+    #[test]
+    fn a_rewrite_while_iterating_then_close_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let store = Store::open(&path, 1 << 22).unwrap();
+                let mut b = Batch::new();
+                for i in 0..60_000u32 {
+                    b.put(Ns::Keys, &i.to_be_bytes(), &[1u8; 120]);
+                    if b.len() == 1000 {
+                        store.commit(std::mem::take(&mut b)).await.unwrap();
+                    }
+                }
+                let mut b = Batch::new();
+                for r in store.iter_after(Ns::Keys, None) {
+                    let (id, _) = r.unwrap();
+                    b.put(Ns::Keys, &id, &[2u8; 120]);
+                    if b.len() == 1000 {
+                        store.commit(std::mem::take(&mut b)).await.unwrap();
+                    }
+                }
+                store.commit(b).await.unwrap();
+                drop(store);
+            });
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("closing the store hung");
+        let store = Store::open(dir.path(), 1 << 22).unwrap();
+        assert!(
+            store
+                .iter_after(Ns::Keys, None)
+                .all(|r| r.unwrap().1 == [2u8; 120])
         );
     }
 
