@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The README's test command. The end-to-end tests drive real consumers (tests/tests/consumers.rs:
+# qemu-img and qemu-io with qemu's LUKS, cryptsetup LUKS2) and fail, never skip, without them:
+# install whichever is missing (Debian packages qemu-utils, cryptsetup-bin), then run every test.
+# Extra arguments go to `cargo test`, e.g. `./deploy/test.sh --test keys`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"   # cryptsetup lives in sbin
+
+need=()
+{ command -v qemu-img && command -v qemu-io; } >/dev/null || need+=(qemu-utils)
+command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+if ((${#need[@]})); then
+  echo "== installing ${need[*]} (the consumer tests run them for real)"
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+fi
+echo "== $(qemu-img --version | head -n 1); $(cryptsetup --version)"
+exec cargo test --workspace "$@"
