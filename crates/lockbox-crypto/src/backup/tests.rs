@@ -369,3 +369,29 @@ fn payload_decoder_checks_its_rules() {
         assert!(decode_payload(&encoded[..n]).is_err(), "cut to {n}");
     }
 }
+
+/// `BackupContents` and `OpenedBackup` derive Debug: their key material must still print as
+/// `[redacted]` (SecretBytes' own Debug), never as bytes, in any representation.
+#[test]
+fn debug_of_contents_and_opened_backups_shows_no_material() {
+    let c = contents();
+    let id = identity(9);
+    let bytes = seal_backup(&[id.recipient()], "n", 0, &c).unwrap();
+    let opened = open_backup(&id, &bytes).unwrap();
+    for text in [format!("{c:?}"), format!("{c:#?}"), format!("{opened:?}")] {
+        assert!(text.contains("redacted"), "{text}");
+        for needle in [
+            "17, 17, 17",
+            "0x11",
+            "111111",
+            "EREREREREREREREREREREQ",
+            "34, 34",
+            "51, 51",
+        ] {
+            assert!(
+                !text.contains(needle),
+                "material printed ({needle}): {text}"
+            );
+        }
+    }
+}
