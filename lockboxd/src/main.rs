@@ -8,6 +8,13 @@ use clap::{Parser, Subcommand};
 use lockbox_crypto::SecretBytes;
 use lockboxd::config::Config;
 
+/// mimalloc instead of glibc malloc: sled, h2 and prost allocate and free small buffers on
+/// every request from several threads, and glibc's arena consolidation was the indexer's
+/// largest cost in profiles (BENCHMARKS.md). Key material never relies on the allocator:
+/// secrets are zeroized by their own types before they are freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// EX_CONFIG from sysexits.h: the configuration is wrong.
 const EXIT_CONFIG: u8 = 78;
 

@@ -23,6 +23,10 @@ use crate::daemon::Daemon;
 use crate::load::{DEFAULT_PER_CHANNEL, Pool};
 use crate::stats::{Summary, as_ms, ms, rate, thousands};
 
+/// The same allocator as the daemons, so the load generator costs the shared cores less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "lockbox-bench", version, about = "Benchmark a real lockboxd")]
 struct Cli {

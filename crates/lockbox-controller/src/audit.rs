@@ -13,7 +13,7 @@ use lockbox_crypto::{
     sign_checkpoint,
 };
 use lockbox_store::{Batch, Ns, Store};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::ControllerError;
 
@@ -23,6 +23,9 @@ pub const CHECKPOINT_EVERY: u64 = 1000;
 /// The append-only log.
 pub struct AuditLog {
     store: Store,
+    /// Sequence number and hash of the last record. A plain mutex: it is held only to build,
+    /// hash and hand one record to the store (no `.await` inside), and under 32 concurrent
+    /// grants an async mutex's wake-up chain cost more CPU than the critical section.
     head: Mutex<(u64, [u8; 32])>,
 }
 
@@ -60,7 +63,22 @@ impl AuditLog {
         outcome: &str,
         detail: String,
     ) -> Result<(), ControllerError> {
-        let mut head = self.head.lock().await;
+        let generation = self.append_locked(signer, actor, action, outcome, detail)?;
+        self.store.durable(generation).await?;
+        Ok(())
+    }
+
+    /// Chains and hands one record (and a checkpoint when due) to the store under the head
+    /// lock; returns the generation to wait for.
+    fn append_locked(
+        &self,
+        signer: &SigningIdentity,
+        actor: &str,
+        action: &str,
+        outcome: &str,
+        detail: String,
+    ) -> Result<u64, ControllerError> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = Batch::new();
         let entry = AuditEntry {
             seq: head.0 + 1,
@@ -96,9 +114,7 @@ impl AuditLog {
         }
         let generation = self.store.apply(batch)?;
         *head = next;
-        drop(head);
-        self.store.durable(generation).await?;
-        Ok(())
+        Ok(generation)
     }
 
     /// Walks the chain (`lockbox-controller audit-verify`).

@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lockbox_controller::{ControllerConfig, audit::AuditLog, load_signing_key};
 
+/// mimalloc instead of glibc malloc: sled, h2 and prost allocate and free small buffers on
+/// every request from several threads, and glibc's arena consolidation was the indexer's
+/// largest cost in profiles (BENCHMARKS.md). Key material never relies on the allocator:
+/// secrets are zeroized by their own types before they are freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// EX_CONFIG from sysexits.h.
 const EXIT_CONFIG: u8 = 78;
 

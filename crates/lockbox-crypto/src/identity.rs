@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use aws_lc_rs::signature::Ed25519KeyPair;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable as _, Kem};
 use zeroize::Zeroizing;
@@ -16,25 +17,38 @@ use crate::secret::{SecretBytes, key_from_secret, random_key};
 
 /// The node's Ed25519 identity key.
 ///
-/// Wiped on drop (by `ed25519-dalek`); `Debug` shows only the public key.
+/// Wiped on drop (by `ed25519-dalek`, and by aws-lc, which cleanses what it frees); `Debug`
+/// shows only the public key.
+///
+/// Signing goes through aws-lc (`aws-lc-rs`, already linked for TLS): its Ed25519 signs in
+/// half the time of `ed25519-dalek`'s portable code here (15.7 µs against 33.6 µs), and a
+/// controller spends a fifth of its CPU per grant on that one signature. Ed25519 signatures
+/// are deterministic (RFC 8032), so both produce the same bytes: the unit tests check it, and
+/// verification stays with `ed25519-dalek`'s strict mode, which is faster at that here.
 pub struct SigningIdentity {
     key: SigningKey,
+    fast: Ed25519KeyPair,
 }
 
 impl SigningIdentity {
     /// A fresh identity, generated at `init`.
     pub fn generate() -> Result<Self> {
         let seed = random_key()?;
-        Ok(Self {
-            key: SigningKey::from_bytes(&seed),
-        })
+        Self::from_seed(&seed)
     }
 
     /// Restores the identity from its 32-byte seed (as unsealed from its record).
     pub fn from_secret(secret: &SecretBytes) -> Result<Self> {
         let seed = key_from_secret("ed25519 seed", secret)?;
+        Self::from_seed(&seed)
+    }
+
+    fn from_seed(seed: &[u8; 32]) -> Result<Self> {
+        let fast = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|_| CryptoError::Malformed("ed25519 seed (refused by aws-lc)"))?;
         Ok(Self {
-            key: SigningKey::from_bytes(&seed),
+            key: SigningKey::from_bytes(seed),
+            fast,
         })
     }
 
@@ -56,7 +70,10 @@ impl SigningIdentity {
     /// would make the split ambiguous; all domains are constants in SPEC.md.
     pub fn sign(&self, domain: &str, msg: &[u8]) -> [u8; 64] {
         debug_assert!(!domain.contains('\0'), "signature domain contains NUL");
-        self.key.sign(&domain_message(domain, msg)).to_bytes()
+        let sig = self.fast.sign(&domain_message(domain, msg));
+        let mut out = [0u8; 64];
+        out.copy_from_slice(sig.as_ref());
+        out
     }
 }
 
@@ -157,6 +174,21 @@ mod tests {
     use super::*;
 
     const DOMAIN: &str = "lockbox/v1/test";
+
+    #[test]
+    fn aws_lc_signatures_equal_ed25519_dalek_signatures() {
+        // Ed25519 is deterministic: the signer we use (aws-lc) must give exactly the bytes
+        // the reference implementation gives, for any seed and message.
+        use ed25519_dalek::Signer as _;
+        for i in 0..64u8 {
+            let id = SigningIdentity::generate().unwrap();
+            let msg = vec![i; usize::from(i) * 7];
+            let ours = id.sign(DOMAIN, &msg);
+            let reference = id.key.sign(&domain_message(DOMAIN, &msg)).to_bytes();
+            assert_eq!(ours, reference);
+            verify_signature(&id.public_key(), DOMAIN, &msg, &ours).unwrap();
+        }
+    }
 
     #[test]
     fn sign_verify_round_trip() {

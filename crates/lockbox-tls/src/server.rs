@@ -1,6 +1,7 @@
 //! Server side: mutual TLS with required client certificates, reloadable without a restart.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -244,11 +245,89 @@ fn peer_leaf<T>(
 /// The chain was verified against our CA file; the trust domain is not compared with ours
 /// here. Compare it with [`ReloadableServerConfig::spiffe_id`] if one CA serves several domains.
 pub fn peer_spiffe_id<T>(request: &tonic::Request<T>) -> Result<SpiffeId, TlsError> {
-    spiffe_id_of_cert(&peer_leaf(request)?)
+    Ok(peer_identity(&peer_leaf(request)?)?.spiffe_id)
 }
 
 /// SHA-256 of the caller's certificate public key, to match against the key an attestation
 /// binds (DESIGN.md §4).
 pub fn peer_spki_sha256<T>(request: &tonic::Request<T>) -> Result<[u8; 32], TlsError> {
-    spki_sha256(&peer_leaf(request)?)
+    Ok(peer_identity(&peer_leaf(request)?)?.spki_sha256)
+}
+
+/// What a server needs from a verified client certificate, parsed once per certificate.
+#[derive(Clone)]
+struct PeerIdentity {
+    spiffe_id: SpiffeId,
+    spki_sha256: [u8; 32],
+}
+
+/// Parsed peer certificates, keyed by their exact DER bytes.
+///
+/// Parsing the X.509 leaf on every call was a tenth of a controller's CPU per grant; a
+/// connection sends many calls with the same certificate. The result is a pure function of
+/// the bytes (the chain and validity were checked by the TLS handshake that delivered them),
+/// so a lookup by the whole DER is exact. Bounded: cleared when it reaches
+/// [`PEER_CACHE_MAX`] distinct certificates.
+static PEER_CACHE: std::sync::LazyLock<Mutex<HashMap<Vec<u8>, PeerIdentity>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Distinct client certificates remembered at once (a cluster has one per node and client).
+const PEER_CACHE_MAX: usize = 4096;
+
+fn peer_identity(leaf: &[u8]) -> Result<PeerIdentity, TlsError> {
+    let cached = PEER_CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(leaf)
+        .cloned();
+    if let Some(id) = cached {
+        return Ok(id);
+    }
+    let id = PeerIdentity {
+        spiffe_id: spiffe_id_of_cert(leaf)?,
+        spki_sha256: spki_sha256(leaf)?,
+    };
+    let mut cache = PEER_CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= PEER_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(leaf.to_vec(), id.clone());
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Role, pki};
+
+    #[test]
+    fn cached_peer_identity_is_each_certificates_own() {
+        let dir = tempfile::tempdir().unwrap();
+        pki::init("example.org", dir.path()).unwrap();
+        let a = pki::issue(dir.path(), Role::Lockbox, "host-a", &[], &[]).unwrap();
+        let b = pki::issue(dir.path(), Role::Orchestrator, "cinder", &[], &[]).unwrap();
+        let a_der = load_certs(&a.cert).unwrap().remove(0);
+        let b_der = load_certs(&b.cert).unwrap().remove(0);
+        for _ in 0..3 {
+            // First call parses and fills the cache; later ones must give the same answer,
+            // and never another certificate's.
+            let ia = peer_identity(&a_der).unwrap();
+            let ib = peer_identity(&b_der).unwrap();
+            assert_eq!(ia.spiffe_id, a.spiffe_id);
+            assert_eq!(ib.spiffe_id, b.spiffe_id);
+            assert_eq!(ia.spki_sha256, spki_sha256(&a_der).unwrap());
+            assert_eq!(ib.spki_sha256, spki_sha256(&b_der).unwrap());
+            assert_ne!(ia.spki_sha256, ib.spki_sha256);
+        }
+        // A certificate with one byte changed is not answered from the cache: it fails to
+        // parse (or parses to what it says), exactly as without the cache.
+        let mut bent = a_der.to_vec();
+        let last = bent.len() - 1;
+        bent[last] ^= 0xff;
+        match peer_identity(&bent) {
+            Ok(id) => assert_eq!(id.spiffe_id, spiffe_id_of_cert(&bent).unwrap()),
+            Err(_) => assert!(spiffe_id_of_cert(&bent).is_err()),
+        }
+    }
 }

@@ -22,6 +22,10 @@ mod stats;
 
 use stats::{Summary, rate};
 
+/// The same allocator as the daemons, so the load generator costs the shared cores less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "lockbox cluster benchmarks (real controller and lockboxd processes)")]
 struct Cli {
@@ -45,6 +49,10 @@ enum Cmd {
         /// Grants to issue (after 10% warm-up).
         #[arg(long, default_value_t = 50_000)]
         count: u64,
+        /// mTLS connections the tasks share (default 1: a gRPC client multiplexes its calls
+        /// on one HTTP/2 connection).
+        #[arg(long)]
+        connections: Option<usize>,
     },
     /// Latency of a one-key COPY transfer with the grant already issued.
     Transfer {
@@ -287,9 +295,13 @@ async fn transfer(
     Err(anyhow!("transfer ended without a receipt"))
 }
 
-async fn bench_grants(c: &Cluster, concurrency: usize, count: u64) -> Result<serde_json::Value> {
+async fn bench_grants(
+    c: &Cluster,
+    concurrency: usize,
+    channels: usize,
+    count: u64,
+) -> Result<serde_json::Value> {
     let key = "0b6a3f1e-8f7c-4c2e-9a51-2d7b1c4e5f60".to_string();
-    let channels = concurrency.div_ceil(8);
     let mut clients = Vec::new();
     for _ in 0..channels {
         clients.push(c.orchestrator().await?);
@@ -335,7 +347,7 @@ async fn bench_grants(c: &Cluster, concurrency: usize, count: u64) -> Result<ser
     let (mut lat, elapsed) = run_phase(count).await?;
     let s = Summary::of(&mut lat);
     Ok(json!({
-        "bench": "grants", "concurrency": concurrency, "count": count,
+        "bench": "grants", "concurrency": concurrency, "count": count, "connections": channels,
         "grants_per_s": rate(count, elapsed), "latency": s.json(),
     }))
 }
@@ -407,7 +419,14 @@ async fn main() -> Result<()> {
     let cluster = Arc::new(Cluster::start(&bin, &["host-a", "host-b"]).await?);
     let load = stats::load1();
     let mut v = match cli.command {
-        Cmd::Grants { concurrency, count } => bench_grants(&cluster, concurrency, count).await?,
+        Cmd::Grants {
+            concurrency,
+            count,
+            connections,
+        } => {
+            let connections = connections.unwrap_or(1).max(1);
+            bench_grants(&cluster, concurrency, connections, count).await?
+        }
         Cmd::Transfer { count } => bench_transfer(&cluster, count).await?,
         Cmd::Evacuate { keys } => bench_evacuate(&cluster, keys).await?,
     };

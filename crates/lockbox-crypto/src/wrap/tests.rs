@@ -70,7 +70,11 @@ fn assert_round_trip(n: usize, len: usize) {
     }
     for (k, (_, _, want)) in batch.keys.iter().zip(&m) {
         assert_eq!(k.ciphertext.len(), len + TRANSFER_TAG_LEN);
-        assert_ne!(&k.ciphertext[..len], want.expose_secret());
+        // A 1-byte ciphertext equals its plaintext once in 256 runs by chance; compare only
+        // materials long enough for a match to mean "not encrypted".
+        if len >= 16 {
+            assert_ne!(&k.ciphertext[..len], want.expose_secret());
+        }
     }
 }
 
