@@ -4,11 +4,11 @@
 //! before anything is stored, and storing is one atomic batch with the grant's consumption.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lockbox_crypto::{
-    AttestationContext, BatchContext, GrantSide, SealedBatch, SealedKey, verify_attestation,
-    verify_batch,
+    AttestationContext, AttestationError, BatchContext, GrantSide, SealedBatch, SealedKey,
+    VerifiedAttestation, check_attestation_claims, verify_attestation, verify_batch,
 };
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::peer_server::Peer;
@@ -27,7 +27,16 @@ pub struct PeerApi {
     custody: Arc<Custody>,
     attestor: Arc<Attestor>,
     trust_domain: String,
+    /// Source attestations whose signatures verified, by their exact signed bytes: a source
+    /// presents the same attestation on every transfer until it renews it, and its Ed25519
+    /// verification was one of five on a one-key transfer's critical path. The claims (time
+    /// window, node, TLS key) are still checked on every delivery. The trusted controllers
+    /// and threshold are fixed for the daemon's life, so an entry stays valid; bounded.
+    verified_attestations: Mutex<Vec<(pb::SignedAttestation, VerifiedAttestation)>>,
 }
+
+/// Source attestations remembered at once (about one per peer node; renewed ones replace).
+const ATTESTATION_MEMO: usize = 64;
 
 impl PeerApi {
     /// Builds the service.
@@ -36,7 +45,40 @@ impl PeerApi {
             custody,
             attestor,
             trust_domain,
+            verified_attestations: Mutex::new(Vec::new()),
         }
+    }
+
+    /// [`verify_attestation`], skipping the signature checks for bytes that already passed
+    /// them here.
+    fn verify_source_attestation(
+        &self,
+        signed: &pb::SignedAttestation,
+        ctx: &AttestationContext<'_>,
+    ) -> Result<VerifiedAttestation, AttestationError> {
+        let known = self
+            .verified_attestations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(s, _)| s == signed)
+            .map(|(_, v)| v.clone());
+        if let Some(v) = known {
+            check_attestation_claims(&v, ctx)?;
+            return Ok(v);
+        }
+        let v = verify_attestation(signed, &self.custody.trusted_controllers(), ctx)?;
+        let mut memo = self
+            .verified_attestations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // A renewal replaces the node's previous attestation; the oldest goes when full.
+        memo.retain(|(_, old)| old.body.node != v.body.node);
+        if memo.len() >= ATTESTATION_MEMO {
+            memo.remove(0);
+        }
+        memo.push((signed.clone(), v.clone()));
+        Ok(v)
     }
 
     /// The caller must be a lockbox of our trust domain; anyone else is refused, logged and
@@ -169,7 +211,6 @@ impl Peer for PeerApi {
 
         // The source's attestation: signed by our controllers, for the node TLS says is
         // calling, with the TLS key it is calling from.
-        let trusted = self.custody.trusted_controllers();
         let ctx = AttestationContext {
             now_unix_ms: now_ms(),
             skew_ms: self.custody.clock_skew_ms(),
@@ -177,7 +218,7 @@ impl Peer for PeerApi {
             expected_node: Some(&source.name),
             peer_tls_spki_sha256: Some(&spki),
         };
-        let source_att = match verify_attestation(&attestation, &trusted, &ctx) {
+        let source_att = match self.verify_source_attestation(&attestation, &ctx) {
             Ok(a) => a,
             Err(e) => {
                 let err = CustodyError::InvalidArgument(format!("source attestation invalid: {e}"));

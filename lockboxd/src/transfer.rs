@@ -207,15 +207,9 @@ impl Transfers {
         let d = self.destination(&dest).await?;
         let total: u64 = keys.iter().map(|k| k.versions.len() as u64).sum();
 
-        let (tx, rx) = mpsc::channel::<pb::DeliverRequest>(4);
         let mut client = PeerClient::new(d.channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        let call = tokio::spawn(async move {
-            client
-                .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
         let header = pb::DeliverRequest {
             msg: Some(pb::deliver_request::Msg::Header(pb::DeliverHeader {
                 grant: Some(grant.clone()),
@@ -223,22 +217,47 @@ impl Transfers {
                 total_keys: total,
             })),
         };
-        let sent_ok = self
-            .send_batches(header, &keys, verified, &d, tx, &progress, total)
-            .await;
-        let stream_closed =
-            matches!(&sent_ok, Err(CustodyError::Transfer(m)) if m.contains(STREAM_CLOSED));
-        if let Err(e) = sent_ok
-            && !stream_closed
-        {
-            // A local failure (sealing, signing): the destination saw a truncated stream and
-            // stores nothing; report our own cause, not its complaint.
-            call.abort();
-            return Err(e);
-        }
-        let response = call
-            .await
-            .map_err(|e| step("delivery", format!("task failed: {e}")))?;
+        let flat: Vec<(&Outgoing, usize)> = keys
+            .iter()
+            .flat_map(|k| (0..k.versions.len()).map(move |i| (k, i)))
+            .collect();
+        let mut stream_closed = false;
+        let response = if flat.len() <= BATCH_KEYS {
+            // One batch (the common one-volume transfer): seal it before calling, then send
+            // header, batch and end marker as one ready stream, so they leave in one write
+            // and no task or channel sits between this code and the connection.
+            let batch = self.batch_message(0, &flat, verified, &d)?;
+            let end = pb::DeliverRequest {
+                msg: Some(pb::deliver_request::Msg::End(pb::DeliverEnd {})),
+            };
+            let response = client
+                .deliver(tokio_stream::iter([header, batch, end]))
+                .await;
+            let _ = progress.try_send(Progress { sent: total, total });
+            response
+        } else {
+            let (tx, rx) = mpsc::channel::<pb::DeliverRequest>(4);
+            let call = tokio::spawn(async move {
+                client
+                    .deliver(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            });
+            let sent_ok = self
+                .send_batches(header, &flat, verified, &d, tx, &progress, total)
+                .await;
+            stream_closed =
+                matches!(&sent_ok, Err(CustodyError::Transfer(m)) if m.contains(STREAM_CLOSED));
+            if let Err(e) = sent_ok
+                && !stream_closed
+            {
+                // A local failure (sealing, signing): the destination saw a truncated stream
+                // and stores nothing; report our own cause, not its complaint.
+                call.abort();
+                return Err(e);
+            }
+            call.await
+                .map_err(|e| step("delivery", format!("task failed: {e}")))?
+        };
         let receipt = match response {
             Ok(r) => r.into_inner(),
             Err(s) => {
@@ -291,7 +310,7 @@ impl Transfers {
     async fn send_batches(
         &self,
         header: pb::DeliverRequest,
-        keys: &[Outgoing],
+        flat: &[(&Outgoing, usize)],
         verified: &VerifiedGrant,
         d: &Destination,
         tx: mpsc::Sender<pb::DeliverRequest>,
@@ -300,53 +319,9 @@ impl Transfers {
     ) -> Result<(), CustodyError> {
         let closed = || step("delivery", STREAM_CLOSED);
         tx.send(header).await.map_err(|_| closed())?;
-        // Flatten to (key, version) pairs, then cut into batches.
-        let flat: Vec<(&Outgoing, usize)> = keys
-            .iter()
-            .flat_map(|k| (0..k.versions.len()).map(move |i| (k, i)))
-            .collect();
         let mut sent = 0u64;
         for (n, chunk) in flat.chunks(BATCH_KEYS).enumerate() {
-            let n = n as u32;
-            let ctx = BatchContext {
-                grant_id: &verified.grant_id,
-                batch: n,
-                source_node: &verified.body.source_node,
-                dest_node: &verified.body.dest_node,
-            };
-            let wrap: Vec<KeyToWrap<'_>> = chunk
-                .iter()
-                .map(|(k, i)| KeyToWrap {
-                    key_id: &k.key_id,
-                    version: k.versions[*i].version,
-                    material: &k.versions[*i].material,
-                })
-                .collect();
-            let sealed = seal_batch(&d.attestation.hpke_public_key, &ctx, &wrap)?;
-            let signature = self.custody.sign_transfer_batch(&ctx, &sealed)?;
-            let wire_keys = sealed
-                .keys
-                .iter()
-                .zip(chunk)
-                .map(|(s, (k, i))| pb::WrappedKey {
-                    key_id: s.key_id.clone(),
-                    version: s.version,
-                    ciphertext: s.ciphertext.clone(),
-                    labels: k.labels.clone().into_iter().collect(),
-                    clone_policy: k.clone_policy.clone().unwrap_or_default(),
-                    version_state: k.versions[*i].state.as_str().into(),
-                    current: k.versions[*i].version == k.current_version,
-                })
-                .collect();
-            let msg = pb::DeliverRequest {
-                msg: Some(pb::deliver_request::Msg::Batch(pb::SealedBatch {
-                    batch: n,
-                    suite: sealed.suite,
-                    enc: sealed.enc,
-                    keys: wire_keys,
-                    signature: signature.to_vec(),
-                })),
-            };
+            let msg = self.batch_message(n as u32, chunk, verified, d)?;
             tx.send(msg).await.map_err(|_| closed())?;
             sent += chunk.len() as u64;
             let _ = progress.try_send(Progress { sent, total });
@@ -357,6 +332,56 @@ impl Transfers {
         .await
         .map_err(|_| closed())?;
         Ok(())
+    }
+
+    /// Seals one batch of (key, version index) pairs to the destination's HPKE key (one
+    /// encapsulation, one AEAD seal per key binding its id and version) and signs it.
+    fn batch_message(
+        &self,
+        n: u32,
+        chunk: &[(&Outgoing, usize)],
+        verified: &VerifiedGrant,
+        d: &Destination,
+    ) -> Result<pb::DeliverRequest, CustodyError> {
+        let ctx = BatchContext {
+            grant_id: &verified.grant_id,
+            batch: n,
+            source_node: &verified.body.source_node,
+            dest_node: &verified.body.dest_node,
+        };
+        let wrap: Vec<KeyToWrap<'_>> = chunk
+            .iter()
+            .map(|(k, i)| KeyToWrap {
+                key_id: &k.key_id,
+                version: k.versions[*i].version,
+                material: &k.versions[*i].material,
+            })
+            .collect();
+        let sealed = seal_batch(&d.attestation.hpke_public_key, &ctx, &wrap)?;
+        let signature = self.custody.sign_transfer_batch(&ctx, &sealed)?;
+        let wire_keys = sealed
+            .keys
+            .iter()
+            .zip(chunk)
+            .map(|(s, (k, i))| pb::WrappedKey {
+                key_id: s.key_id.clone(),
+                version: s.version,
+                ciphertext: s.ciphertext.clone(),
+                labels: k.labels.clone().into_iter().collect(),
+                clone_policy: k.clone_policy.clone().unwrap_or_default(),
+                version_state: k.versions[*i].state.as_str().into(),
+                current: k.versions[*i].version == k.current_version,
+            })
+            .collect();
+        Ok(pb::DeliverRequest {
+            msg: Some(pb::deliver_request::Msg::Batch(pb::SealedBatch {
+                batch: n,
+                suite: sealed.suite,
+                enc: sealed.enc,
+                keys: wire_keys,
+                signature: signature.to_vec(),
+            })),
+        })
     }
 }
 

@@ -220,6 +220,29 @@ pub fn verify_attestation(
         }
     })?;
 
+    let verified = VerifiedAttestation {
+        body,
+        hpke_public_key,
+        signing_public_key,
+        tls_spki_sha256,
+        valid_signers,
+    };
+    check_attestation_claims(&verified, ctx)?;
+    Ok(verified)
+}
+
+/// Steps 4–6 of [`verify_attestation`] (time window, node, TLS key) on an attestation whose
+/// signatures already passed steps 1–3 under the same trusted controllers and threshold.
+///
+/// Why: a destination sees the same source attestation on every transfer until it is renewed;
+/// re-checking the claims against this call's clock and peer is what changes, the Ed25519
+/// verification of the same bytes does not. Callers that remember a verified attestation must
+/// key it by its exact signed bytes and signatures.
+pub fn check_attestation_claims(
+    verified: &VerifiedAttestation,
+    ctx: &AttestationContext<'_>,
+) -> std::result::Result<(), AttestationError> {
+    let body = &verified.body;
     check_window(
         body.not_before_unix_ms,
         body.expires_unix_ms,
@@ -239,7 +262,6 @@ pub fn verify_attestation(
             }
         }
     })?;
-
     if let Some(expected) = ctx.expected_node
         && body.node != expected
     {
@@ -249,17 +271,11 @@ pub fn verify_attestation(
         });
     }
     if let Some(tls) = ctx.peer_tls_spki_sha256
-        && tls_spki_sha256 != *tls
+        && verified.tls_spki_sha256 != *tls
     {
         return Err(AttestationError::WrongTlsKey);
     }
-    Ok(VerifiedAttestation {
-        body,
-        hpke_public_key,
-        signing_public_key,
-        tls_spki_sha256,
-        valid_signers,
-    })
+    Ok(())
 }
 
 /// The message a node signs to prove it holds the keys it asks the controller to attest

@@ -346,6 +346,54 @@ fn wrong_node_and_tls_key() {
 }
 
 #[test]
+fn claims_of_a_verified_attestation_are_checked_against_each_call() {
+    // What a destination that remembers a verified attestation re-checks on every delivery:
+    // the same verdicts as a full verification at that moment, for that peer.
+    let v = verify(&signed(&body(), &[1]), &ctx()).unwrap();
+    assert_eq!(check_attestation_claims(&v, &ctx()), Ok(()));
+    let later = AttestationContext {
+        now_unix_ms: EXPIRES,
+        ..ctx()
+    };
+    assert_eq!(
+        check_attestation_claims(&v, &later),
+        Err(AttestationError::Expired {
+            expires_unix_ms: EXPIRES,
+            now_unix_ms: EXPIRES
+        })
+    );
+    assert_eq!(
+        check_attestation_claims(&v, &later),
+        verify(&signed(&body(), &[1]), &later).map(|_| ())
+    );
+    let early = AttestationContext {
+        now_unix_ms: NOT_BEFORE - 1,
+        ..ctx()
+    };
+    assert!(matches!(
+        check_attestation_claims(&v, &early),
+        Err(AttestationError::NotYetValid { .. })
+    ));
+    let elsewhere = AttestationContext {
+        expected_node: Some("node-c"),
+        ..ctx()
+    };
+    assert!(matches!(
+        check_attestation_claims(&v, &elsewhere),
+        Err(AttestationError::WrongNode { .. })
+    ));
+    let other = [0x78; 32];
+    let other_tls = AttestationContext {
+        peer_tls_spki_sha256: Some(&other),
+        ..ctx()
+    };
+    assert_eq!(
+        check_attestation_claims(&v, &other_tls),
+        Err(AttestationError::WrongTlsKey)
+    );
+}
+
+#[test]
 fn checks_run_in_spec_order() {
     let mut b = body();
     b.not_before_unix_ms = T0 + 10_000;
