@@ -35,6 +35,9 @@ struct Cli {
     /// Print one JSON object per result.
     #[arg(long)]
     json: bool,
+    /// Worker threads of the client's tokio runtime (default: one per CPU).
+    #[arg(long)]
+    client_threads: Option<usize>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -405,10 +408,18 @@ async fn bench_evacuate(c: &Cluster, n: u64) -> Result<serde_json::Value> {
     }))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     lockbox_tls::install_default_provider();
     let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.client_threads {
+        rt.worker_threads(n.max(1));
+    }
+    rt.build()?.block_on(bench(cli))
+}
+
+async fn bench(cli: Cli) -> Result<()> {
     let bin = match cli.bin_dir {
         Some(b) => b,
         None => std::env::current_exe()?
