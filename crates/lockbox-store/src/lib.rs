@@ -179,12 +179,11 @@ impl Drop for SnapshotOnClose {
             return;
         }
         let started = std::time::Instant::now();
-        match sled::Config::new()
+        let config = sled::Config::new()
             .path(&self.dir)
             .cache_capacity(1 << 20)
-            .flush_every_ms(None)
-            .open()
-        {
+            .flush_every_ms(None);
+        match open_sled(&config) {
             Ok(db) => {
                 drop(db);
                 tracing::info!(
@@ -194,6 +193,31 @@ impl Drop for SnapshotOnClose {
             }
             // Harmless: the next start replays instead.
             Err(e) => tracing::debug!(error = %e, "no snapshot at close"),
+        }
+    }
+}
+
+/// How long an open waits for sled's directory lock to be released by this process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while its directory lock is held.
+///
+/// Why: sled 0.34 releases its lock (an `flock` on `db`) only when the last of its internal
+/// references is dropped, and its I/O threads drop theirs a moment after the `Db` itself. So
+/// a store closed and reopened in one process (a clean close's snapshot reopen, then a test
+/// or tool opening the same directory) can find the lock still held for a few milliseconds.
+/// Another process holding the lock (a running daemon) still fails, after the wait.
+fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
         }
     }
 }
@@ -274,17 +298,16 @@ impl Store {
     /// recovered state. `cache_bytes` bounds sled's page cache, which otherwise defaults to
     /// 1 GiB and dominates the daemon's memory on a large lockbox.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let tree = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // Durability comes from our log; sled is flushed at checkpoints only.
             .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            .mode(sled::Mode::HighThroughput);
+        let tree = open_sled(&config).map_err(|source| StoreError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
         // sled holds an exclusive lock on its directory from here on, so the log is ours.
         let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).map_err(wal::file_err(&wal_dir))?;
@@ -551,6 +574,22 @@ impl Iterator for Merge {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_store_that_is_open_is_not_opened_twice() {
+        // The open waits for sled's lock (it may be on its way out), then refuses with
+        // sled's own message: a directory in use is never opened twice.
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), 1 << 20).unwrap();
+        let started = std::time::Instant::now();
+        match Store::open(dir.path(), 1 << 20) {
+            Err(StoreError::Open { source, .. }) => {
+                assert!(source.to_string().contains("lock"), "{source}");
+            }
+            other => panic!("opened a database that is in use: {other:?}"),
+        }
+        assert!(started.elapsed() >= LOCK_WAIT);
+    }
 
     #[tokio::test]
     async fn batches_are_atomic_and_namespaced() {
