@@ -291,3 +291,41 @@ fn a_source_killed_after_the_receipt_completes_a_two_batch_move_once_on_retry() 
     // source still streams two batches: the source must still complete.
     source_killed_after_the_receipt(1500);
 }
+
+/// A key rekeyed at the source between the destination's receipt and the source's completion
+/// (the source crashed in between, an operator rekeyed it after the restart) must not lose its
+/// new version to the MOVE: the retry gets the destination's stored receipt, which lists only
+/// the versions it received, and the source refuses to tombstone.
+#[test]
+fn a_move_does_not_shred_a_version_added_after_the_keys_were_sent() {
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
+    c.restart_with_failpoint("host-a", Some("source-after-receipt"));
+    let k = c.node("host-a").create_key(&[]);
+    let v1 = c.node("host-a").key_bytes(&k);
+    let g = c.grant(&[&k], "host-a", "host-b", "move", "10m");
+    let grant_hex = Cluster::grant_id_hex(&g);
+    let err = transfer_err(c.node("host-a"), &g);
+    assert!(!err.is_empty());
+    assert_died_at_failpoint(&mut c, "host-a", "source-after-receipt");
+    c.restart_with_failpoint("host-a", None);
+
+    // Version 2 exists only at the source.
+    let a = c.node("host-a");
+    let begun = a.ctl_json(&["key", "rekey", &k]);
+    assert_eq!(begun["state"], "rekeying", "{begun}");
+    let v2 = a.key_bytes_version(&k, 2);
+
+    let err = transfer_err(a, &g);
+    assert!(err.contains(&k), "{err}");
+    assert!(err.contains("did not receive"), "{err}");
+    assert!(err.contains("[2]"), "{err}");
+
+    // Nothing was removed at the source; the destination keeps version 1.
+    let (a, b) = (c.node("host-a"), c.node("host-b"));
+    assert_eq!(a.describe(&k)["state"], "rekeying");
+    assert_eq!(a.key_bytes_version(&k, 1), v1);
+    assert_eq!(a.key_bytes_version(&k, 2), v2);
+    assert_eq!(b.key_bytes(&k), v1);
+    assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 0);
+    assert_audit_ok(a);
+}

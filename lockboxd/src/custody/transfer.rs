@@ -133,6 +133,49 @@ fn put_grant_record(
     Ok(())
 }
 
+/// Refuses to complete a MOVE when the source holds a version of a key that the receipt does
+/// not list as stored at the destination: that version was added after the keys were sent
+/// (a rekey between a crash and the retry that answered with the stored receipt), and
+/// tombstoning the key would shred the only copy. Nothing is removed; both hosts keep what
+/// they have and the error names the key. Receipts without the list (destinations that
+/// predate it) are taken as before.
+fn check_received_everything(
+    victims: &[KeyMeta],
+    receipt: &StoredReceipt,
+    dest_node: &str,
+) -> Result<()> {
+    let body = pb::ReceiptBody::decode(receipt.body.as_slice())
+        .map_err(|e| CustodyError::Corrupt(format!("receipt: {e}")))?;
+    if body.stored.is_empty() {
+        return Ok(());
+    }
+    for m in victims {
+        let at_dest: &[u32] = body
+            .stored
+            .iter()
+            .find(|s| s.key_id == m.key_id)
+            .map(|s| s.versions.as_slice())
+            .unwrap_or(&[]);
+        // Destroyed versions hold no material and are never sent.
+        let missing: Vec<u32> = m
+            .versions
+            .iter()
+            .filter(|v| v.state != VersionState::Destroyed)
+            .map(|v| v.version)
+            .filter(|v| !at_dest.contains(v))
+            .collect();
+        if !missing.is_empty() {
+            return Err(CustodyError::Transfer(format!(
+                "completing the move: key {} has version(s) {missing:?} that {dest_node} did not \
+                 receive (the key changed after it was sent); nothing was removed here, and \
+                 {dest_node} keeps the versions it received",
+                m.key_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn parse_state(s: &str) -> VersionState {
     match s {
         "rekeying" => VersionState::Rekeying,
@@ -373,6 +416,7 @@ impl Custody {
         }
         let mut batch = Batch::new();
         let before = *ws;
+        let mut stored = Vec::new();
         for (key_id, mut versions) in by_key {
             let id = parse_key_id(&key_id)?;
             let replaced = self.replaceable(&u, &id, replica)?;
@@ -382,6 +426,10 @@ impl Custody {
             }
             versions.sort_by_key(|v| v.version);
             check_versions(&id, &versions)?;
+            stored.push(pb::StoredVersions {
+                key_id: id.clone(),
+                versions: versions.iter().map(|v| v.version).collect(),
+            });
             let first = &versions[0];
             let labels = first.labels.clone();
             validate_labels(&labels)?;
@@ -448,6 +496,7 @@ impl Custody {
             dest_node: grant.body.dest_node.clone(),
             key_ids: grant.body.key_ids.clone(),
             stored_unix_ms: now,
+            stored,
         }
         .encode_to_vec();
         let receipt = StoredReceipt {
@@ -505,6 +554,7 @@ impl Custody {
                 let id = parse_key_id(key_id)?;
                 victims.push(self.live_meta(&u, &id)?);
             }
+            check_received_everything(&victims, receipt, &grant.body.dest_node)?;
             shredded = self.drop_material_refs(&victims, &mut batch)?;
             for mut m in victims {
                 m.destroyed = true;

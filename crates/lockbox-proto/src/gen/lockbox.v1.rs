@@ -672,7 +672,7 @@ pub struct Receipt {
     #[prost(bytes = "vec", tag = "2")]
     pub signature: ::prost::alloc::vec::Vec<u8>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReceiptBody {
     #[prost(bytes = "vec", tag = "1")]
     pub grant_id: ::prost::alloc::vec::Vec<u8>,
@@ -686,6 +686,19 @@ pub struct ReceiptBody {
     pub key_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(uint64, tag = "6")]
     pub stored_unix_ms: u64,
+    /// Which versions of each key the destination stored. A MOVE's source removes only what
+    /// the destination has: a version added at the source after it was sent (a rekey between
+    /// a crash and the retry) stops the MOVE instead of being shredded. Empty in receipts from
+    /// destinations that predate this field.
+    #[prost(message, repeated, tag = "7")]
+    pub stored: ::prost::alloc::vec::Vec<StoredVersions>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StoredVersions {
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    #[prost(uint32, repeated, tag = "2")]
+    pub versions: ::prost::alloc::vec::Vec<u32>,
 }
 /// Generated client implementations.
 pub mod peer_client {
