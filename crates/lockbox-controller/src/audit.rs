@@ -63,7 +63,15 @@ impl AuditLog {
         outcome: &str,
         detail: String,
     ) -> Result<(), ControllerError> {
-        let generation = self.append_locked(signer, actor, action, outcome, detail)?;
+        let event = AuditEvent {
+            time_unix_ms: now_ms(),
+            actor: actor.into(),
+            action: action.into(),
+            key_id: String::new(),
+            outcome: outcome.into(),
+            detail,
+        };
+        let generation = self.append_locked(signer, event)?;
         self.store.durable(generation).await?;
         Ok(())
     }
@@ -73,24 +81,14 @@ impl AuditLog {
     fn append_locked(
         &self,
         signer: &SigningIdentity,
-        actor: &str,
-        action: &str,
-        outcome: &str,
-        detail: String,
+        event: AuditEvent,
     ) -> Result<u64, ControllerError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = Batch::new();
         let entry = AuditEntry {
             seq: head.0 + 1,
             prev_hash: head.1,
-            event: AuditEvent {
-                time_unix_ms: now_ms(),
-                actor: actor.into(),
-                action: action.into(),
-                key_id: String::new(),
-                outcome: outcome.into(),
-                detail,
-            },
+            event,
             checkpoint: None,
         };
         let mut next = (entry.seq, entry.hash());
