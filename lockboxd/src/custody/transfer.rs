@@ -3,7 +3,7 @@
 //! completing a grant at the source (the MOVE tombstone). The network side is `transfer.rs`
 //! and `peer.rs` in the crate root.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lockbox_crypto::{BatchContext, GrantSide, SealedBatch, VerifiedGrant};
 use lockbox_proto::v1 as pb;
@@ -149,13 +149,16 @@ fn check_received_everything(
     if body.stored.is_empty() {
         return Ok(());
     }
+    // An evacuation lists every key of the lockbox: look them up by id, not by scanning the
+    // list once per key (quadratic: 40 % of the source's CPU moving 50,000 keys).
+    let mut stored: HashMap<&str, &[u32]> = HashMap::with_capacity(body.stored.len());
+    for s in &body.stored {
+        stored
+            .entry(s.key_id.as_str())
+            .or_insert(s.versions.as_slice());
+    }
     for m in victims {
-        let at_dest: &[u32] = body
-            .stored
-            .iter()
-            .find(|s| s.key_id == m.key_id)
-            .map(|s| s.versions.as_slice())
-            .unwrap_or(&[]);
+        let at_dest: &[u32] = stored.get(m.key_id.as_str()).copied().unwrap_or(&[]);
         // Destroyed versions hold no material and are never sent.
         let missing: Vec<u32> = m
             .versions

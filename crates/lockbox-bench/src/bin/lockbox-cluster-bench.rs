@@ -68,6 +68,10 @@ enum Cmd {
         /// Keys to move.
         #[arg(long, default_value_t = 10_000)]
         keys: u64,
+        /// Record a `perf` profile (call graphs) of both lockboxd processes during the move
+        /// only, into this file (`perf report -i FILE`): the fill before it is not profiled.
+        #[arg(long)]
+        perf: Option<PathBuf>,
     },
 }
 
@@ -379,9 +383,13 @@ async fn bench_transfer(c: &Cluster, count: u64) -> Result<serde_json::Value> {
     Ok(json!({"bench": "transfer-one-key", "count": count, "latency": s.json()}))
 }
 
-async fn bench_evacuate(c: &Cluster, n: u64) -> Result<serde_json::Value> {
+async fn bench_evacuate(c: &Cluster, n: u64, perf: Option<&Path>) -> Result<serde_json::Value> {
     let keys = create_keys(c, "host-a", n).await?;
     let grant = c.grant(keys, "host-a", "host-b", pb::GrantOp::Move).await?;
+    let profiler = match perf {
+        Some(out) => Some(start_perf(out, &c.lockbox_pids)?),
+        None => None,
+    };
     let (tick_hz, _) = stats::clock_ticks();
     let before: Vec<u64> = c
         .lockbox_pids
@@ -392,6 +400,9 @@ async fn bench_evacuate(c: &Cluster, n: u64) -> Result<serde_json::Value> {
     let t0 = Instant::now();
     let r = transfer(&mut client, grant).await?;
     let elapsed = t0.elapsed();
+    if let Some(p) = profiler {
+        stop_perf(p)?;
+    }
     let after: Vec<u64> = c
         .lockbox_pids
         .iter()
@@ -406,6 +417,31 @@ async fn bench_evacuate(c: &Cluster, n: u64) -> Result<serde_json::Value> {
         "keys_per_s": rate(n, elapsed),
         "source_cpu_us_per_key": us_per_key(0), "dest_cpu_us_per_key": us_per_key(1),
     }))
+}
+
+/// Starts `perf record -g` on the given processes and waits until it is attached.
+fn start_perf(out: &Path, pids: &[u32]) -> Result<Child> {
+    let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    let child = Command::new("perf")
+        .args(["record", "-g", "-F", "2000", "-o"])
+        .arg(out)
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot run perf (is it installed?)")?;
+    // perf prints nothing when attached; give it a moment to open its events.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(child)
+}
+
+/// Stops `perf record` with SIGINT (so it writes its file) and waits for it.
+fn stop_perf(mut child: Child) -> Result<()> {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .context("cannot signal perf")?;
+    child.wait().context("waiting for perf")?;
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -439,7 +475,7 @@ async fn bench(cli: Cli) -> Result<()> {
             bench_grants(&cluster, concurrency, connections, count).await?
         }
         Cmd::Transfer { count } => bench_transfer(&cluster, count).await?,
-        Cmd::Evacuate { keys } => bench_evacuate(&cluster, keys).await?,
+        Cmd::Evacuate { keys, perf } => bench_evacuate(&cluster, keys, perf.as_deref()).await?,
     };
     v["load1_before"] = json!(load);
     if cli.json {
