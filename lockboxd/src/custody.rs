@@ -1707,24 +1707,22 @@ impl Custody {
                 removed_refs.insert(ref_id(mid, &m.key_id));
             }
         }
-        let mut checked = std::collections::BTreeSet::new();
-        for m in victims {
-            for mid in m.material_ids() {
-                if !checked.insert(mid.to_string()) {
-                    continue;
+        // Each material once, in material order (pages of the reference index fetched once
+        // when an evacuation walks thousands of them).
+        let materials: std::collections::BTreeSet<&str> =
+            victims.iter().flat_map(|m| m.material_ids()).collect();
+        for mid in materials {
+            let prefix = ref_id(mid, "");
+            let mut remaining = 0usize;
+            for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
+                let (rid, _) = r?;
+                if !removed_refs.contains(&rid) {
+                    remaining += 1;
                 }
-                let prefix = ref_id(mid, "");
-                let mut remaining = 0usize;
-                for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
-                    let (rid, _) = r?;
-                    if !removed_refs.contains(&rid) {
-                        remaining += 1;
-                    }
-                }
-                if remaining == 0 {
-                    batch.remove(Ns::Materials, mid.as_bytes());
-                    shredded = true;
-                }
+            }
+            if remaining == 0 {
+                batch.remove(Ns::Materials, mid.as_bytes());
+                shredded = true;
             }
         }
         for r in &removed_refs {

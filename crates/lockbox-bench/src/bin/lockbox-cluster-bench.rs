@@ -68,7 +68,7 @@ enum Cmd {
         /// Keys to move.
         #[arg(long, default_value_t = 10_000)]
         keys: u64,
-        /// Record a `perf` profile (call graphs) of both lockboxd processes during the move
+        /// Record a `perf` profile (DWARF call graphs) of both lockboxd processes during the move
         /// only, into this file (`perf report -i FILE`): the fill before it is not profiled.
         #[arg(long)]
         perf: Option<PathBuf>,
@@ -419,11 +419,11 @@ async fn bench_evacuate(c: &Cluster, n: u64, perf: Option<&Path>) -> Result<serd
     }))
 }
 
-/// Starts `perf record -g` on the given processes and waits until it is attached.
+/// Starts `perf record` (DWARF call graphs: release builds keep no frame pointers) on the given processes and waits until it is attached.
 fn start_perf(out: &Path, pids: &[u32]) -> Result<Child> {
     let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
     let child = Command::new("perf")
-        .args(["record", "-g", "-F", "2000", "-o"])
+        .args(["record", "--call-graph", "dwarf,16384", "-F", "400", "-o"])
         .arg(out)
         .args(["-p", &pids.join(",")])
         .stdout(Stdio::null())
