@@ -1750,6 +1750,33 @@ impl Custody {
         self.audited(caller, "kek-rotate", "", res).await
     }
 
+    /// Step 1 of a KEK rotation, with the writer lock held: a new KEK joins the keyring
+    /// (written atomically) and becomes current, the old ones stay readable. Returns the
+    /// unlocked state to seal with. When a rotation is already under way (two or more KEKs),
+    /// changes nothing and returns the current state.
+    ///
+    /// A MOVE that will shred begins the rotation before sealing its tombstones, so that
+    /// the rotation which follows does not open and re-seal every one of them again.
+    fn begin_rotation(&self) -> Result<Arc<Unlocked>> {
+        let u = self.unlocked()?;
+        let keyring = self.keyring();
+        if keyring.kek_ids().len() > 1 {
+            // Resuming an interrupted rotation: the newest KEK is already current and the
+            // unsealed set already holds both.
+            return Ok(u);
+        }
+        let (keyring, unsealed) = keyring.add_kek(&u.unsealed)?;
+        write_file_atomic(&self.keyring_path, &keyring.encode(), 0o600)?;
+        let unlocked = Arc::new(Unlocked {
+            unsealed,
+            signing: u.signing.clone(),
+            hpke: u.hpke.clone(),
+        });
+        self.set_keyring(keyring);
+        self.set_unlocked(Some(unlocked.clone()));
+        Ok(unlocked)
+    }
+
     /// KEK rotation (DESIGN.md §5.4), with the writer lock held:
     /// 1. a new KEK joins the keyring (written atomically) and becomes current;
     /// 2. every sealed record still under an older KEK is re-sealed, in flushed batches;
@@ -1763,25 +1790,16 @@ impl Custody {
         caller: &Caller,
         why: &str,
     ) -> Result<Rotated> {
-        let u = self.unlocked()?;
+        // The oldest KEK in the keyring: the one a resumed rotation (or one begun by a MOVE,
+        // see `begin_rotation`) is retiring.
+        let old_kek_id = self
+            .keyring()
+            .kek_ids()
+            .first()
+            .copied()
+            .unwrap_or_else(|| self.keyring().current_kek_id());
+        let unlocked = self.begin_rotation()?;
         let keyring = self.keyring();
-        let old_kek_id = keyring.current_kek_id();
-        let (keyring, unlocked) = if keyring.kek_ids().len() > 1 {
-            // Resuming an interrupted rotation: the newest KEK is already current and the
-            // unsealed set already holds both.
-            (keyring, u.clone())
-        } else {
-            let (keyring, unsealed) = keyring.add_kek(&u.unsealed)?;
-            write_file_atomic(&self.keyring_path, &keyring.encode(), 0o600)?;
-            let unlocked = Arc::new(Unlocked {
-                unsealed,
-                signing: u.signing.clone(),
-                hpke: u.hpke.clone(),
-            });
-            self.set_keyring(keyring.clone());
-            self.set_unlocked(Some(unlocked.clone()));
-            (keyring, unlocked)
-        };
         let new_id = keyring.current_kek_id();
 
         let mut resealed = 0u64;

@@ -162,3 +162,78 @@ fn batched_shred_rotation_rotates_after_n_destroys() {
     assert!(node.status()["kek_id"].as_u64().unwrap() > kek0);
     assert_eq!(node.key_bytes(&c), c_bytes);
 }
+
+/// A MOVE shreds the source's copy like a destroy does: with `shred_rotation = "immediate"`
+/// the source rotates its KEK, so an old copy of its database opened with the new keyring
+/// yields none of the moved keys' material. The tombstones are sealed under the new KEK in the
+/// MOVE's own batch (the rotation does not re-seal them): they must still read back after a
+/// restart, with no rotation left to resume.
+#[test]
+fn a_moved_key_is_unrecoverable_at_the_source_after_its_kek_rotation() {
+    let mut c = lockbox_tests::cluster::Cluster::start(&["host-a", "host-b"], "");
+    let a = c.node("host-a");
+    let keep = a.create_key(&[]);
+    let keep_bytes = a.key_bytes(&keep);
+    let moved: Vec<String> = (0..3).map(|_| a.create_key(&[])).collect();
+    let moved_bytes: Vec<Vec<u8>> = moved.iter().map(|k| a.key_bytes(k)).collect();
+    let kek_before = a.status()["kek_id"].as_u64().unwrap();
+
+    let a = c.node_mut("host-a");
+    a.stop();
+    let old_data = a.dir().join("old-data");
+    copy_dir(&a.data_dir(), &old_data);
+    c.restart_with_failpoint("host-a", None);
+
+    let ids: Vec<&str> = moved.iter().map(String::as_str).collect();
+    let g = c.grant(&ids, "host-a", "host-b", "move", "10m");
+    let a = c.node("host-a");
+    let r = a.ctl_json(&["transfer", g.to_str().unwrap()]);
+    assert_eq!(r["key_ids"].as_array().map(Vec::len), Some(3), "{r}");
+    assert!(
+        a.status()["kek_id"].as_u64().unwrap() > kek_before,
+        "the MOVE shredded material, so the source rotated its KEK"
+    );
+    for (k, bytes) in moved.iter().zip(&moved_bytes) {
+        assert_eq!(&c.node("host-b").key_bytes(k), bytes);
+        assert_eq!(a.describe(k)["state"], "moved");
+    }
+    assert_eq!(a.key_bytes(&keep), keep_bytes);
+    assert_eq!(a.ctl_json(&["audit", "verify"])["ok"], true);
+
+    let a = c.node_mut("host-a");
+    a.stop();
+    let old_materials = materials(&old_data.join("db"));
+    assert_eq!(old_materials.len(), 4, "the copy holds every material");
+    assert_eq!(
+        opening(&old_data.join("keyring"), &a.keyfile_path(), &old_materials).len(),
+        4,
+        "the copy's own keyring opens its records"
+    );
+    assert_eq!(
+        opening(&a.keyring_path(), &a.keyfile_path(), &old_materials).len(),
+        0,
+        "a moved key's material opens with the source's new keyring: the old KEK survived"
+    );
+    let left = materials(&a.db_dir());
+    let opened = opening(&a.keyring_path(), &a.keyfile_path(), &left);
+    assert_eq!(opened.len(), 1, "only the kept key's material is left");
+    assert!(contains(&opened[0], &keep_bytes));
+
+    // The tombstones (sealed under the new KEK) read back after a restart, and no rotation
+    // was left half done.
+    c.restart_with_failpoint("host-a", None);
+    let a = c.node("host-a");
+    for k in &moved {
+        let d = a.describe(k);
+        assert_eq!(d["state"], "moved", "{d}");
+        assert_eq!(d["moved_to_node"], "host-b", "{d}");
+    }
+    assert_eq!(a.key_bytes(&keep), keep_bytes);
+    assert!(
+        !a.log_contents()
+            .contains("resuming an interrupted KEK rotation"),
+        "{}",
+        a.log_contents()
+    );
+    assert_eq!(a.ctl_json(&["audit", "verify"])["ok"], true);
+}

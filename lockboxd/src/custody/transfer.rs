@@ -565,7 +565,7 @@ impl Custody {
         receipt: &StoredReceipt,
     ) -> Result<bool> {
         let mut ws = self.write.lock().await;
-        let u = self.unlocked()?;
+        let mut u = self.unlocked()?;
         if self
             .grant_record(&grant.grant_id, GrantRole::Source)?
             .is_some()
@@ -592,6 +592,21 @@ impl Custody {
             }
             check_received_everything(&victims, receipt, &grant.body.dest_node)?;
             shredded = self.drop_material_refs(&victims, &mut batch)?;
+            if shredded {
+                ws.destroys_since_rotation += 1;
+                batch.put(
+                    Ns::Node,
+                    NODE_DESTROYS,
+                    &ws.destroys_since_rotation.to_be_bytes(),
+                );
+                if self.rotation_due(&ws) {
+                    // Every check passed: start the rotation the shredding calls for now,
+                    // so the tombstones below are sealed once, under the new KEK, instead of
+                    // being re-sealed by the rotation (a crash in between leaves two KEKs,
+                    // which the next unseal finishes rotating).
+                    u = self.begin_rotation()?;
+                }
+            }
             for mut m in victims {
                 m.destroyed = true;
                 m.moved_to = Some(MovedTo {
@@ -606,14 +621,6 @@ impl Custody {
                 ws.key_count = ws.key_count.saturating_sub(1);
             }
             batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
-            if shredded {
-                ws.destroys_since_rotation += 1;
-                batch.put(
-                    Ns::Node,
-                    NODE_DESTROYS,
-                    &ws.destroys_since_rotation.to_be_bytes(),
-                );
-            }
         }
         put_grant_record(&mut batch, grant, GrantRole::Source, receipt.clone())?;
         self.audit(
