@@ -1709,18 +1709,26 @@ impl Custody {
         }
         // Each material once, in material order (pages of the reference index fetched once
         // when an evacuation walks thousands of them).
-        let materials: std::collections::BTreeSet<&str> =
-            victims.iter().flat_map(|m| m.material_ids()).collect();
-        for mid in materials {
+        // An evacuation checks one material per key: the checks are reads, split over the
+        // cores (each thread a contiguous run of materials).
+        let materials: Vec<&str> = victims
+            .iter()
+            .flat_map(|m| m.material_ids())
+            .collect::<std::collections::BTreeSet<&str>>()
+            .into_iter()
+            .collect();
+        let orphaned = crate::par::try_map(&materials, |mid| {
             let prefix = ref_id(mid, "");
-            let mut remaining = 0usize;
             for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
                 let (rid, _) = r?;
                 if !removed_refs.contains(&rid) {
-                    remaining += 1;
+                    return Ok(false);
                 }
             }
-            if remaining == 0 {
+            Ok::<_, CustodyError>(true)
+        })?;
+        for (mid, orphaned) in materials.iter().zip(orphaned) {
+            if orphaned {
                 batch.remove(Ns::Materials, mid.as_bytes());
                 shredded = true;
             }

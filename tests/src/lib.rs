@@ -611,6 +611,52 @@ impl Node {
         json_str(&v, "key_id")
     }
 
+    /// Creates `n` 32-byte keys through the daemon's gRPC API, 16 at a time: for tests that
+    /// need more keys than one `lockboxctl` process per key creates in reasonable time (large
+    /// transfers take other code paths). Returns their ids.
+    pub fn create_keys_bulk(&self, n: usize) -> Vec<String> {
+        use lockbox_proto::v1 as pb;
+        use lockbox_proto::v1::lockbox_client::LockboxClient;
+        const TASKS: usize = 16;
+        let uri = format!("unix:{}", self.socket().display());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let channel = tonic::transport::Endpoint::try_from(uri)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut tasks = Vec::new();
+            for t in 0..TASKS {
+                let mut client = LockboxClient::new(channel.clone());
+                let count = n / TASKS + usize::from(t < n % TASKS);
+                tasks.push(tokio::spawn(async move {
+                    let mut ids = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let r = client
+                            .create_key(pb::CreateKeyRequest {
+                                length: 32,
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
+                        ids.push(r.into_inner().key_id);
+                    }
+                    ids
+                }));
+            }
+            let mut all = Vec::with_capacity(n);
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        })
+    }
+
     /// `key get ID --format hex --json`, decoded.
     pub fn key_bytes(&self, id: &str) -> Vec<u8> {
         let v = self.ctl_json(&["key", "get", id, "--format", "hex"]);

@@ -159,6 +159,61 @@ fn evacuation_streams_many_keys_in_batches() {
     }
 }
 
+/// Past a few thousand keys both ends split the per-key work (reading, opening, sealing,
+/// reference checks) over their cores: every key still arrives with its own bytes, each
+/// shared material is kept or shredded by its own references, and a refusal still changes
+/// nothing.
+#[test]
+fn a_large_evacuation_moves_every_key_with_its_own_bytes() {
+    const N: usize = 5000;
+    let c = Cluster::start(&["host-a", "host-b"], "");
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let mut keys = a.create_keys_bulk(N);
+    // A snapshot that stays behind keeps its material alive at the source.
+    let shared = keys[7].clone();
+    let stays = a.ctl_json(&["key", "snapshot", &shared])["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sample: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .step_by(97)
+        .map(|k| (k.clone(), a.key_bytes(k)))
+        .collect();
+    let stays_bytes = a.key_bytes(&stays);
+
+    // One unknown key in the grant: refused at the source, nothing moves.
+    let bogus = "00000000-0000-4000-8000-000000000000".to_string();
+    let mut with_bogus: Vec<&str> = keys.iter().map(String::as_str).collect();
+    with_bogus.push(&bogus);
+    let g = c.grant(&with_bogus, "host-a", "host-b", "move", "10m");
+    let err = a.ctl_err(&["transfer", g.to_str().unwrap()]);
+    assert!(err.contains(&bogus), "{err}");
+    assert_eq!(a.status()["key_count"], N as u64 + 1);
+    assert_eq!(b.status()["key_count"], 0);
+
+    keys.sort();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = c.grant(&refs, "host-a", "host-b", "move", "10m");
+    let r = transfer(a, &g);
+    assert_eq!(r["key_ids"].as_array().unwrap().len(), N);
+    assert_eq!(b.status()["key_count"], N as u64);
+    assert_eq!(a.status()["key_count"], 1, "only the snapshot stays");
+    for (k, bytes) in &sample {
+        assert_eq!(&b.key_bytes(k), bytes, "key {k}");
+        assert_eq!(a.describe(k)["state"], "moved");
+    }
+    assert_eq!(
+        a.key_bytes(&stays),
+        stays_bytes,
+        "a shared material was shredded"
+    );
+    assert_eq!(b.key_bytes(&shared), stays_bytes);
+    for n in [a, b] {
+        assert_eq!(n.ctl_json(&["audit", "verify"])["ok"], true);
+    }
+}
+
 #[test]
 fn a_key_can_move_back_and_a_replica_can_be_refreshed() {
     let c = Cluster::start(&["host-a", "host-b", "host-c"], "");

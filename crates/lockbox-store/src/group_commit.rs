@@ -44,6 +44,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// A value pending in the overlay: the batch that wrote it and the value (`None`: removed).
 pub(crate) type Pending = (u64, Option<sled::IVec>);
 
+/// A change on its way to sled. The value is shared (reference-counted) between the overlay
+/// and the indexer's queue, so neither copies it again: a 100,000-key transfer is one batch
+/// of 300,000 changes.
+pub(crate) type IndexOp = (Vec<u8>, Option<sled::IVec>);
+
 /// State shared by writers, readers, the committer and the checkpointer.
 pub(crate) struct Shared {
     pub(crate) tree: sled::Db,
@@ -68,7 +73,7 @@ struct State {
     /// Encoded records not yet handed to the committer.
     buf: Vec<u8>,
     /// The same batches, for copying into sled once durable.
-    queue: Vec<(u64, Vec<Op>)>,
+    queue: Vec<(u64, Vec<IndexOp>)>,
     /// Newest sequence number known to be durable.
     durable: u64,
     /// Set once a log write or sync failed: nothing more may be acknowledged.
@@ -120,11 +125,18 @@ impl Shared {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
+        // Room for the whole record at once (a large batch would otherwise regrow the buffer,
+        // copying it, many times).
+        st.buf.reserve(wal::record_len(&ops));
         wal::encode_record(&mut st.buf, seq, &ops);
+        let ops: Vec<IndexOp> = ops
+            .into_iter()
+            .map(|(k, v)| (k, v.map(sled::IVec::from)))
+            .collect();
         {
             let mut ov = self.overlay_mut();
             for (k, v) in &ops {
-                ov.insert(k.clone(), (seq, v.as_deref().map(sled::IVec::from)));
+                ov.insert(k.clone(), (seq, v.clone()));
             }
         }
         st.queue.push((seq, ops));
@@ -209,7 +221,7 @@ pub(crate) enum Checkpoint {
 /// What the committer tells the indexer, in log order.
 pub(crate) enum Index {
     /// A durable group: copy it into sled, then drop it from the overlay.
-    Group(Vec<(u64, Vec<Op>)>),
+    Group(Vec<(u64, Vec<IndexOp>)>),
     /// Pass on to the checkpointer once everything before it is in sled.
     Retire(PathBuf),
 }
@@ -332,15 +344,15 @@ pub(crate) fn indexer(
         let Some(last) = queue.last().map(|(s, _)| *s) else {
             continue;
         };
-        let mut finals: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+        let mut finals: BTreeMap<&[u8], Option<&sled::IVec>> = BTreeMap::new();
         for (_, ops) in &queue {
             for (k, v) in ops {
-                finals.insert(k.as_slice(), v.as_deref());
+                finals.insert(k.as_slice(), v.as_ref());
             }
         }
         for (k, v) in &finals {
             let res = match v {
-                Some(v) => shared.tree.insert(*k, *v).map(|_| ()),
+                Some(v) => shared.tree.insert(*k, (*v).clone()).map(|_| ()),
                 None => shared.tree.remove(*k).map(|_| ()),
             };
             if let Err(e) = res {

@@ -72,6 +72,15 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, seq: u64, ops: &[Op]) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The encoded length of a record for `ops` (header included), to reserve room up front.
+pub(crate) fn record_len(ops: &[Op]) -> usize {
+    HEADER
+        + ops
+            .iter()
+            .map(|(k, v)| 1 + 4 + k.len() + v.as_ref().map_or(0, |v| 4 + v.len()))
+            .sum::<usize>()
+}
+
 fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     buf.extend_from_slice(&len.to_le_bytes());
@@ -368,6 +377,9 @@ mod tests {
         let (seq, got, len2) = decode_record(&buf[len..]).unwrap();
         assert_eq!((seq, got.len()), (8, 0));
         assert_eq!(len + len2, buf.len());
+        // The length reserved up front is exactly what is written.
+        assert_eq!(record_len(&ops()), len);
+        assert_eq!(record_len(&[]), len2);
     }
 
     #[test]

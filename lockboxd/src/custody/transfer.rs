@@ -39,6 +39,20 @@ pub struct Outgoing {
     pub versions: Vec<OutgoingVersion>,
 }
 
+/// One received key, checked and sealed, ready to join the receiving batch.
+struct PreparedKey {
+    /// Key id (canonical spelling).
+    key_id: String,
+    /// The key this one replaces here (a replica refreshed, a key moving back), if any.
+    replaced: Option<KeyMeta>,
+    /// (material id, sealed material) per version.
+    materials: Vec<(String, Vec<u8>)>,
+    /// The sealed metadata record.
+    sealed_meta: Vec<u8>,
+    /// The versions stored, for the receipt.
+    versions: Vec<u32>,
+}
+
 /// A key version that arrived, unwrapped.
 pub struct Incoming {
     /// Key id.
@@ -335,11 +349,8 @@ impl Custody {
             .map(|k| parse_key_id(k))
             .collect::<Result<Vec<_>>>()?;
         ids.sort_unstable();
-        let mut metas = Vec::with_capacity(ids.len());
-        for id in ids {
-            let meta = self.usable_meta(&u, &id)?;
-            metas.push((id, meta));
-        }
+        let metas = crate::par::try_map(&ids, |id| self.usable_meta(&u, id))?;
+        let metas: Vec<(String, KeyMeta)> = ids.into_iter().zip(metas).collect();
         // (material id, key index, version index) of every readable version, in material order.
         let mut wanted: Vec<(&str, usize, usize)> = Vec::with_capacity(metas.len());
         for (k, (_, meta)) in metas.iter().enumerate() {
@@ -350,10 +361,12 @@ impl Custody {
             }
         }
         wanted.sort_unstable();
+        let materials = crate::par::try_map(&wanted, |(material_id, k, _)| {
+            self.open_material(&u, &metas[*k].0, material_id)
+        })?;
         let mut opened: Vec<Vec<(usize, SecretBytes)>> = metas.iter().map(|_| Vec::new()).collect();
-        for (material_id, k, i) in wanted {
-            let material = self.open_material(&u, &metas[k].0, material_id)?;
-            opened[k].push((i, material));
+        for ((_, k, i), material) in wanted.iter().zip(materials) {
+            opened[*k].push((*i, material));
         }
         let mut out = Vec::with_capacity(metas.len());
         for ((id, meta), mut materials) in metas.into_iter().zip(opened) {
@@ -422,6 +435,82 @@ impl Custody {
         Ok(())
     }
 
+    /// Checks one received key (its versions sorted) and seals its records under the current
+    /// KEK, without touching the database: what `receive` adds to its batch for this key.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_received(
+        &self,
+        u: &Unlocked,
+        grant: &VerifiedGrant,
+        grant_hex: &str,
+        replica: bool,
+        now: u64,
+        key_id: &str,
+        versions: &[Incoming],
+    ) -> Result<PreparedKey> {
+        let id = parse_key_id(key_id)?;
+        let replaced = self.replaceable(u, &id, replica)?;
+        check_versions(&id, versions)?;
+        let first = versions.first().ok_or_else(|| {
+            CustodyError::InvalidArgument(format!("key {id}: no version received"))
+        })?;
+        let labels = first.labels.clone();
+        validate_labels(&labels)?;
+        let length = first.material.len() as u32;
+        if length != 32 && length != 64 {
+            return Err(CustodyError::InvalidArgument(format!(
+                "key {id}: received material of {length} bytes"
+            )));
+        }
+        let current_version = versions
+            .iter()
+            .find(|v| v.current)
+            .map(|v| v.version)
+            .unwrap_or(first.version);
+        let mut materials = Vec::with_capacity(versions.len());
+        let mut metas = Vec::with_capacity(versions.len());
+        for v in versions {
+            let material_id = new_material_id()?;
+            let sealed = u.unsealed.current_kek().seal(
+                RecordKind::Material,
+                material_id.as_bytes(),
+                v.material.expose_secret(),
+            )?;
+            metas.push(VersionMeta {
+                version: v.version,
+                state: v.state,
+                material_id: material_id.clone(),
+                created_unix_ms: now,
+            });
+            materials.push((material_id, sealed));
+        }
+        let meta = KeyMeta {
+            key_id: id.clone(),
+            destroyed: false,
+            length,
+            labels,
+            created_unix_ms: now,
+            origin: Origin {
+                kind: "received".into(),
+                from_key_id: String::new(),
+                from_node: grant.body.source_node.clone(),
+                grant_id: grant_hex.to_string(),
+            },
+            clone_policy: first.clone_policy.clone(),
+            current_version,
+            versions: metas,
+            replica,
+            moved_to: None,
+        };
+        Ok(PreparedKey {
+            sealed_meta: self.seal_meta(u, &meta)?,
+            versions: versions.iter().map(|v| v.version).collect(),
+            key_id: id,
+            replaced,
+            materials,
+        })
+    }
+
     /// Stores received keys, consumes the grant and signs the receipt, in one atomic durable
     /// batch (so a crash leaves either nothing or everything, and a retry of the same grant
     /// returns the same receipt).
@@ -443,79 +532,35 @@ impl Custody {
         for i in incoming {
             by_key.entry(i.key_id.clone()).or_default().push(i);
         }
+        let mut by_key: Vec<(String, Vec<Incoming>)> = by_key.into_iter().collect();
+        for (_, versions) in by_key.iter_mut() {
+            versions.sort_by_key(|v| v.version);
+        }
+        // Check and seal every key (the per-key work: split over the cores for an
+        // evacuation), then add them to one batch in key order.
+        let prepared = crate::par::try_map(&by_key, |(key_id, versions)| {
+            self.prepare_received(&u, grant, &grant_hex, replica, now, key_id, versions)
+        })?;
         let mut batch = Batch::new();
         let before = *ws;
-        let mut stored = Vec::new();
-        for (key_id, mut versions) in by_key {
-            let id = parse_key_id(&key_id)?;
-            let replaced = self.replaceable(&u, &id, replica)?;
-            let counted = replaced.as_ref().is_some_and(|m| m.moved_to.is_none());
-            if let Some(old) = &replaced {
+        let mut stored = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            if let Some(old) = &p.replaced {
                 self.drop_material_refs(std::slice::from_ref(old), &mut batch)?;
             }
-            versions.sort_by_key(|v| v.version);
-            check_versions(&id, &versions)?;
-            stored.push(pb::StoredVersions {
-                key_id: id.clone(),
-                versions: versions.iter().map(|v| v.version).collect(),
-            });
-            let first = &versions[0];
-            let labels = first.labels.clone();
-            validate_labels(&labels)?;
-            let clone_policy = first.clone_policy.clone();
-            let length = first.material.len() as u32;
-            if length != 32 && length != 64 {
-                return Err(CustodyError::InvalidArgument(format!(
-                    "key {id}: received material of {length} bytes"
-                )));
+            for (material_id, sealed) in &p.materials {
+                batch.put(Ns::Materials, material_id.as_bytes(), sealed);
+                batch.put(Ns::MaterialRefs, &ref_id(material_id, &p.key_id), b"");
             }
-            let current_version = versions
-                .iter()
-                .find(|v| v.current)
-                .map(|v| v.version)
-                .unwrap_or(first.version);
-            let mut metas = Vec::new();
-            for v in &versions {
-                let material_id = new_material_id()?;
-                batch.put(
-                    Ns::Materials,
-                    material_id.as_bytes(),
-                    &u.unsealed.current_kek().seal(
-                        RecordKind::Material,
-                        material_id.as_bytes(),
-                        v.material.expose_secret(),
-                    )?,
-                );
-                batch.put(Ns::MaterialRefs, &ref_id(&material_id, &id), b"");
-                metas.push(VersionMeta {
-                    version: v.version,
-                    state: v.state,
-                    material_id,
-                    created_unix_ms: now,
-                });
-            }
-            let meta = KeyMeta {
-                key_id: id.clone(),
-                destroyed: false,
-                length,
-                labels,
-                created_unix_ms: now,
-                origin: Origin {
-                    kind: "received".into(),
-                    from_key_id: String::new(),
-                    from_node: grant.body.source_node.clone(),
-                    grant_id: grant_hex.clone(),
-                },
-                clone_policy,
-                current_version,
-                versions: metas,
-                replica,
-                moved_to: None,
-            };
-            batch.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            batch.put(Ns::Keys, p.key_id.as_bytes(), &p.sealed_meta);
+            let counted = p.replaced.as_ref().is_some_and(|m| m.moved_to.is_none());
             if !counted {
                 ws.key_count += 1;
             }
+            stored.push(pb::StoredVersions {
+                key_id: p.key_id,
+                versions: p.versions,
+            });
         }
         batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         let body = pb::ReceiptBody {
@@ -586,10 +631,7 @@ impl Custody {
                 .map(|k| parse_key_id(k))
                 .collect::<Result<Vec<_>>>()?;
             ids.sort_unstable();
-            let mut victims = Vec::with_capacity(ids.len());
-            for id in &ids {
-                victims.push(self.live_meta(&u, id)?);
-            }
+            let victims = crate::par::try_map(&ids, |id| self.live_meta(&u, id))?;
             check_received_everything(&victims, receipt, &grant.body.dest_node)?;
             shredded = self.drop_material_refs(&victims, &mut batch)?;
             if shredded {
@@ -607,7 +649,8 @@ impl Custody {
                     u = self.begin_rotation()?;
                 }
             }
-            for mut m in victims {
+            let mut tombstones = victims;
+            for m in tombstones.iter_mut() {
                 m.destroyed = true;
                 m.moved_to = Some(MovedTo {
                     node: grant.body.dest_node.clone(),
@@ -617,7 +660,10 @@ impl Custody {
                     v.state = VersionState::Destroyed;
                     v.material_id.clear();
                 }
-                batch.put(Ns::Keys, m.key_id.as_bytes(), &self.seal_meta(&u, &m)?);
+            }
+            let sealed = crate::par::try_map(&tombstones, |m| self.seal_meta(&u, m))?;
+            for (m, sealed) in tombstones.iter().zip(sealed) {
+                batch.put(Ns::Keys, m.key_id.as_bytes(), &sealed);
                 ws.key_count = ws.key_count.saturating_sub(1);
             }
             batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
