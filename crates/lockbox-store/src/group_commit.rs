@@ -37,6 +37,9 @@ pub(crate) const SEGMENT_BYTES: usize = 8 << 20;
 /// overlay holds everything in between in memory, and a clean shutdown must drain it: without
 /// a bound, a sled slowed by a large tree let the backlog (and memory) grow without limit.
 const MAX_INDEX_BACKLOG: u64 = 2048;
+/// A batch of at least this many changes is merged into the overlay as a sorted run rather
+/// than change by change.
+const BULK_OVERLAY: usize = 1024;
 /// A checkpoint also runs when this much time passed since the last one and anything was
 /// written, so that an idle lockbox's log shrinks and its restart replays little.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -133,11 +136,22 @@ impl Shared {
             .into_iter()
             .map(|(k, v)| (k, v.map(sled::IVec::from)))
             .collect();
-        {
+        if ops.len() < BULK_OVERLAY {
             let mut ov = self.overlay_mut();
             for (k, v) in &ops {
                 ov.insert(k.clone(), (seq, v.clone()));
             }
+        } else {
+            // A large batch (a transfer of thousands of keys): sort it and merge it into the
+            // overlay in one pass instead of one tree search per change.
+            let mut batch: BTreeMap<Vec<u8>, Pending> = last_per_key(
+                ops.iter()
+                    .map(|(k, v)| (k.clone(), (seq, v.clone())))
+                    .collect(),
+            )
+            .into_iter()
+            .collect();
+            self.overlay_mut().append(&mut batch);
         }
         st.queue.push((seq, ops));
         drop(st);
@@ -209,6 +223,22 @@ impl Shared {
     pub(crate) fn db_dir(&self) -> &Path {
         &self.db_dir
     }
+}
+
+/// Sorts changes by key and keeps only the last change to each key (in the given order): the
+/// final state of a run of changes, built without a tree search per change.
+fn last_per_key<K: Ord, V>(mut changes: Vec<(K, V)>) -> Vec<(K, V)> {
+    // Stable, so that of two changes to one key the later stays after the earlier...
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    // ...and is the one kept.
+    let mut out: Vec<(K, V)> = Vec::with_capacity(changes.len());
+    for kv in changes {
+        match out.last_mut() {
+            Some(last) if last.0 == kv.0 => *last = kv,
+            _ => out.push(kv),
+        }
+    }
+    out
 }
 
 /// What the committer tells the checkpointer (through the indexer, so that a segment is
@@ -344,12 +374,14 @@ pub(crate) fn indexer(
         let Some(last) = queue.last().map(|(s, _)| *s) else {
             continue;
         };
-        let mut finals: BTreeMap<&[u8], Option<&sled::IVec>> = BTreeMap::new();
-        for (_, ops) in &queue {
-            for (k, v) in ops {
-                finals.insert(k.as_slice(), v.as_ref());
-            }
-        }
+        // Each key once, with its last value, in key order (sled's inserts walk the tree in
+        // order, and a key rewritten by every batch, like the audit head, is written once).
+        let finals: Vec<(&[u8], Option<&sled::IVec>)> = last_per_key(
+            queue
+                .iter()
+                .flat_map(|(_, ops)| ops.iter().map(|(k, v)| (k.as_slice(), v.as_ref())))
+                .collect(),
+        );
         for (k, v) in &finals {
             let res = match v {
                 Some(v) => shared.tree.insert(*k, (*v).clone()).map(|_| ()),
@@ -364,7 +396,7 @@ pub(crate) fn indexer(
         }
         {
             let mut ov = shared.overlay_mut();
-            for k in finals.keys() {
+            for (k, _) in &finals {
                 if let Some((seq, _)) = ov.get(*k)
                     && *seq <= last
                 {
@@ -439,4 +471,16 @@ pub(crate) fn checkpoint_index(tree: &sled::Db, db_dir: &Path) -> Result<()> {
         wal::sync_dir(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_per_key_keeps_the_last_change_to_each_key_in_key_order() {
+        let changes = vec![(3, 'a'), (1, 'b'), (3, 'c'), (2, 'd'), (1, 'e'), (3, 'f')];
+        assert_eq!(last_per_key(changes), vec![(1, 'e'), (2, 'd'), (3, 'f')]);
+        assert_eq!(last_per_key(Vec::<(u8, u8)>::new()), vec![]);
+    }
 }

@@ -682,7 +682,14 @@ mod tests {
             let mut gens = Vec::new();
             for _ in 0..300 {
                 let mut b = Batch::new();
-                for _ in 0..(next() % 4 + 1) {
+                // Now and then a batch large enough to be merged into the overlay as a sorted
+                // run, changing each of the 40 ids many times: the last change must win.
+                let ops = if next() % 32 == 0 {
+                    1500
+                } else {
+                    next() % 4 + 1
+                };
+                for _ in 0..ops {
                     let id = format!("{}", next() % 40).into_bytes();
                     if next() % 3 == 0 {
                         b.remove(Ns::Keys, &id);
