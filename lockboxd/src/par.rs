@@ -7,6 +7,7 @@
 //! the items' order, and the first error (in item order) is returned.
 
 use std::num::NonZeroUsize;
+use std::sync::OnceLock;
 
 /// Below this many items one thread does the job: starting threads would cost more than the
 /// work (one key is ~10 µs of opening or sealing).
@@ -14,6 +15,18 @@ const MIN_ITEMS: usize = 2048;
 /// At most this many threads per job, whatever the machine: a lockbox serves other callers
 /// while it evacuates.
 const MAX_THREADS: usize = 8;
+
+/// The cores this process may use, asked once: `available_parallelism` reads the affinity
+/// mask and cgroup quota files on every call (tens of microseconds, more than a one-key
+/// transfer's work).
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(NonZeroUsize::get)
+            .unwrap_or(1)
+    })
+}
 
 /// Maps `f` over `items` in order, on up to one scoped thread per core when there are enough
 /// items to be worth it. A thread that cannot be started leaves its chunk to the caller's
@@ -25,13 +38,14 @@ where
     E: Send,
     F: Fn(&T) -> Result<R, E> + Sync,
 {
-    let threads = std::thread::available_parallelism()
-        .map(NonZeroUsize::get)
-        .unwrap_or(1)
+    if items.len() < MIN_ITEMS {
+        return items.iter().map(&f).collect();
+    }
+    let threads = cores()
         .min(MAX_THREADS)
         .min(items.len() / (MIN_ITEMS / 2).max(1))
         .max(1);
-    if threads == 1 || items.len() < MIN_ITEMS {
+    if threads == 1 {
         return items.iter().map(&f).collect();
     }
     let chunk = items.len().div_ceil(threads);
