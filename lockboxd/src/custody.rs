@@ -510,6 +510,16 @@ fn new_material_id() -> Result<String> {
     Ok(hex::encode(lockbox_crypto::random_array::<16>()?))
 }
 
+/// Counts one shredding operation towards the `shred_rotation` policy, durably in `batch`.
+fn count_shred(ws: &mut WriteState, batch: &mut Batch) {
+    ws.destroys_since_rotation += 1;
+    batch.put(
+        Ns::Node,
+        NODE_DESTROYS,
+        &ws.destroys_since_rotation.to_be_bytes(),
+    );
+}
+
 fn ref_id(material_id: &str, key_id: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(material_id.len() + 1 + key_id.len());
     v.extend_from_slice(material_id.as_bytes());
@@ -1655,12 +1665,7 @@ impl Custody {
         }
         batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         if shredded {
-            ws.destroys_since_rotation += 1;
-            batch.put(
-                Ns::Node,
-                NODE_DESTROYS,
-                &ws.destroys_since_rotation.to_be_bytes(),
-            );
+            count_shred(&mut ws, &mut batch);
         }
         self.audit(
             &mut ws,

@@ -665,12 +665,7 @@ impl Custody {
             check_received_everything(&victims, receipt, &grant.body.dest_node)?;
             shredded = self.drop_material_refs(&victims, &mut batch)?;
             if shredded {
-                ws.destroys_since_rotation += 1;
-                batch.put(
-                    Ns::Node,
-                    NODE_DESTROYS,
-                    &ws.destroys_since_rotation.to_be_bytes(),
-                );
+                count_shred(&mut ws, &mut batch);
                 if self.rotation_due(&ws) {
                     // Every check passed: start the rotation the shredding calls for now,
                     // so the tombstones below are sealed once, under the new KEK, instead of
