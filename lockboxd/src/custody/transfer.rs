@@ -467,17 +467,15 @@ impl Custody {
 
     /// Checks one received key (its versions sorted) and seals its records under the current
     /// KEK, without touching the database: what `receive` adds to its batch for this key.
-    #[allow(clippy::too_many_arguments)]
     fn prepare_received(
         &self,
         u: &Unlocked,
         grant: &VerifiedGrant,
-        grant_hex: &str,
-        replica: bool,
         now: u64,
         key_id: &str,
         versions: &[Incoming],
     ) -> Result<PreparedKey> {
+        let replica = grant.body.op == pb::GrantOp::Replicate as i32;
         let id = parse_key_id(key_id)?;
         let replaced = self.replaceable(u, &id, replica)?;
         check_versions(&id, versions)?;
@@ -524,7 +522,7 @@ impl Custody {
                 kind: "received".into(),
                 from_key_id: String::new(),
                 from_node: grant.body.source_node.clone(),
-                grant_id: grant_hex.to_string(),
+                grant_id: hex::encode(grant.grant_id),
             },
             clone_policy: first.clone_policy.clone(),
             current_version,
@@ -569,7 +567,7 @@ impl Custody {
         // Check and seal every key (the per-key work: split over the cores for an
         // evacuation), then add them to one batch in key order.
         let prepared = crate::par::try_map(&by_key, |(key_id, versions)| {
-            self.prepare_received(&u, grant, &grant_hex, replica, now, key_id, versions)
+            self.prepare_received(&u, grant, now, key_id, versions)
         })?;
         let mut batch = Batch::new();
         let before = *ws;
