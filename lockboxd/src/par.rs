@@ -43,7 +43,7 @@ where
     }
     let threads = cores()
         .min(MAX_THREADS)
-        .min(items.len() / (MIN_ITEMS / 2).max(1))
+        .min(items.len() / (MIN_ITEMS / 2))
         .max(1);
     if threads == 1 {
         return items.iter().map(&f).collect();
