@@ -193,6 +193,25 @@ impl Shared {
         Ok(())
     }
 
+    /// Waits until sled holds every write up to `seq` (the index has caught up with it).
+    pub(crate) async fn wait_indexed(&self, seq: u64) -> Result<()> {
+        let mut indexed = self.indexed_tx.subscribe();
+        let mut failed = self.durable_tx.subscribe();
+        while *indexed.borrow_and_update() < seq {
+            tokio::select! {
+                r = indexed.changed() => if r.is_err() {
+                    return Err(StoreError::Flush("the indexer stopped".into()));
+                },
+                _ = failed.changed() => {
+                    if let Err(e) = &*failed.borrow_and_update() {
+                        return Err(StoreError::Flush(e.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn wait_durable_blocking(&self, seq: u64) -> Result<()> {
         let mut st = lock(&self.state);
         loop {
