@@ -25,7 +25,9 @@ mod backup;
 mod transfer;
 use crate::error::{CustodyError, Result};
 pub use backup::{ExportedBackup, RestoreSource, Restored};
-pub use transfer::{GrantRole, Incoming, Outgoing, OutgoingVersion, RECEIPT_DOMAIN, StoredReceipt};
+pub use transfer::{
+    AsRead, GrantRole, Incoming, Outgoing, OutgoingVersion, RECEIPT_DOMAIN, StoredReceipt,
+};
 
 const NODE_SIGNING: &[u8] = b"signing";
 const NODE_HPKE: &[u8] = b"hpke";
@@ -329,6 +331,32 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
     }
 }
 
+/// Refuses a key that has been moved away or destroyed (`live_meta`'s check).
+fn check_live(key_id: &str, meta: &KeyMeta) -> Result<()> {
+    if let Some(m) = &meta.moved_to {
+        return Err(CustodyError::WrongState {
+            key_id: key_id.into(),
+            why: format!("moved to {} by grant {}", m.node, m.grant_id),
+        });
+    }
+    if meta.destroyed {
+        return Err(CustodyError::KeyDestroyed(key_id.into()));
+    }
+    Ok(())
+}
+
+/// Refuses a replica (`usable_meta`'s extra check).
+fn check_not_replica(key_id: &str, meta: &KeyMeta) -> Result<()> {
+    if meta.replica {
+        return Err(CustodyError::WrongState {
+            key_id: key_id.into(),
+            why: "is a replica (a standing backup): promote it first with `lockboxctl key promote`"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Reads the unseal key file (exactly 32 bytes).
 pub fn read_keyfile(path: &Path) -> Result<SecretBytes> {
     let bytes = SecretBytes::new(std::fs::read(path).map_err(io_err(path))?);
@@ -506,8 +534,30 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// A new material id: 32 hex digits, the first 16 time-ordered (milliseconds since the epoch,
+/// shifted to make room for a sequence, and never repeated or decreasing within the process),
+/// the last 16 random.
+///
+/// Time order puts the records a create or a received transfer adds to the material and
+/// reference indexes at the end of sled's tree, in order, rather than at random places: an
+/// insert at the end is cheaper, and a transfer's batch of them is already sorted
+/// (`cargo bench -p lockbox-store --bench floor`, BENCHMARKS.md). Uniqueness does not rest on
+/// the clock: the random half alone is 64 bits, and the prefix never repeats in a process.
+/// The id reveals when the material was made, which the key's metadata says anyway; it is
+/// not a secret and not used as one.
 fn new_material_id() -> Result<String> {
-    Ok(hex::encode(lockbox_crypto::random_array::<16>()?))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms() << 16;
+    let next = |last: u64| now.max(last.wrapping_add(1));
+    let prefix = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(next(l))) {
+        Ok(last) | Err(last) => next(last),
+    };
+    let random = lockbox_crypto::random_array::<8>()?;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&prefix.to_be_bytes());
+    id[8..].copy_from_slice(&random);
+    Ok(hex::encode(id))
 }
 
 /// Counts one shredding operation towards the `shred_rotation` policy, durably in `batch`.
@@ -1020,12 +1070,22 @@ impl Custody {
     // ---- reading -----------------------------------------------------------------------
 
     fn load_meta(&self, u: &Unlocked, key_id: &str) -> Result<Option<KeyMeta>> {
+        Ok(self.load_meta_sealed(u, key_id)?.map(|(_, meta)| meta))
+    }
+
+    /// A key's metadata and the sealed record it came from (see `transfer::AsRead`).
+    fn load_meta_sealed(&self, u: &Unlocked, key_id: &str) -> Result<Option<(Vec<u8>, KeyMeta)>> {
         let Some(sealed) = self.store.get(Ns::Keys, key_id.as_bytes())? else {
             return Ok(None);
         };
+        let meta = self.open_meta(u, key_id, &sealed)?;
+        Ok(Some((sealed, meta)))
+    }
+
+    fn open_meta(&self, u: &Unlocked, key_id: &str, sealed: &[u8]) -> Result<KeyMeta> {
         let plain = u
             .unsealed
-            .open(RecordKind::KeyMeta, key_id.as_bytes(), &sealed)
+            .open(RecordKind::KeyMeta, key_id.as_bytes(), sealed)
             .map_err(|source| CustodyError::Record {
                 what: "key metadata of",
                 id: key_id.into(),
@@ -1038,22 +1098,14 @@ impl Custody {
                 "key metadata of {key_id} names another key"
             )));
         }
-        Ok(Some(meta))
+        Ok(meta)
     }
 
     fn live_meta(&self, u: &Unlocked, key_id: &str) -> Result<KeyMeta> {
         let meta = self
             .load_meta(u, key_id)?
             .ok_or_else(|| CustodyError::KeyNotFound(key_id.into()))?;
-        if let Some(m) = &meta.moved_to {
-            return Err(CustodyError::WrongState {
-                key_id: key_id.into(),
-                why: format!("moved to {} by grant {}", m.node, m.grant_id),
-            });
-        }
-        if meta.destroyed {
-            return Err(CustodyError::KeyDestroyed(key_id.into()));
-        }
+        check_live(key_id, &meta)?;
         Ok(meta)
     }
 
@@ -1061,13 +1113,7 @@ impl Custody {
     /// place to open the volume, until `key promote` makes it active.
     fn usable_meta(&self, u: &Unlocked, key_id: &str) -> Result<KeyMeta> {
         let meta = self.live_meta(u, key_id)?;
-        if meta.replica {
-            return Err(CustodyError::WrongState {
-                key_id: key_id.into(),
-                why: "is a replica (a standing backup): promote it first with `lockboxctl key promote`"
-                    .into(),
-            });
-        }
+        check_not_replica(key_id, &meta)?;
         Ok(meta)
     }
 
@@ -1706,22 +1752,19 @@ impl Custody {
     /// shredded (which counts towards the shred-rotation policy).
     fn drop_material_refs(&self, victims: &[KeyMeta], batch: &mut Batch) -> Result<bool> {
         let mut shredded = false;
-        let mut removed_refs: std::collections::BTreeSet<Vec<u8>> = Default::default();
-        for m in victims {
-            for mid in m.material_ids() {
-                removed_refs.insert(ref_id(mid, &m.key_id));
-            }
-        }
+        // A hash set: an evacuation looks up every reference it scans here (a tree of 100,000
+        // ~90-byte ids made that lookup the check's main cost).
+        let removed_refs: std::collections::HashSet<Vec<u8>> = victims
+            .iter()
+            .flat_map(|m| m.material_ids().map(|mid| ref_id(mid, &m.key_id)))
+            .collect();
         // Each material once, in material order (pages of the reference index fetched once
         // when an evacuation walks thousands of them).
         // An evacuation checks one material per key: the checks are reads, split over the
         // cores (each thread a contiguous run of materials).
-        let materials: Vec<&str> = victims
-            .iter()
-            .flat_map(|m| m.material_ids())
-            .collect::<std::collections::BTreeSet<&str>>()
-            .into_iter()
-            .collect();
+        let mut materials: Vec<&str> = victims.iter().flat_map(|m| m.material_ids()).collect();
+        materials.sort_unstable();
+        materials.dedup();
         let orphaned = crate::par::try_map(&materials, |mid| {
             let prefix = ref_id(mid, "");
             for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
@@ -1999,4 +2042,31 @@ impl Custody {
 enum DeriveMaterial {
     Share,
     Fresh,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn material_ids_are_hex_unique_and_increase_within_a_process() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_material_id().unwrap()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{id}"
+            );
+        }
+        // Strictly increasing as text (what sled orders by), so also all distinct.
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
+        }
+        // The time-ordered half starts with the clock (ms << 16), the rest is random.
+        let prefix = u64::from_str_radix(&ids[0][..16], 16).unwrap();
+        assert!((prefix >> 16).abs_diff(now_ms()) < 60_000, "{}", ids[0]);
+        assert_ne!(ids[0][16..], ids[1][16..]);
+    }
 }

@@ -40,6 +40,23 @@ pub fn failpoint(name: &str) {
     }
 }
 
+/// Race-test hook: when `LOCKBOX_FAILPOINT` is `pause:NAME:MS`, the step named NAME waits MS
+/// milliseconds, so a test can change a key at an exact point of a transfer (e.g. rekey it
+/// after the destination's receipt, before the source completes) instead of racing a timer.
+pub async fn failpoint_pause(name: &str) {
+    let Ok(v) = std::env::var("LOCKBOX_FAILPOINT") else {
+        return;
+    };
+    let mut parts = v.splitn(3, ':');
+    if parts.next() == Some("pause")
+        && parts.next() == Some(name)
+        && let Some(ms) = parts.next().and_then(|ms| ms.parse::<u64>().ok())
+    {
+        eprintln!("failpoint {name}: pausing {ms} ms");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
     move |source| CustodyError::Io {
         path: path.display().to_string(),

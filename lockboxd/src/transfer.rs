@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::attest::Attestor;
-use crate::custody::{Caller, Custody, GrantRole, Outgoing, RECEIPT_DOMAIN, StoredReceipt};
+use crate::custody::{AsRead, Caller, Custody, GrantRole, Outgoing, RECEIPT_DOMAIN, StoredReceipt};
 use crate::error::CustodyError;
 
 const STREAM_CLOSED: &str = "the destination closed the stream";
@@ -258,6 +258,10 @@ impl Transfers {
             call.await
                 .map_err(|e| step("delivery", format!("task failed: {e}")))?
         };
+        // The keys have left (or failed to): drop their plaintext now, keep what a MOVE's
+        // completion checks against.
+        drop(flat);
+        let as_read: Vec<AsRead> = keys.into_iter().map(Outgoing::into_as_read).collect();
         let receipt = match response {
             Ok(r) => r.into_inner(),
             Err(s) => {
@@ -296,9 +300,10 @@ impl Transfers {
             ));
         }
         crate::failpoint("source-after-receipt");
+        crate::failpoint_pause("source-after-receipt").await;
         let fresh = self
             .custody
-            .complete_as_source(caller, verified, &stored)
+            .complete_as_source(caller, verified, &stored, &as_read)
             .await?;
         Ok(TransferOutcome {
             receipt: body,

@@ -329,3 +329,62 @@ fn a_move_does_not_shred_a_version_added_after_the_keys_were_sent() {
     assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 0);
     assert_audit_ok(a);
 }
+
+/// The same race without a crash: a key rekeyed at the source while its MOVE is in flight
+/// (after it was read and sent, before the source completes) keeps its new version. The
+/// completion re-reads each key; a key whose record changed since it was read is checked
+/// afresh, and one changed key refuses the whole completion. The untouched key beside it stays
+/// too: a MOVE completes whole or not at all.
+#[test]
+fn a_key_rekeyed_while_its_move_is_in_flight_keeps_its_new_version() {
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
+    // The source pauses after the destination's receipt: the window to rekey in.
+    c.restart_with_failpoint("host-a", Some("pause:source-after-receipt:8000"));
+    let changed = c.node("host-a").create_key(&[]);
+    let untouched = c.node("host-a").create_key(&[]);
+    let v1 = c.node("host-a").key_bytes(&changed);
+    let other = c.node("host-a").key_bytes(&untouched);
+    let g = c.grant(&[&changed, &untouched], "host-a", "host-b", "move", "10m");
+    let grant_hex = Cluster::grant_id_hex(&g);
+
+    let err = std::thread::scope(|s| {
+        let moving = s.spawn(|| transfer_err(c.node("host-a"), &g));
+        // The destination stores the keys before it signs the receipt: once it lists them,
+        // the source is in its pause.
+        let b = c.node("host-b");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !listed(b).contains(&changed) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the destination never stored the keys; source log:\n{}",
+                c.node("host-a").log_contents()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let begun = c.node("host-a").ctl_json(&["key", "rekey", &changed]);
+        assert_eq!(begun["state"], "rekeying", "{begun}");
+        moving.join().unwrap()
+    });
+    assert!(
+        c.node("host-a")
+            .log_contents()
+            .contains("failpoint source-after-receipt: pausing"),
+        "the source did not pause where the test rekeyed"
+    );
+    assert!(err.contains(&changed), "{err}");
+    assert!(err.contains("did not receive"), "{err}");
+    assert!(err.contains("[2]"), "{err}");
+
+    // Nothing was removed at the source, and the destination keeps what it received.
+    let (a, b) = (c.node("host-a"), c.node("host-b"));
+    assert_eq!(a.describe(&changed)["state"], "rekeying");
+    assert_eq!(a.key_bytes_version(&changed, 1), v1);
+    assert_eq!(a.describe(&untouched)["state"], "active");
+    assert_eq!(a.key_bytes(&untouched), other);
+    assert_eq!(b.key_bytes(&changed), v1);
+    assert_eq!(b.key_bytes(&untouched), other);
+    assert_eq!(audit_count(a, "transfer-send", "ok", &grant_hex), 0);
+    assert_no_key_on_zero_hosts(a, b, &[changed.clone(), untouched.clone()]);
+    assert_audit_ok(a);
+    assert_audit_ok(b);
+}

@@ -43,11 +43,13 @@ fn main() {
     for len in [32usize, 64, 300, 1000, 4000, 16000] {
         let plain = vec![0x5a; len];
         let seal = per_call(min_secs, || {
-            kek.seal(RecordKind::KeyMeta, id, black_box(&plain)).unwrap()
+            kek.seal(RecordKind::KeyMeta, id, black_box(&plain))
+                .unwrap()
         });
         let sealed = kek.seal(RecordKind::KeyMeta, id, &plain).unwrap();
         let open = per_call(min_secs, || {
-            kek.open(RecordKind::KeyMeta, id, black_box(&sealed)).unwrap()
+            kek.open(RecordKind::KeyMeta, id, black_box(&sealed))
+                .unwrap()
         });
         println!("{len:>6} bytes: seal {seal:>6.2} µs, open {open:>6.2} µs");
     }

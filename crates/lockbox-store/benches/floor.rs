@@ -17,7 +17,9 @@
 //! 4. the reads and writes both ends of a MOVE make per key, through two stores.
 //!
 //! `cargo bench -p lockbox-store --bench floor` (optionally `-- N`: creates per run, default
-//! 100,000). The databases live in a temp dir under the current directory.
+//! 100,000). The databases live in a temp dir under the current directory. With
+//! `FLOOR_RANDOM_MATERIAL_IDS=1` material ids are fully random, as lockboxd made them before
+//! session 5 (for comparison).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -61,9 +63,14 @@ impl Ids {
     }
 }
 
-/// The four records of one create: (namespace, id, value).
+/// The four records of one create: (namespace, id, value). Material ids are time-ordered,
+/// as lockboxd makes them (`seq` stands for the clock): 16 ordered hex digits, 16 random.
 fn create_records(ids: &mut Ids, seq: u64) -> [(Ns, Vec<u8>, Vec<u8>); 4] {
-    let material_id = ids.hex(16);
+    let material_id = if std::env::var_os("FLOOR_RANDOM_MATERIAL_IDS").is_some() {
+        ids.hex(16)
+    } else {
+        format!("{:016x}{}", (1u64 << 56) + seq, ids.hex(8))
+    };
     let key_id = ids.uuid();
     let reference = format!("{material_id}/{key_id}");
     [
@@ -261,12 +268,21 @@ fn evacuation(n: usize, dir: &Path) {
     let read = process_cpu_us() - c0;
 
     let c1 = process_cpu_us();
+    let mut received = 0u64;
     for chunk in keys.chunks(1000) {
         let mut b = Batch::new();
-        for (k, m) in chunk {
-            b.put(Ns::Materials, m, &[0x6d; 90]);
+        for (k, source_material) in chunk {
+            // The destination seals each key under a material id of its own, time-ordered
+            // (random, before session 5).
+            received += 1;
+            let m = if std::env::var_os("FLOOR_RANDOM_MATERIAL_IDS").is_some() {
+                source_material.clone()
+            } else {
+                format!("{:016x}{}", (2u64 << 56) + received, ids.hex(8)).into_bytes()
+            };
+            b.put(Ns::Materials, &m, &[0x6d; 90]);
             b.put(Ns::Keys, k, &[0x6b; 300]);
-            let mut r = m.clone();
+            let mut r = m;
             r.push(b'/');
             r.extend_from_slice(k);
             b.put(Ns::MaterialRefs, &r, b"");
@@ -275,7 +291,7 @@ fn evacuation(n: usize, dir: &Path) {
     }
     rt.block_on(dest.durable(last)).unwrap();
     rt.block_on(dest.indexed(last)).unwrap();
-    let received = process_cpu_us() - c1;
+    let stored = process_cpu_us() - c1;
 
     let c2 = process_cpu_us();
     for chunk in keys.chunks(1000) {
@@ -306,9 +322,9 @@ fn evacuation(n: usize, dir: &Path) {
         "Store, moving {n} keys ({secs:.2} s, one thread at a time): CPU per key: source reads \
          {:.1} µs, destination writes {:.1}, source completion {:.1}; together {:.1} µs",
         per(read),
-        per(received),
+        per(stored),
         per(completed),
-        per(read + received + completed),
+        per(read + stored + completed),
     );
 }
 

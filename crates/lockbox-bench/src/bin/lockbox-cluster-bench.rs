@@ -400,9 +400,6 @@ async fn bench_evacuate(c: &Cluster, n: u64, perf: Option<&Path>) -> Result<serd
     let t0 = Instant::now();
     let r = transfer(&mut client, grant).await?;
     let elapsed = t0.elapsed();
-    if let Some(p) = profiler {
-        stop_perf(p)?;
-    }
     let after: Vec<u64> = c
         .lockbox_pids
         .iter()
@@ -411,12 +408,44 @@ async fn bench_evacuate(c: &Cluster, n: u64, perf: Option<&Path>) -> Result<serd
     if r.key_ids.len() as u64 != n {
         bail!("receipt names {} keys, not {n}", r.key_ids.len());
     }
-    let us_per_key = |i: usize| (after[i] - before[i]) as f64 * 1e6 / tick_hz as f64 / n as f64;
+    // The receipt means durable at both ends (each end's log is synced); each end's sled
+    // index may still be catching up in the background. Wait until both daemons are idle, so
+    // that the work an evacuation costs is counted whole.
+    let (settled, quiet) = settle(&c.lockbox_pids, t0).await?;
+    if let Some(p) = profiler {
+        stop_perf(p)?;
+    }
+    let us_per_key =
+        |a: &[u64], i: usize| (a[i] - before[i]) as f64 * 1e6 / tick_hz as f64 / n as f64;
     Ok(json!({
         "bench": "evacuate", "keys": n, "seconds": elapsed.as_secs_f64(),
         "keys_per_s": rate(n, elapsed),
-        "source_cpu_us_per_key": us_per_key(0), "dest_cpu_us_per_key": us_per_key(1),
+        "source_cpu_us_per_key": us_per_key(&after, 0), "dest_cpu_us_per_key": us_per_key(&after, 1),
+        "settled_seconds": settled.as_secs_f64(),
+        "settled_keys_per_s": rate(n, settled),
+        "source_cpu_us_per_key_settled": us_per_key(&quiet, 0),
+        "dest_cpu_us_per_key_settled": us_per_key(&quiet, 1),
     }))
+}
+
+/// Polls the daemons' CPU time until neither used more than 1 tick in 300 ms (or 60 s pass):
+/// returns how long after `t0` they went quiet and their CPU ticks at that point.
+async fn settle(pids: &[u32], t0: Instant) -> Result<(Duration, Vec<u64>)> {
+    let read = || -> Result<Vec<u64>> { pids.iter().map(|p| stats::cpu_ticks(*p)).collect() };
+    let mut last = read()?;
+    let mut last_busy = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = read()?;
+        if now.iter().zip(&last).any(|(a, b)| a - b > 1) {
+            last_busy = Instant::now();
+            last = now;
+        }
+        if last_busy.elapsed() >= Duration::from_millis(300) || Instant::now() > deadline {
+            return Ok((last_busy - t0, last));
+        }
+    }
 }
 
 /// Starts `perf record` (DWARF call graphs: release builds keep no frame pointers) on the given processes and waits until it is attached.
