@@ -54,10 +54,10 @@ impl Outgoing {
 /// A MOVE's completion re-reads every key under the writer lock, since anything may have
 /// happened to it while the keys travelled (a rekey, a destroy). When the sealed record is
 /// still byte for byte the one read then, it says the same thing, so the completion reuses
-/// this metadata instead of opening and decoding the record again (40 % of an evacuation's
-/// completion went to that). Any rewrite of the record (a rekey, a destroy, a KEK rotation's
-/// re-seal: each seal has a fresh random nonce) changes the bytes, and the completion reads
-/// and checks it afresh.
+/// this metadata instead of opening and decoding the record again (~40 % of the time an
+/// evacuation's completion spent re-reading went to that). Any rewrite of the record (a rekey,
+/// a destroy, a KEK rotation's re-seal: each seal has a fresh random nonce) changes the bytes,
+/// and the completion reads and checks it afresh.
 pub struct AsRead {
     sealed: Vec<u8>,
     meta: KeyMeta,
