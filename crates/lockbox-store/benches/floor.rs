@@ -81,16 +81,22 @@ fn create_records(ids: &mut Ids, seq: u64) -> [(Ns, Vec<u8>, Vec<u8>); 4] {
     ]
 }
 
-/// The byte sled sees first (mirrors the store's private `Ns::prefix`).
-fn prefix(ns: Ns) -> u8 {
-    match ns {
-        Ns::Keys => b'k',
-        Ns::Materials => b'm',
-        Ns::MaterialRefs => b'r',
-        Ns::Audit => b'a',
-        Ns::Node => b'n',
-        Ns::Grants => b'g',
+/// One create's batch as lockboxd applies it: its four records and the two node records.
+fn create_batch(ids: &mut Ids, seq: u64) -> Batch {
+    let mut b = Batch::new();
+    for (ns, id, value) in create_records(ids, seq) {
+        b.put(ns, &id, &value);
     }
+    b.put(Ns::Node, b"key-count", &seq.to_be_bytes());
+    b.put(Ns::Node, b"audit-head", &[0x68; 80]);
+    b
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn cpu_us(clock: rustix::time::ClockId) -> f64 {
@@ -126,7 +132,7 @@ fn raw_sled(n: usize, dir: &Path) {
     for create in &creates {
         for (i, (ns, id, value)) in create.iter().enumerate() {
             let mut key = Vec::with_capacity(id.len() + 1);
-            key.push(prefix(*ns));
+            key.push(ns.prefix());
             key.extend_from_slice(id);
             let before = thread_cpu_us();
             db.insert(key, value.as_slice()).unwrap();
@@ -151,22 +157,13 @@ fn raw_sled(n: usize, dir: &Path) {
 /// One create at a time, each awaited durable: the store's share of a concurrency-1 create's
 /// latency (a log write and `fdatasync`, and the hand-offs to and from the log writer).
 fn one_at_a_time(n: usize, dir: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Store::open(&dir.join("serial"), 64 << 20).unwrap();
     let mut ids = Ids(0x1234_5678_9abc_def1);
     let mut latencies = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
-        let seq = i as u64 + 1;
-        let mut b = Batch::new();
-        for (ns, id, value) in create_records(&mut ids, seq) {
-            b.put(ns, &id, &value);
-        }
-        b.put(Ns::Node, b"key-count", &seq.to_be_bytes());
-        b.put(Ns::Node, b"audit-head", &[0x68; 80]);
+        let b = create_batch(&mut ids, i as u64 + 1);
         let t = Instant::now();
         let generation = store.apply(b).unwrap();
         rt.block_on(store.durable(generation)).unwrap();
@@ -184,25 +181,13 @@ fn one_at_a_time(n: usize, dir: &Path) {
 }
 
 fn through_store(n: usize, dir: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Store::open(&dir.join("store"), 64 << 20).unwrap();
     let mut ids = Ids(0x2545_f491_4f6c_dd1d);
     let groups: Vec<Vec<Batch>> = (0..n.div_ceil(64))
         .map(|g| {
             (g * 64..n.min(g * 64 + 64))
-                .map(|i| {
-                    let seq = i as u64 + 1;
-                    let mut b = Batch::new();
-                    for (ns, id, value) in create_records(&mut ids, seq) {
-                        b.put(ns, &id, &value);
-                    }
-                    b.put(Ns::Node, b"key-count", &seq.to_be_bytes());
-                    b.put(Ns::Node, b"audit-head", &[0x68; 80]);
-                    b
-                })
+                .map(|i| create_batch(&mut ids, i as u64 + 1))
                 .collect()
         })
         .collect();
@@ -235,10 +220,7 @@ fn through_store(n: usize, dir: &Path) {
 /// metadata with a tombstone and removes the material and its reference. Destination: one
 /// batch per 1,000 keys of metadata, material and reference. Both awaited durable and indexed.
 fn evacuation(n: usize, dir: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let source = Store::open(&dir.join("source"), 64 << 20).unwrap();
     let dest = Store::open(&dir.join("dest"), 64 << 20).unwrap();
     let mut ids = Ids(0x0bad_cafe_f00d_d00d);

@@ -96,7 +96,10 @@ pub enum Ns {
 }
 
 impl Ns {
-    fn prefix(self) -> u8 {
+    /// The byte that starts every record of this kind in sled's single keyspace (so one batch
+    /// can change several kinds atomically). Public for tools that read sled directly, such as
+    /// the store's floor bench.
+    pub fn prefix(self) -> u8 {
         match self {
             Ns::Keys => b'k',
             Ns::Materials => b'm',
