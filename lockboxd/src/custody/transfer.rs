@@ -604,15 +604,22 @@ impl Custody {
         let mut batch = Batch::new();
         let before = *ws;
         let mut stored = Vec::with_capacity(prepared.len());
+        // The new records grouped by kind, each group in order (key ids arrive sorted, new
+        // material ids are time-ordered): a large batch is then three sorted runs, which the
+        // store's sort merges instead of sorting 300,000 interleaved ids from scratch. The
+        // removals of replaced keys' records name other ids, so their place does not matter.
+        let mut materials = Vec::with_capacity(prepared.len());
+        let mut refs = Vec::with_capacity(prepared.len());
+        let mut metas = Vec::with_capacity(prepared.len());
         for p in prepared {
             if let Some(old) = &p.replaced {
                 self.drop_material_refs(std::slice::from_ref(old), &mut batch)?;
             }
-            for (material_id, sealed) in &p.materials {
-                batch.put(Ns::Materials, material_id.as_bytes(), sealed);
-                batch.put(Ns::MaterialRefs, &ref_id(material_id, &p.key_id), b"");
+            for (material_id, sealed) in p.materials {
+                refs.push(ref_id(&material_id, &p.key_id));
+                materials.push((material_id, sealed));
             }
-            batch.put(Ns::Keys, p.key_id.as_bytes(), &p.sealed_meta);
+            metas.push((p.key_id.clone(), p.sealed_meta));
             let counted = p.replaced.as_ref().is_some_and(|m| m.moved_to.is_none());
             if !counted {
                 ws.key_count += 1;
@@ -621,6 +628,15 @@ impl Custody {
                 key_id: p.key_id,
                 versions: p.versions,
             });
+        }
+        for (material_id, sealed) in &materials {
+            batch.put(Ns::Materials, material_id.as_bytes(), sealed);
+        }
+        for r in &refs {
+            batch.put(Ns::MaterialRefs, r, b"");
+        }
+        for (key_id, sealed) in &metas {
+            batch.put(Ns::Keys, key_id.as_bytes(), sealed);
         }
         batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         let body = pb::ReceiptBody {
