@@ -372,10 +372,15 @@ impl Transfers {
                 key_id: s.key_id.clone(),
                 version: s.version,
                 ciphertext: s.ciphertext.clone(),
-                labels: k.labels.clone().into_iter().collect(),
-                clone_policy: k.clone_policy.clone().unwrap_or_default(),
+                labels: k
+                    .meta()
+                    .labels
+                    .iter()
+                    .map(|(l, v)| (l.clone(), v.clone()))
+                    .collect(),
+                clone_policy: k.meta().clone_policy.clone().unwrap_or_default(),
                 version_state: k.versions[*i].state.as_str().into(),
-                current: k.versions[*i].version == k.current_version,
+                current: k.versions[*i].version == k.meta().current_version,
             })
             .collect();
         Ok(pb::DeliverRequest {

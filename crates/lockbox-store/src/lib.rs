@@ -625,6 +625,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn indexed_returns_once_sled_itself_holds_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        // Enough changes that the indexer is still busy when the last batch is durable.
+        let mut last = 0;
+        for b in 0..40u32 {
+            let mut batch = Batch::new();
+            for i in 0..2000u32 {
+                batch.put(Ns::Keys, format!("{b:04}-{i:05}").as_bytes(), b"v");
+            }
+            last = store.apply(batch).unwrap();
+        }
+        store.durable(last).await.unwrap();
+        store.indexed(last).await.unwrap();
+        for b in 0..40u32 {
+            for i in (0..2000u32).step_by(97) {
+                let key = Ns::Keys.key(format!("{b:04}-{i:05}").as_bytes());
+                assert!(
+                    store.shared().tree.get(&key).unwrap().is_some(),
+                    "{b}/{i} is not in sled yet"
+                );
+            }
+        }
+        assert!(store.shared().overlay().is_empty());
+    }
+
+    #[tokio::test]
     async fn committed_writes_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {

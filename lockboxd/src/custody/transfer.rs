@@ -29,19 +29,19 @@ pub struct OutgoingVersion {
 pub struct Outgoing {
     /// Key id.
     pub key_id: String,
-    /// Labels (metadata travels beside the sealed material).
-    pub labels: BTreeMap<String, String>,
-    /// Per-key clone policy.
-    pub clone_policy: Option<String>,
-    /// The version `get` returns.
-    pub current_version: u32,
     /// Every readable version.
     pub versions: Vec<OutgoingVersion>,
-    /// The metadata record as read, for the completion of a MOVE.
+    /// The metadata record as read: its labels and clone policy travel beside the sealed
+    /// material, and a MOVE's completion checks against it.
     pub as_read: AsRead,
 }
 
 impl Outgoing {
+    /// The key's metadata as read.
+    pub fn meta(&self) -> &KeyMeta {
+        &self.as_read.meta
+    }
+
     /// What a MOVE's completion needs once the keys have left: the metadata as read. The
     /// plaintext material is dropped (and zeroized) here, not kept until the completion.
     pub fn into_as_read(self) -> AsRead {
@@ -443,9 +443,6 @@ impl Custody {
                 .collect();
             out.push(Outgoing {
                 key_id: id,
-                labels: meta.labels.clone(),
-                clone_policy: meta.clone_policy.clone(),
-                current_version: meta.current_version,
                 versions,
                 as_read: AsRead { sealed, meta },
             });
