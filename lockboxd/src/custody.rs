@@ -86,17 +86,81 @@ impl VersionState {
     }
 }
 
-/// One version of a key: a pointer to a material record.
+/// One version of a key: its material, held in the key's own record while this key alone
+/// uses it, or a pointer to a shared material record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionMeta {
     /// 1, 2, ...
     pub version: u32,
     /// Its state.
     pub state: VersionState,
-    /// Hex id of its material record (empty once destroyed).
+    /// Hex id of its material (empty once destroyed). The material is sealed with this id
+    /// as associated data wherever it is held, so moving it between the key's record and a
+    /// shared record is a copy of the same sealed bytes.
     pub material_id: String,
     /// When it was made.
     pub created_unix_ms: u64,
+    /// The material sealed under the KEK (like a material record: kind `material`, this
+    /// version's material id), when no other key id uses it. A create, a rekey or a received
+    /// key then writes one record instead of three (metadata, material, reference), and a
+    /// MOVE or destroy removes it by rewriting that one record. `None` for a version whose
+    /// material lives in the shared record `material_id` (a snapshot or a same-key clone
+    /// moved it there; records written before this field existed are all of that form).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "inline_bytes"
+    )]
+    pub inline: Option<Vec<u8>>,
+}
+
+impl VersionMeta {
+    /// Whether the version still has material (any state but destroyed).
+    fn readable(&self) -> bool {
+        self.state != VersionState::Destroyed
+    }
+
+    /// The shared material record this version refers to, if it has one.
+    fn shared_material(&self) -> Option<&str> {
+        (self.readable() && self.inline.is_none()).then_some(self.material_id.as_str())
+    }
+
+    /// Marks the version destroyed and forgets where its material was: what a destroy or a
+    /// MOVE leaves in the tombstone.
+    fn shred(&mut self) {
+        self.state = VersionState::Destroyed;
+        self.material_id.clear();
+        self.inline = None;
+    }
+}
+
+/// Inline sealed material in the JSON metadata, as base64 text.
+mod inline_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        bytes: &Option<Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_str(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => STANDARD
+                .decode(text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Where a key came from.
@@ -173,11 +237,19 @@ impl KeyMeta {
         }
     }
 
+    /// The shared material records this key refers to (inline material has no other user).
     fn material_ids(&self) -> impl Iterator<Item = &str> {
         self.versions
             .iter()
-            .filter(|v| v.state != VersionState::Destroyed)
-            .map(|v| v.material_id.as_str())
+            .filter_map(VersionMeta::shared_material)
+    }
+
+    /// Whether a readable version holds its material in this record: rewriting the record
+    /// without it shreds that material.
+    fn holds_inline(&self) -> bool {
+        self.versions
+            .iter()
+            .any(|v| v.readable() && v.inline.is_some())
     }
 }
 
@@ -1117,30 +1189,107 @@ impl Custody {
         Ok(meta)
     }
 
+    /// Seals a key's metadata under the current KEK. Inline material still sealed under an
+    /// older KEK (read during an unfinished rotation) is re-sealed with it, so a key record's
+    /// two layers are always under one KEK: a rotation that re-seals the record re-seals its
+    /// material too, and dropping the old KEK leaves nothing of the record unreadable.
     fn seal_meta(&self, u: &Unlocked, meta: &KeyMeta) -> Result<Vec<u8>> {
+        let current = u.unsealed.current_kek();
+        let stale = |v: &VersionMeta| {
+            v.inline
+                .as_deref()
+                .is_some_and(|b| lockbox_crypto::sealed_kek_id(b).ok() != Some(current.id()))
+        };
+        let resealed;
+        let meta = if meta.versions.iter().any(stale) {
+            let mut m = meta.clone();
+            for v in m.versions.iter_mut().filter(|v| stale(v)) {
+                if let Some(sealed) = v.inline.take() {
+                    let plain =
+                        self.open_sealed_material(u, &meta.key_id, &v.material_id, &sealed)?;
+                    v.inline = Some(self.seal_material(u, &v.material_id, &plain)?);
+                }
+            }
+            resealed = m;
+            &resealed
+        } else {
+            meta
+        };
         let json = SecretBytes::new(
             serde_json::to_vec(meta)
                 .map_err(|e| CustodyError::Corrupt(format!("cannot encode metadata: {e}")))?,
         );
-        Ok(u.unsealed.current_kek().seal(
+        Ok(current.seal(
             RecordKind::KeyMeta,
             meta.key_id.as_bytes(),
             json.expose_secret(),
         )?)
     }
 
-    fn open_material(&self, u: &Unlocked, key_id: &str, material_id: &str) -> Result<SecretBytes> {
-        let sealed = self
-            .store
-            .get(Ns::Materials, material_id.as_bytes())?
-            .ok_or_else(|| CustodyError::Corrupt(format!("material of key {key_id} is missing")))?;
+    /// Seals material under the current KEK, bound to its material id (the same bytes serve
+    /// inline and in a shared record).
+    fn seal_material(
+        &self,
+        u: &Unlocked,
+        material_id: &str,
+        plain: &SecretBytes,
+    ) -> Result<Vec<u8>> {
+        Ok(u.unsealed.current_kek().seal(
+            RecordKind::Material,
+            material_id.as_bytes(),
+            plain.expose_secret(),
+        )?)
+    }
+
+    fn open_sealed_material(
+        &self,
+        u: &Unlocked,
+        key_id: &str,
+        material_id: &str,
+        sealed: &[u8],
+    ) -> Result<SecretBytes> {
         u.unsealed
-            .open(RecordKind::Material, material_id.as_bytes(), &sealed)
+            .open(RecordKind::Material, material_id.as_bytes(), sealed)
             .map_err(|source| CustodyError::Record {
                 what: "material of key",
                 id: key_id.into(),
                 source,
             })
+    }
+
+    /// The plaintext of one readable version's material, from the key's record or from the
+    /// shared record it points to.
+    fn open_version(&self, u: &Unlocked, key_id: &str, v: &VersionMeta) -> Result<SecretBytes> {
+        if let Some(sealed) = &v.inline {
+            return self.open_sealed_material(u, key_id, &v.material_id, sealed);
+        }
+        let sealed = self
+            .store
+            .get(Ns::Materials, v.material_id.as_bytes())?
+            .ok_or_else(|| CustodyError::Corrupt(format!("material of key {key_id} is missing")))?;
+        self.open_sealed_material(u, key_id, &v.material_id, &sealed)
+    }
+
+    /// Moves every inline material of `meta` to a shared record (with this key's reference
+    /// to it), so another key id can refer to it too: what a snapshot or a same-key clone
+    /// does first. O(1) per version: the sealed bytes are copied, not re-sealed, unless they
+    /// are under an older KEK. The caller writes `meta` back.
+    fn share_out(&self, u: &Unlocked, meta: &mut KeyMeta, batch: &mut Batch) -> Result<()> {
+        let current = u.unsealed.current_kek().id();
+        for v in meta.versions.iter_mut().filter(|v| v.readable()) {
+            let Some(sealed) = v.inline.take() else {
+                continue;
+            };
+            let sealed = if lockbox_crypto::sealed_kek_id(&sealed)? == current {
+                sealed
+            } else {
+                let plain = self.open_sealed_material(u, &meta.key_id, &v.material_id, &sealed)?;
+                self.seal_material(u, &v.material_id, &plain)?
+            };
+            batch.put(Ns::Materials, v.material_id.as_bytes(), &sealed);
+            batch.put(Ns::MaterialRefs, &ref_id(&v.material_id, &meta.key_id), b"");
+        }
+        Ok(())
     }
 
     /// Releases plaintext material (only the Unix socket adapter calls this). `version` 0 means
@@ -1162,7 +1311,7 @@ impl Custody {
                 key_id: key_id.clone(),
                 version: want,
             })?;
-        let material = self.open_material(&u, &key_id, &v.material_id)?;
+        let material = self.open_version(&u, &key_id, v)?;
         Ok(Released {
             key_id,
             version: want,
@@ -1304,14 +1453,10 @@ impl Custody {
         // Generate and seal outside the writer lock: only the batch apply is serialized.
         let material_id = new_material_id()?;
         let material = SecretBytes::random(length as usize)?;
-        let sealed_material = u.unsealed.current_kek().seal(
-            RecordKind::Material,
-            material_id.as_bytes(),
-            material.expose_secret(),
-        )?;
+        let sealed_material = self.seal_material(&u, &material_id, &material)?;
         drop(material);
         let now = now_ms();
-        let meta = KeyMeta {
+        let mut meta = KeyMeta {
             key_id: key_id.clone(),
             destroyed: false,
             length,
@@ -1330,6 +1475,7 @@ impl Custody {
                 state: VersionState::Active,
                 material_id: material_id.clone(),
                 created_unix_ms: now,
+                inline: Some(sealed_material),
             }],
             replica: false,
             moved_to: None,
@@ -1340,22 +1486,18 @@ impl Custody {
         // A KEK rotation (or a seal) may have run while we waited for the lock: seal again
         // under the KEK that is current now, or refuse if sealed.
         let u_now = self.unlocked()?;
-        let (sealed_material, sealed_meta) = if Arc::ptr_eq(&u, &u_now) {
-            (sealed_material, sealed_meta)
+        let sealed_meta = if Arc::ptr_eq(&u, &u_now) {
+            sealed_meta
         } else {
-            let material = u.unsealed.open(
-                RecordKind::Material,
-                material_id.as_bytes(),
-                &sealed_material,
-            )?;
-            (
-                u_now.unsealed.current_kek().seal(
-                    RecordKind::Material,
-                    material_id.as_bytes(),
-                    material.expose_secret(),
-                )?,
-                self.seal_meta(&u_now, &meta)?,
-            )
+            // Opened with the state it was sealed under (a finished rotation dropped that KEK
+            // from the current one).
+            for v in meta.versions.iter_mut() {
+                if let Some(sealed) = v.inline.take() {
+                    let plain = self.open_sealed_material(&u, &key_id, &v.material_id, &sealed)?;
+                    v.inline = Some(self.seal_material(&u_now, &v.material_id, &plain)?);
+                }
+            }
+            self.seal_meta(&u_now, &meta)?
         };
         let u = u_now;
         if given && let Some(existing) = self.load_meta(&u, &key_id)? {
@@ -1374,9 +1516,8 @@ impl Custody {
         }
         let before = *ws;
         let mut batch = Batch::new();
-        batch.put(Ns::Materials, material_id.as_bytes(), &sealed_material);
+        // One record: the material is inline until a snapshot or clone shares it.
         batch.put(Ns::Keys, key_id.as_bytes(), &sealed_meta);
-        batch.put(Ns::MaterialRefs, &ref_id(&material_id, &key_id), b"");
         ws.key_count += 1;
         batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         self.audit(
@@ -1490,11 +1631,21 @@ impl Custody {
         let mut batch = Batch::new();
         let versions = match material {
             DeriveMaterial::Share => {
+                if src.holds_inline() {
+                    // The material becomes shared: out of the source's record into shared
+                    // records, which both key ids then refer to.
+                    let mut src = src.clone();
+                    self.share_out(&u, &mut src, &mut batch)?;
+                    batch.put(Ns::Keys, src.key_id.as_bytes(), &self.seal_meta(&u, &src)?);
+                }
                 let vs: Vec<VersionMeta> = src
                     .versions
                     .iter()
-                    .filter(|v| v.state != VersionState::Destroyed)
-                    .cloned()
+                    .filter(|v| v.readable())
+                    .map(|v| VersionMeta {
+                        inline: None,
+                        ..v.clone()
+                    })
                     .collect();
                 for v in &vs {
                     batch.put(Ns::MaterialRefs, &ref_id(&v.material_id, &new_id), b"");
@@ -1504,21 +1655,13 @@ impl Custody {
             DeriveMaterial::Fresh => {
                 let material_id = new_material_id()?;
                 let bytes = SecretBytes::random(src.length as usize)?;
-                batch.put(
-                    Ns::Materials,
-                    material_id.as_bytes(),
-                    &u.unsealed.current_kek().seal(
-                        RecordKind::Material,
-                        material_id.as_bytes(),
-                        bytes.expose_secret(),
-                    )?,
-                );
-                batch.put(Ns::MaterialRefs, &ref_id(&material_id, &new_id), b"");
+                let sealed = self.seal_material(&u, &material_id, &bytes)?;
                 vec![VersionMeta {
                     version: 1,
                     state: VersionState::Active,
                     material_id,
                     created_unix_ms: now,
+                    inline: Some(sealed),
                 }]
             }
         };
@@ -1614,21 +1757,15 @@ impl Custody {
             let version = meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
             let material_id = new_material_id()?;
             let bytes = SecretBytes::random(meta.length as usize)?;
-            batch.put(
-                Ns::Materials,
-                material_id.as_bytes(),
-                &u.unsealed.current_kek().seal(
-                    RecordKind::Material,
-                    material_id.as_bytes(),
-                    bytes.expose_secret(),
-                )?,
-            );
-            batch.put(Ns::MaterialRefs, &ref_id(&material_id, &id), b"");
+            // The new version's material is this key's alone (a snapshot taken earlier shares
+            // only the versions it saw): inline.
+            let sealed = self.seal_material(&u, &material_id, &bytes)?;
             meta.versions.push(VersionMeta {
                 version,
                 state: VersionState::Rekeying,
                 material_id,
                 created_unix_ms: now_ms(),
+                inline: Some(sealed),
             });
             detail = format!("version {version} pending");
         }
@@ -1701,10 +1838,7 @@ impl Custody {
         let mut ids = Vec::new();
         for mut m in victims {
             m.destroyed = true;
-            for v in m.versions.iter_mut() {
-                v.state = VersionState::Destroyed;
-                v.material_id.clear();
-            }
+            m.versions.iter_mut().for_each(VersionMeta::shred);
             batch.put(Ns::Keys, m.key_id.as_bytes(), &self.seal_meta(&u, &m)?);
             ws.key_count = ws.key_count.saturating_sub(1);
             ids.push(m.key_id);
@@ -1750,8 +1884,11 @@ impl Custody {
     /// Removes the material references of `victims` (key ids about to become tombstones) and
     /// shreds every material no other key id refers to. Returns true when something was
     /// shredded (which counts towards the shred-rotation policy).
+    ///
+    /// Material held inline in a victim's record has no reference to drop: it is shredded
+    /// when the caller rewrites that record as a tombstone.
     fn drop_material_refs(&self, victims: &[KeyMeta], batch: &mut Batch) -> Result<bool> {
-        let mut shredded = false;
+        let mut shredded = victims.iter().any(KeyMeta::holds_inline);
         // A hash set: an evacuation looks up every reference it scans here (a tree of 100,000
         // ~90-byte ids made that lookup the check's main cost).
         let removed_refs: std::collections::HashSet<Vec<u8>> = victims
@@ -1888,24 +2025,29 @@ impl Custody {
             for r in self.store.iter_after(ns, None) {
                 let (id, sealed) = r?;
                 if lockbox_crypto::sealed_kek_id(&sealed)? == new_id {
+                    // A key record and its inline material are sealed together (`seal_meta`).
                     continue;
                 }
-                let plain = unlocked
-                    .unsealed
-                    .open(kind, &id, &sealed)
-                    .map_err(|source| CustodyError::Record {
-                        what: kind.label(),
-                        id: String::from_utf8_lossy(&id).into_owned(),
-                        source,
-                    })?;
-                batch.put(
-                    ns,
-                    &id,
-                    &unlocked
+                let resealed_record = if ns == Ns::Keys {
+                    // Opened and sealed as metadata, which re-seals its inline material too.
+                    let key_id = String::from_utf8_lossy(&id).into_owned();
+                    let meta = self.open_meta(&unlocked, &key_id, &sealed)?;
+                    self.seal_meta(&unlocked, &meta)?
+                } else {
+                    let plain = unlocked
+                        .unsealed
+                        .open(kind, &id, &sealed)
+                        .map_err(|source| CustodyError::Record {
+                            what: kind.label(),
+                            id: String::from_utf8_lossy(&id).into_owned(),
+                            source,
+                        })?;
+                    unlocked
                         .unsealed
                         .current_kek()
-                        .seal(kind, &id, plain.expose_secret())?,
-                );
+                        .seal(kind, &id, plain.expose_secret())?
+                };
+                batch.put(ns, &id, &resealed_record);
                 resealed += 1;
                 if batch.len() >= ROTATION_BATCH {
                     let full = std::mem::take(&mut batch);

@@ -5,7 +5,7 @@
 //! limited to 108 bytes), so tests are independent and can run in parallel.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -806,6 +806,44 @@ pub fn find_needles(haystack: &[u8], needles: &[Vec<u8>]) -> Vec<usize> {
     found.sort();
     found.dedup();
     found
+}
+
+/// Every sealed material in the database at `db`, by material id: the shared material
+/// records, and the material a key record holds inline (reached by opening the key records
+/// with the keyring file `keyring` unsealed with `keyfile`; records it cannot open are left
+/// out, so pass the keyring the database was written under). What a test of shredding must
+/// look at, wherever lockboxd keeps material.
+pub fn sealed_materials(db: &Path, keyring: &Path, keyfile: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let store = lockbox_store::Store::open(db, 1 << 24).unwrap();
+    let mut out: BTreeMap<Vec<u8>, Vec<u8>> = store
+        .iter_after(lockbox_store::Ns::Materials, None)
+        .map(|r| r.unwrap())
+        .collect();
+    let keyring = lockbox_crypto::Keyring::decode(&fs::read(keyring).unwrap()).unwrap();
+    let secret = lockbox_crypto::SecretBytes::new(fs::read(keyfile).unwrap());
+    let unsealed = keyring
+        .unseal(lockbox_crypto::UnsealSecret::Keyfile(&secret))
+        .unwrap();
+    for r in store.iter_after(lockbox_store::Ns::Keys, None) {
+        let (id, sealed) = r.unwrap();
+        let Ok(plain) = unsealed.open(lockbox_crypto::RecordKind::KeyMeta, &id, &sealed) else {
+            continue;
+        };
+        let meta: serde_json::Value = serde_json::from_slice(plain.expose_secret()).unwrap();
+        for v in meta["versions"].as_array().unwrap() {
+            if let Some(inline) = v["inline"].as_str() {
+                let mid = v["material_id"].as_str().unwrap().as_bytes().to_vec();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(inline)
+                    .unwrap();
+                assert!(
+                    out.insert(mid, bytes).is_none(),
+                    "a material both inline and shared"
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Returns a copy of `value` with one byte in its middle flipped.

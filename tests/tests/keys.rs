@@ -614,3 +614,100 @@ fn no_plaintext_on_disk_or_in_logs() {
     scan(&node, "after a clean stop");
     assert!(node.log_contents().contains("ready"), "daemon logs `ready`");
 }
+
+/// Rewrites a stopped node's key records into the layout lockboxd wrote before material was
+/// held inline: each version's sealed material in a shared material record, with a reference
+/// record, and metadata without `inline`. The sealed material bytes are the same in both
+/// layouts (bound to the material id, not to where they are kept). Returns how many
+/// materials moved.
+fn rewrite_in_shared_layout(node: &Node) -> usize {
+    use lockbox_crypto::{Keyring, RecordKind, SecretBytes, UnsealSecret};
+    use lockbox_store::{Batch, Ns};
+    let store = node.open_store();
+    let keyring = Keyring::decode(&std::fs::read(node.keyring_path()).unwrap()).unwrap();
+    let secret = SecretBytes::new(std::fs::read(node.keyfile_path()).unwrap());
+    let unsealed = keyring.unseal(UnsealSecret::Keyfile(&secret)).unwrap();
+    let mut batch = Batch::new();
+    let mut moved = 0;
+    for r in store.iter_after(Ns::Keys, None) {
+        let (id, sealed) = r.unwrap();
+        let plain = unsealed.open(RecordKind::KeyMeta, &id, &sealed).unwrap();
+        let mut meta: Value = serde_json::from_slice(plain.expose_secret()).unwrap();
+        for v in meta["versions"].as_array_mut().unwrap() {
+            let Some(inline) = v.as_object_mut().unwrap().remove("inline") else {
+                continue;
+            };
+            let mid = json_str(v, "material_id");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(inline.as_str().unwrap())
+                .unwrap();
+            batch.put(Ns::Materials, mid.as_bytes(), &bytes);
+            let mut reference = format!("{mid}/").into_bytes();
+            reference.extend_from_slice(&id);
+            batch.put(Ns::MaterialRefs, &reference, b"");
+            moved += 1;
+        }
+        let json = serde_json::to_vec(&meta).unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("inline"));
+        let resealed = unsealed
+            .current_kek()
+            .seal(RecordKind::KeyMeta, &id, &json)
+            .unwrap();
+        batch.put(Ns::Keys, &id, &resealed);
+    }
+    store.apply(batch).unwrap();
+    store.flush_blocking().unwrap();
+    moved
+}
+
+fn shared_material_count(node: &Node) -> usize {
+    node.open_store()
+        .iter_after(lockbox_store::Ns::Materials, None)
+        .count()
+}
+
+/// Keys stored in the earlier layout (material in shared records) read, snapshot, rekey,
+/// destroy and survive a KEK rotation like keys in today's layout: an upgraded lockbox needs
+/// no migration step.
+#[test]
+fn keys_stored_in_the_shared_layout_stay_usable() {
+    let mut node = Node::keyfile();
+    let a = node.create_key(&[]);
+    let b = node.create_key(&[]);
+    let c = node.create_key(&["--length", "64"]);
+    let v2 = newest_version(&node.ctl_json(&["key", "rekey", &b]));
+    let bytes: Vec<Vec<u8>> = [&a, &b, &c].iter().map(|k| node.key_bytes(k)).collect();
+    let b2 = node.key_bytes_version(&b, v2);
+    node.stop();
+    assert_eq!(shared_material_count(&node), 0, "new keys hold material inline");
+    assert_eq!(rewrite_in_shared_layout(&node), 4);
+    assert_eq!(shared_material_count(&node), 4);
+
+    node.spawn_ready();
+    for (k, want) in [&a, &b, &c].iter().zip(&bytes) {
+        assert_eq!(&node.key_bytes(k), want);
+    }
+    assert_eq!(node.key_bytes_version(&b, v2), b2);
+    assert_eq!(node.describe(&a)["shares_material_with"], json!([]));
+    let snap = json_str(&node.ctl_json(&["key", "snapshot", &a]), "key_id");
+    assert_eq!(node.key_bytes(&snap), bytes[0]);
+    assert_eq!(node.describe(&a)["shares_material_with"], json!([snap]));
+    let r = node.ctl_json(&["key", "destroy", &c]);
+    assert_eq!(r["material_shredded"], json!(true), "{r}");
+    node.ctl_json(&["key", "rekey", &b, "--commit"]);
+    assert_eq!(node.key_bytes(&b), b2);
+    let r = node.ctl_json(&["kek", "rotate"]);
+    assert!(r["records_resealed"].as_u64().unwrap() >= 3, "{r}");
+    node.restart();
+    assert_eq!(node.key_bytes(&a), bytes[0]);
+    assert_eq!(node.key_bytes(&snap), bytes[0]);
+    assert_eq!(node.key_bytes_version(&b, 1), bytes[1]);
+    assert_eq!(node.key_bytes(&b), b2);
+    node.ctl_err(&["key", "get", &c]);
+    node.stop();
+    assert_eq!(
+        shared_material_count(&node),
+        3,
+        "a's (shared with its snapshot) and b's two versions; c's shredded"
+    );
+}

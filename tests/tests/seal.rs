@@ -153,16 +153,42 @@ fn material_ids(node: &Node) -> BTreeSet<Vec<u8>> {
         .collect()
 }
 
+/// Replaces one record of a stopped node's database with a copy with one byte flipped.
+fn flip_record(node: &Node, ns: Ns, id: &[u8]) {
+    let store = node.open_store();
+    let sealed = store.get(ns, id).unwrap().unwrap();
+    let mut b = lockbox_store::Batch::new();
+    b.put(ns, id, &flip_middle_byte(&sealed));
+    store.apply(b).unwrap();
+    store.flush_blocking().unwrap();
+}
+
 /// Sealed records are authenticated: an edited material fails to open, the others still do.
+/// Both places material lives are tried: a key's own record (where a key's material is while
+/// no other key id shares it) and a shared material record (after a snapshot).
 #[test]
 fn tampered_material_fails_integrity_check() {
     let mut node = Node::keyfile();
-    let victim = node.create_key(&[]);
-    let victim_bytes = node.key_bytes(&victim);
+    let inline = node.create_key(&[]);
+    let inline_bytes = node.key_bytes(&inline);
+    node.stop();
+    assert!(
+        material_ids(&node).is_empty(),
+        "a key's material is in its own record until it is shared"
+    );
+
+    node.spawn_ready();
+    let shared = node.create_key(&[]);
+    let shared_bytes = node.key_bytes(&shared);
+    let snap = json_str(&node.ctl_json(&["key", "snapshot", &shared]), "key_id");
     node.stop();
     let first = material_ids(&node);
-    assert_eq!(first.len(), 1, "one material per created key");
-    let victim_material = first.into_iter().next().unwrap();
+    assert_eq!(
+        first.len(),
+        1,
+        "the snapshot moved one material to a shared record"
+    );
+    let shared_material = first.into_iter().next().unwrap();
 
     node.spawn_ready();
     let mut others = Vec::new();
@@ -171,36 +197,68 @@ fn tampered_material_fails_integrity_check() {
         others.push((id.clone(), node.key_bytes(&id)));
     }
     node.stop();
-    assert_eq!(material_ids(&node).len(), 4);
+    assert_eq!(material_ids(&node).len(), 1);
 
-    {
-        let store = node.open_store();
-        let sealed = store.get(Ns::Materials, &victim_material).unwrap().unwrap();
-        let mut b = lockbox_store::Batch::new();
-        b.put(Ns::Materials, &victim_material, &flip_middle_byte(&sealed));
-        store.apply(b).unwrap();
-        store.flush_blocking().unwrap();
-    }
+    flip_record(&node, Ns::Keys, inline.as_bytes());
+    flip_record(&node, Ns::Materials, &shared_material);
 
     node.spawn_ready();
-    let err = node.ctl_err(&["key", "get", &victim]);
-    assert!(err.to_lowercase().contains("integrity"), "{err}");
-    assert!(!err.contains(&hex::encode(&victim_bytes)));
+    for (victim, bytes) in [
+        (&inline, &inline_bytes),
+        (&shared, &shared_bytes),
+        (&snap, &shared_bytes),
+    ] {
+        let err = node.ctl_err(&["key", "get", victim]);
+        assert!(err.to_lowercase().contains("integrity"), "{victim}: {err}");
+        assert!(!err.contains(&hex::encode(bytes)));
+    }
     for (id, bytes) in &others {
         assert_eq!(&node.key_bytes(id), bytes);
     }
 }
 
-/// A material record moved under another id (swapped) fails too: the AAD binds the id.
+/// Two keys' records swapped (each one's sealed bytes under the other's id) open for neither:
+/// the seal binds the key id, so a key can never silently become another's.
+#[test]
+fn swapped_key_records_fail_integrity_check() {
+    let mut node = Node::keyfile();
+    let a = node.create_key(&[]);
+    let b = node.create_key(&[]);
+    let b_bytes = node.key_bytes(&b);
+    node.stop();
+    {
+        let store = node.open_store();
+        let va = store.get(Ns::Keys, a.as_bytes()).unwrap().unwrap();
+        let vb = store.get(Ns::Keys, b.as_bytes()).unwrap().unwrap();
+        let mut batch = lockbox_store::Batch::new();
+        batch.put(Ns::Keys, a.as_bytes(), &vb);
+        batch.put(Ns::Keys, b.as_bytes(), &va);
+        store.apply(batch).unwrap();
+        store.flush_blocking().unwrap();
+    }
+    node.spawn_ready();
+    for id in [&a, &b] {
+        let out = node.ctl(&["key", "get", id]);
+        assert!(!out.status.success(), "a swapped key record opened");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(stderr.contains("integrity"), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(&hex::encode(&b_bytes)));
+    }
+}
+
+/// A shared material record moved under another id (swapped) fails too: the AAD binds the
+/// id. (Snapshots put each key's material in a shared record.)
 #[test]
 fn swapped_material_records_fail_integrity_check() {
     let mut node = Node::keyfile();
     let a = node.create_key(&[]);
+    node.ctl_json(&["key", "snapshot", &a]);
     node.stop();
     let ma = material_ids(&node).into_iter().next().unwrap();
     node.spawn_ready();
     let b = node.create_key(&[]);
     let b_bytes = node.key_bytes(&b);
+    node.ctl_json(&["key", "snapshot", &b]);
     node.stop();
     let mb = material_ids(&node).into_iter().find(|m| *m != ma).unwrap();
     {

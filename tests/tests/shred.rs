@@ -6,17 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lockbox_crypto::{Keyring, RecordKind, SecretBytes, UnsealSecret};
-use lockbox_store::{Ns, Store};
-use lockbox_tests::{Node, NodeOptions, ShredRotation, copy_dir, describe_output, json_str};
+use lockbox_tests::{
+    Node, NodeOptions, ShredRotation, copy_dir, describe_output, json_str, sealed_materials,
+};
 use serde_json::json;
-
-fn materials(db: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let store = Store::open(db, 1 << 24).unwrap();
-    store
-        .iter_after(Ns::Materials, None)
-        .map(|r| r.unwrap())
-        .collect()
-}
 
 /// The plaintexts of those of `records` that open under the keyring file `keyring` unsealed
 /// with `keyfile`.
@@ -55,7 +48,11 @@ fn destroyed_key_is_unrecoverable_after_kek_rotation() {
     node.stop();
     let old_data = node.dir().join("old-data");
     copy_dir(&node.data_dir(), &old_data);
-    let old_materials = materials(&old_data.join("db"));
+    let old_materials = sealed_materials(
+        &old_data.join("db"),
+        &old_data.join("keyring"),
+        &node.keyfile_path(),
+    );
     assert_eq!(old_materials.len(), 2, "one material per created key");
     // Our use of the crypto API is right: the old keyring opens every old record.
     let opened = opening(
@@ -87,7 +84,8 @@ fn destroyed_key_is_unrecoverable_after_kek_rotation() {
     node.stop();
 
     // The new keyring opens the live records of the new db...
-    let new_materials = materials(&node.db_dir());
+    let new_materials =
+        sealed_materials(&node.db_dir(), &node.keyring_path(), &node.keyfile_path());
     assert_eq!(
         new_materials.len(),
         1,
@@ -202,7 +200,11 @@ fn a_moved_key_is_unrecoverable_at_the_source_after_its_kek_rotation() {
 
     let a = c.node_mut("host-a");
     a.stop();
-    let old_materials = materials(&old_data.join("db"));
+    let old_materials = sealed_materials(
+        &old_data.join("db"),
+        &old_data.join("keyring"),
+        &a.keyfile_path(),
+    );
     assert_eq!(old_materials.len(), 4, "the copy holds every material");
     assert_eq!(
         opening(&old_data.join("keyring"), &a.keyfile_path(), &old_materials).len(),
@@ -214,7 +216,7 @@ fn a_moved_key_is_unrecoverable_at_the_source_after_its_kek_rotation() {
         0,
         "a moved key's material opens with the source's new keyring: the old KEK survived"
     );
-    let left = materials(&a.db_dir());
+    let left = sealed_materials(&a.db_dir(), &a.keyring_path(), &a.keyfile_path());
     let opened = opening(&a.keyring_path(), &a.keyfile_path(), &left);
     assert_eq!(opened.len(), 1, "only the kept key's material is left");
     assert!(contains(&opened[0], &keep_bytes));

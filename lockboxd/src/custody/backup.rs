@@ -3,7 +3,7 @@
 //! `lockboxctl` opened with a recovery identity and sent over the Unix socket. Both are
 //! audited. The byte format is `lockbox_crypto::backup` (SPEC.md "Backup file").
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lockbox_crypto::{
     BackupContents, BackupKey, BackupOrigin, BackupRecipient, BackupVersion, BackupVersionState,
@@ -233,9 +233,7 @@ impl Custody {
                         let i = u32::try_from(contents.materials.len()).map_err(|_| {
                             CustodyError::InvalidArgument("too many materials to back up".into())
                         })?;
-                        contents
-                            .materials
-                            .push(self.open_material(u, &key_id, &v.material_id)?);
+                        contents.materials.push(self.open_version(u, &key_id, v)?);
                         index.insert(v.material_id.clone(), i);
                         i
                     }
@@ -296,8 +294,11 @@ impl Custody {
         }
         let mut ws = self.write.lock().await;
         let u = self.unlocked()?;
-        // Material index → a material record already here holding those bytes.
+        // Material index → a material already here holding those bytes.
         let mut here: HashMap<u32, String> = HashMap::new();
+        // Material index → the key here holding it inline: shared out if a restored key
+        // refers to it too.
+        let mut inline_here: HashMap<u32, String> = HashMap::new();
         let mut out = Restored::default();
         let mut fresh = Vec::new();
         for k in &contents.keys {
@@ -329,47 +330,64 @@ impl Custody {
                 if mine.version != theirs.version {
                     return Err(conflict("exists here with other versions"));
                 }
-                let bytes = self.open_material(&u, &k.key_id, &mine.material_id)?;
+                let bytes = self.open_version(&u, &k.key_id, mine)?;
                 let backed_up = &contents.materials[theirs.material as usize];
                 if !same_bytes(bytes.expose_secret(), backed_up.expose_secret()) {
                     return Err(conflict("exists here with different material"));
                 }
-                here.entry(theirs.material)
-                    .or_insert_with(|| mine.material_id.clone());
+                if let std::collections::hash_map::Entry::Vacant(e) = here.entry(theirs.material) {
+                    e.insert(mine.material_id.clone());
+                    if mine.inline.is_some() {
+                        inline_here.insert(theirs.material, k.key_id.clone());
+                    }
+                }
             }
             out.skipped.push(k.key_id.clone());
         }
 
         let before = *ws;
         let mut batch = Batch::new();
+        // How many restored versions use each backed-up material: one alone holds it inline.
+        let mut uses: HashMap<u32, usize> = HashMap::new();
+        for v in fresh.iter().flat_map(|k| &k.versions) {
+            *uses.entry(v.material).or_default() += 1;
+        }
         let mut created: HashMap<u32, String> = HashMap::new();
+        let mut share_out: BTreeSet<String> = BTreeSet::new();
         for k in fresh {
             let mut versions = Vec::with_capacity(k.versions.len());
             for v in &k.versions {
-                let material_id = match here.get(&v.material).or_else(|| created.get(&v.material)) {
-                    Some(id) => id.clone(),
-                    None => {
-                        let id = new_material_id()?;
-                        let bytes = &contents.materials[v.material as usize];
-                        batch.put(
-                            Ns::Materials,
-                            id.as_bytes(),
-                            &u.unsealed.current_kek().seal(
-                                RecordKind::Material,
-                                id.as_bytes(),
-                                bytes.expose_secret(),
-                            )?,
-                        );
-                        created.insert(v.material, id.clone());
-                        id
+                let bytes = &contents.materials[v.material as usize];
+                let (material_id, inline) = if let Some(id) = here.get(&v.material) {
+                    if let Some(owner) = inline_here.get(&v.material) {
+                        share_out.insert(owner.clone());
                     }
+                    (id.clone(), None)
+                } else if let Some(id) = created.get(&v.material) {
+                    (id.clone(), None)
+                } else if uses.get(&v.material) == Some(&1) {
+                    let id = new_material_id()?;
+                    let sealed = self.seal_material(&u, &id, bytes)?;
+                    (id, Some(sealed))
+                } else {
+                    let id = new_material_id()?;
+                    batch.put(
+                        Ns::Materials,
+                        id.as_bytes(),
+                        &self.seal_material(&u, &id, bytes)?,
+                    );
+                    created.insert(v.material, id.clone());
+                    (id, None)
                 };
-                batch.put(Ns::MaterialRefs, &ref_id(&material_id, &k.key_id), b"");
+                if inline.is_none() {
+                    batch.put(Ns::MaterialRefs, &ref_id(&material_id, &k.key_id), b"");
+                }
                 versions.push(VersionMeta {
                     version: v.version,
                     state: from_backup_state(v.state),
                     material_id,
                     created_unix_ms: v.created_unix_ms,
+                    inline,
                 });
             }
             let length = k
@@ -398,6 +416,12 @@ impl Custody {
             batch.put(Ns::Keys, k.key_id.as_bytes(), &self.seal_meta(&u, &meta)?);
             ws.key_count += 1;
             out.restored.push(k.key_id.clone());
+        }
+        // Keys already here whose inline material a restored key now shares.
+        for owner in &share_out {
+            let mut meta = self.live_meta(&u, owner)?;
+            self.share_out(&u, &mut meta, &mut batch)?;
+            batch.put(Ns::Keys, owner.as_bytes(), &self.seal_meta(&u, &meta)?);
         }
         batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         let sha = source

@@ -69,9 +69,7 @@ struct PreparedKey {
     key_id: String,
     /// The key this one replaces here (a replica refreshed, a key moving back), if any.
     replaced: Option<KeyMeta>,
-    /// (material id, sealed material) per version.
-    materials: Vec<(String, Vec<u8>)>,
-    /// The sealed metadata record.
+    /// The sealed key record (every version's material inline).
     sealed_meta: Vec<u8>,
     /// The versions stored, for the receipt.
     versions: Vec<u32>,
@@ -422,8 +420,9 @@ impl Custody {
             }
         }
         wanted.sort_unstable();
-        let materials = crate::par::try_map(&wanted, |(material_id, k, _)| {
-            self.open_material(&u, &metas[*k].0, material_id)
+        let materials = crate::par::try_map(&wanted, |(_, k, i)| {
+            let (id, (_, meta)) = &metas[*k];
+            self.open_version(&u, id, &meta.versions[*i])
         })?;
         let mut opened: Vec<Vec<(usize, SecretBytes)>> = metas.iter().map(|_| Vec::new()).collect();
         for ((_, k, i), material) in wanted.iter().zip(materials) {
@@ -524,22 +523,18 @@ impl Custody {
             .find(|v| v.current)
             .map(|v| v.version)
             .unwrap_or(first.version);
-        let mut materials = Vec::with_capacity(versions.len());
+        // Each version's material inline: the received key is one record here.
         let mut metas = Vec::with_capacity(versions.len());
         for v in versions {
             let material_id = new_material_id()?;
-            let sealed = u.unsealed.current_kek().seal(
-                RecordKind::Material,
-                material_id.as_bytes(),
-                v.material.expose_secret(),
-            )?;
+            let sealed = self.seal_material(u, &material_id, &v.material)?;
             metas.push(VersionMeta {
                 version: v.version,
                 state: v.state,
-                material_id: material_id.clone(),
+                material_id,
                 created_unix_ms: now,
+                inline: Some(sealed),
             });
-            materials.push((material_id, sealed));
         }
         let meta = KeyMeta {
             key_id: id.clone(),
@@ -564,7 +559,6 @@ impl Custody {
             versions: versions.iter().map(|v| v.version).collect(),
             key_id: id,
             replaced,
-            materials,
         })
     }
 
@@ -601,20 +595,12 @@ impl Custody {
         let mut batch = Batch::new();
         let before = *ws;
         let mut stored = Vec::with_capacity(prepared.len());
-        // The new records grouped by kind, each group in order (key ids arrive sorted, new
-        // material ids are time-ordered): a large batch is then three sorted runs, which the
-        // store's sort merges instead of sorting 300,000 interleaved ids from scratch. The
-        // removals of replaced keys' records name other ids, so their place does not matter.
-        let mut materials = Vec::with_capacity(prepared.len());
-        let mut refs = Vec::with_capacity(prepared.len());
+        // The new key records in key order (they arrive sorted), after any removals of
+        // replaced keys' shared records: a large batch is then one sorted run for the store.
         let mut metas = Vec::with_capacity(prepared.len());
         for p in prepared {
             if let Some(old) = &p.replaced {
                 self.drop_material_refs(std::slice::from_ref(old), &mut batch)?;
-            }
-            for (material_id, sealed) in p.materials {
-                refs.push(ref_id(&material_id, &p.key_id));
-                materials.push((material_id, sealed));
             }
             metas.push((p.key_id.clone(), p.sealed_meta));
             let counted = p.replaced.as_ref().is_some_and(|m| m.moved_to.is_none());
@@ -625,12 +611,6 @@ impl Custody {
                 key_id: p.key_id,
                 versions: p.versions,
             });
-        }
-        for (material_id, sealed) in &materials {
-            batch.put(Ns::Materials, material_id.as_bytes(), sealed);
-        }
-        for r in &refs {
-            batch.put(Ns::MaterialRefs, r, b"");
         }
         for (key_id, sealed) in &metas {
             batch.put(Ns::Keys, key_id.as_bytes(), sealed);
@@ -739,10 +719,7 @@ impl Custody {
                     node: grant.body.dest_node.clone(),
                     grant_id: grant_hex.clone(),
                 });
-                for v in m.versions.iter_mut() {
-                    v.state = VersionState::Destroyed;
-                    v.material_id.clear();
-                }
+                m.versions.iter_mut().for_each(VersionMeta::shred);
             }
             let sealed = crate::par::try_map(&tombstones, |m| self.seal_meta(&u, m))?;
             for (m, sealed) in tombstones.iter().zip(sealed) {
