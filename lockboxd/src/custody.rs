@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +27,8 @@ mod transfer;
 use crate::error::{CustodyError, Result};
 pub use backup::{ExportedBackup, RestoreSource, Restored};
 pub use transfer::{
-    AsRead, GrantRole, Incoming, Outgoing, OutgoingVersion, RECEIPT_DOMAIN, StoredReceipt,
+    AsRead, GrantRole, Incoming, Outgoing, OutgoingVersion, RECEIPT_DOMAIN, ReceivedKey,
+    StoredReceipt,
 };
 
 const NODE_SIGNING: &[u8] = b"signing";
@@ -378,6 +380,11 @@ pub struct Custody {
     policy: Policy,
     unlocked: RwLock<Option<Arc<Unlocked>>>,
     write: Mutex<WriteState>,
+    /// Batches applied that wrote key records, since start. Raised after each such batch is
+    /// visible to readers: a reader that notes it before reading records, and finds it the
+    /// same later under the writer lock, knows no key record changed in between (see
+    /// `transfer::AsRead`).
+    keys_written: AtomicU64,
     started: Instant,
 }
 
@@ -618,7 +625,6 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
 /// The id reveals when the material was made, which the key's metadata says anyway; it is
 /// not a secret and not used as one.
 fn new_material_id() -> Result<String> {
-    use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = now_ms() << 16;
     let next = |last: u64| now.max(last.wrapping_add(1));
@@ -703,6 +709,7 @@ impl Custody {
             policy: policy.clone(),
             unlocked: RwLock::new(None),
             write: Mutex::new(ws),
+            keys_written: AtomicU64::new(0),
             started: Instant::now(),
         })
     }
@@ -822,8 +829,14 @@ impl Custody {
     /// Applies `batch` under the writer lock, restoring `ws` if the apply fails so the
     /// in-memory chain head never runs ahead of the database. Returns the generation to wait on.
     fn apply(&self, ws: &mut WriteState, before: WriteState, batch: Batch) -> Result<u64> {
+        let keys = batch.touches(Ns::Keys);
         match self.store.apply(batch) {
-            Ok(generation) => Ok(generation),
+            Ok(generation) => {
+                if keys {
+                    self.keys_written.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(generation)
+            }
             Err(e) => {
                 *ws = before;
                 Err(e.into())
@@ -2052,6 +2065,7 @@ impl Custody {
                 if batch.len() >= ROTATION_BATCH {
                     let full = std::mem::take(&mut batch);
                     self.store.commit(full).await?;
+                    self.keys_written.fetch_add(1, Ordering::SeqCst);
                 }
             }
         }

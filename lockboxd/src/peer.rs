@@ -16,7 +16,7 @@ use lockbox_tls::Role;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::attest::Attestor;
-use crate::custody::{Caller, Custody, Incoming};
+use crate::custody::{Caller, Custody, Incoming, ReceivedKey};
 use crate::error::CustodyError;
 
 /// Keys per batch the destination accepts (the source sends fewer).
@@ -246,7 +246,15 @@ impl Peer for PeerApi {
 
         let wanted: BTreeSet<&str> = verified.body.key_ids.iter().map(String::as_str).collect();
         let mut received: BTreeSet<(String, u32)> = BTreeSet::new();
-        let mut incoming = Vec::new();
+        // Each batch's keys go to a sealing thread as soon as they are opened and checked, so
+        // the per-key sealing runs while later batches stream in.
+        let now = now_ms();
+        let (to_sealer, batches) = std::sync::mpsc::channel::<Vec<Incoming>>();
+        let sealer = {
+            let custody = self.custody.clone();
+            let grant = verified.clone();
+            tokio::task::spawn_blocking(move || seal_as_they_come(&custody, &grant, now, batches))
+        };
         let mut next_batch = 0u32;
         loop {
             let msg = match stream.message().await {
@@ -306,6 +314,7 @@ impl Peer for PeerApi {
                 Ok(o) => o,
                 Err(e) => return Err(fail(e).await),
             };
+            let mut incoming = Vec::with_capacity(opened.len());
             for ((key_id, version, material), meta) in opened.into_iter().zip(batch.keys) {
                 if !wanted.contains(key_id.as_str()) {
                     let e = CustodyError::Grant(lockbox_crypto::GrantError::KeyNotCovered(key_id));
@@ -328,14 +337,28 @@ impl Peer for PeerApi {
                     material,
                 ));
             }
+            if to_sealer.send(incoming).is_err() {
+                // The sealer stopped on an error: it is reported below.
+                break;
+            }
         }
+        drop(to_sealer);
+        let keys = match sealer.await {
+            Ok(Ok(keys)) => keys,
+            Ok(Err(e)) => return Err(fail(e).await),
+            Err(e) => {
+                let e = CustodyError::Transfer(format!("sealing the received keys failed: {e}"));
+                return Err(fail(e).await);
+            }
+        };
         let got: BTreeSet<&str> = received.iter().map(|(k, _)| k.as_str()).collect();
         if let Some(missing) = wanted.iter().find(|k| !got.contains(*k)) {
             let e =
                 CustodyError::InvalidArgument(format!("the delivery ended without key {missing}"));
             return Err(fail(e).await);
         }
-        match self.custody.receive(&who, &verified, incoming).await {
+        crate::failpoint_pause("dest-before-store").await;
+        match self.custody.receive(&who, &verified, now, keys).await {
             Ok(r) => Ok(Response::new(pb::Receipt {
                 body: r.body,
                 signature: r.signature,
@@ -343,4 +366,55 @@ impl Peer for PeerApi {
             Err(e) => Err(fail(e).await),
         }
     }
+}
+
+/// Keys sealed per group on the sealing thread: enough to split over the cores
+/// (`par::try_map`), few enough that sealing keeps pace with the stream.
+const SEAL_GROUP: usize = 4096;
+
+/// The sealing thread of a delivery: groups the opened versions by key as they arrive (a
+/// source sends each key's versions together) and seals complete keys in groups, until the
+/// handler closes the channel. Stops at the first error; the handler then reports it.
+fn seal_as_they_come(
+    custody: &Custody,
+    grant: &lockbox_crypto::VerifiedGrant,
+    now: u64,
+    batches: std::sync::mpsc::Receiver<Vec<Incoming>>,
+) -> Result<Vec<ReceivedKey>, CustodyError> {
+    let seal = |group: &mut Vec<(String, Vec<Incoming>)>, out: &mut Vec<ReceivedKey>| {
+        let sealed = crate::par::try_map(group, |(key_id, versions)| {
+            custody.seal_received(grant, now, key_id, versions)
+        })?;
+        // The plaintext versions are dropped (zeroized) here.
+        group.clear();
+        out.extend(sealed);
+        Ok::<_, CustodyError>(())
+    };
+    let mut out = Vec::new();
+    let mut group: Vec<(String, Vec<Incoming>)> = Vec::with_capacity(SEAL_GROUP);
+    // The key whose versions are still arriving (the last one of the latest batch).
+    let mut open: Option<(String, Vec<Incoming>)> = None;
+    for batch in batches {
+        for i in batch {
+            match &mut open {
+                Some((key_id, versions)) if *key_id == i.key_id => versions.push(i),
+                _ => {
+                    let next = (i.key_id.clone(), vec![i]);
+                    if let Some(mut done) = open.replace(next) {
+                        done.1.sort_by_key(|v| v.version);
+                        group.push(done);
+                    }
+                }
+            }
+        }
+        if group.len() >= SEAL_GROUP {
+            seal(&mut group, &mut out)?;
+        }
+    }
+    if let Some(mut done) = open {
+        done.1.sort_by_key(|v| v.version);
+        group.push(done);
+    }
+    seal(&mut group, &mut out)?;
+    Ok(out)
 }

@@ -303,7 +303,7 @@ impl Transfers {
         crate::failpoint_pause("source-after-receipt").await;
         let fresh = self
             .custody
-            .complete_as_source(caller, verified, &stored, &as_read)
+            .complete_as_source(caller, verified, &stored, as_read)
             .await?;
         Ok(TransferOutcome {
             receipt: body,

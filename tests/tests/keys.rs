@@ -679,7 +679,11 @@ fn keys_stored_in_the_shared_layout_stay_usable() {
     let bytes: Vec<Vec<u8>> = [&a, &b, &c].iter().map(|k| node.key_bytes(k)).collect();
     let b2 = node.key_bytes_version(&b, v2);
     node.stop();
-    assert_eq!(shared_material_count(&node), 0, "new keys hold material inline");
+    assert_eq!(
+        shared_material_count(&node),
+        0,
+        "new keys hold material inline"
+    );
     assert_eq!(rewrite_in_shared_layout(&node), 4);
     assert_eq!(shared_material_count(&node), 4);
 

@@ -388,3 +388,55 @@ fn a_key_rekeyed_while_its_move_is_in_flight_keeps_its_new_version() {
     assert_audit_ok(a);
     assert_audit_ok(b);
 }
+
+/// The destination seals received keys while the delivery streams in, and stores them at its
+/// end. A KEK rotation in between (the keys sealed under a KEK that is gone once it finishes)
+/// must not leave them unreadable: they are sealed again under the new KEK when stored, and
+/// read back after a restart (the old KEK is not in the keyring any more).
+#[test]
+fn keys_received_across_a_destination_kek_rotation_are_stored_under_the_new_kek() {
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
+    c.restart_with_failpoint("host-b", Some("pause:dest-before-store:4000"));
+    let keys: Vec<String> = (0..3).map(|_| c.node("host-a").create_key(&[])).collect();
+    let bytes: Vec<Vec<u8>> = keys.iter().map(|k| c.node("host-a").key_bytes(k)).collect();
+    let kek_before = c.node("host-b").status()["kek_id"].as_u64().unwrap();
+    let ids: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = c.grant(&ids, "host-a", "host-b", "copy", "10m");
+
+    let receipt = std::thread::scope(|s| {
+        let copying = s.spawn(|| {
+            c.node("host-a")
+                .ctl_json(&["transfer", g.to_str().unwrap()])
+        });
+        let b = c.node("host-b");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !b
+            .log_contents()
+            .contains("failpoint dest-before-store: pausing")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the destination never paused; its log:\n{}",
+                b.log_contents()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = b.ctl_json(&["kek", "rotate"]);
+        assert!(r["new_kek_id"].as_u64().unwrap() > kek_before, "{r}");
+        copying.join().unwrap()
+    });
+    assert_eq!(
+        receipt["key_ids"].as_array().map(Vec::len),
+        Some(3),
+        "{receipt}"
+    );
+    for (k, want) in keys.iter().zip(&bytes) {
+        assert_eq!(&c.node("host-b").key_bytes(k), want);
+    }
+    c.restart_with_failpoint("host-b", None);
+    let b = c.node("host-b");
+    for (k, want) in keys.iter().zip(&bytes) {
+        assert_eq!(&b.key_bytes(k), want);
+    }
+    assert_audit_ok(b);
+}

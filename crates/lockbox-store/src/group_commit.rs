@@ -401,17 +401,11 @@ pub(crate) fn indexer(
                 .flat_map(|(_, ops)| ops.iter().map(|(k, v)| (k.as_slice(), v.as_ref())))
                 .collect(),
         );
-        for (k, v) in &finals {
-            let res = match v {
-                Some(v) => shared.tree.insert(*k, (*v).clone()).map(|_| ()),
-                None => shared.tree.remove(*k).map(|_| ()),
-            };
-            if let Err(e) = res {
-                // The writes are durable in the log and stay visible through the overlay; a
-                // restart replays them. Stop taking new ones.
-                shared.fail(format!("cannot update the index: {e}"));
-                return;
-            }
+        if let Err(e) = index_finals(&shared.tree, &finals) {
+            // The writes are durable in the log and stay visible through the overlay; a
+            // restart replays them. Stop taking new ones.
+            shared.fail(format!("cannot update the index: {e}"));
+            return;
         }
         {
             let mut ov = shared.overlay_mut();
@@ -425,6 +419,72 @@ pub(crate) fn indexer(
         }
         let _previous = shared.indexed_tx.send_replace(last);
     }
+}
+
+/// A group with at least this many keys is indexed by several threads: sled takes concurrent
+/// writers, and a large group (an evacuation's 100,000 records) otherwise leaves the index a
+/// second or more behind the log on one core while the others idle. Below it, starting
+/// threads costs more than it saves.
+const PARALLEL_INDEX_MIN: usize = 8192;
+/// Threads a large group is split over, at most.
+const INDEX_THREADS_MAX: usize = 4;
+
+/// Writes a group's final values into sled. Each key appears once, so the order between keys
+/// does not matter and the group can be split into contiguous key ranges, one per thread
+/// (contiguous, so threads mostly work on different leaves). Readers see the overlay until
+/// the whole group is indexed, so a partly indexed group is never visible.
+fn index_finals(
+    tree: &sled::Tree,
+    finals: &[(&[u8], Option<&sled::IVec>)],
+) -> std::result::Result<(), String> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(INDEX_THREADS_MAX);
+    if threads < 2 || finals.len() < PARALLEL_INDEX_MIN {
+        return index_run(tree, finals);
+    }
+    let chunk = finals.len().div_ceil(threads);
+    let mut runs = finals.chunks(chunk);
+    let first = runs.next().unwrap_or_default();
+    std::thread::scope(|s| {
+        let mut results = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for run in runs {
+            match std::thread::Builder::new()
+                .name("lockbox-index".into())
+                .spawn_scoped(s, move || index_run(tree, run))
+            {
+                Ok(h) => handles.push(h),
+                // No thread to be had: this one does the run itself.
+                Err(_) => results.push(index_run(tree, run)),
+            }
+        }
+        results.push(index_run(tree, first));
+        for h in handles {
+            results.push(
+                h.join()
+                    .unwrap_or_else(|_| Err("an index thread panicked".to_string())),
+            );
+        }
+        results
+            .into_iter()
+            .collect::<std::result::Result<(), String>>()
+    })
+}
+
+/// Writes one run of final values into sled, in order.
+fn index_run(
+    tree: &sled::Tree,
+    finals: &[(&[u8], Option<&sled::IVec>)],
+) -> std::result::Result<(), String> {
+    for (k, v) in finals {
+        let res = match v {
+            Some(v) => tree.insert(*k, (*v).clone()).map(|_| ()),
+            None => tree.remove(*k).map(|_| ()),
+        };
+        res.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The checkpointer thread: makes sled durable, retires log segments, keeps a spare ready.

@@ -140,6 +140,13 @@ impl Batch {
         self.ops.push((ns.key(id), None));
     }
 
+    /// Whether the batch changes any record of `ns`: lets a caller note which kinds of record
+    /// a write touched without keeping its own list beside the batch.
+    pub fn touches(&self, ns: Ns) -> bool {
+        let prefix = ns.prefix();
+        self.ops.iter().any(|(k, _)| k.first() == Some(&prefix))
+    }
+
     /// Number of changes in the batch.
     pub fn len(&self) -> usize {
         self.ops.len()
