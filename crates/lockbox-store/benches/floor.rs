@@ -1,10 +1,12 @@
 //! What the index costs per create, with nothing else running: the floor under lockboxd's
 //! create throughput and CPU per create that no handler or RPC change can go below.
 //!
-//! A create writes four records (sealed material ~90 bytes under a random material id, sealed
-//! metadata ~300 bytes under the key's UUID, the material reference, an audit entry ~250 bytes
-//! under the next sequence number) plus two node records (key count, sealed audit head) that a
-//! group of concurrent creates rewrites once. This bench writes exactly those shapes:
+//! A create writes two records (the key's sealed metadata, ~555 bytes under its UUID, holding
+//! its material inline; an audit entry ~250 bytes under the next sequence number) plus two node
+//! records (key count, sealed audit head) that a group of concurrent creates rewrites once.
+//! With `FLOOR_LAYOUT=shared`, the layout before session 6 (still what a snapshot's shared
+//! material uses): four records, the material (~90 bytes) under a time-ordered material id and
+//! a reference beside metadata of ~440 bytes. This bench writes exactly those shapes:
 //!
 //! 1. straight into sled 0.34.7, configured as [`lockbox_store::Store`] configures it, one
 //!    record at a time: the CPU each insert costs (this thread's time only);
@@ -14,12 +16,13 @@
 //!    inserts, checkpoints) and creates/s;
 //! 3. through the store one create at a time (concurrency 1), each awaited durable: the
 //!    store's part of a single create's latency;
-//! 4. the reads and writes both ends of a MOVE make per key, through two stores.
+//! 4. the reads and writes both ends of a MOVE make per key, through two stores (tombstones
+//!    ~470 bytes).
 //!
 //! `cargo bench -p lockbox-store --bench floor` (optionally `-- N`: creates per run, default
 //! 100,000). The databases live in a temp dir under the current directory. With
-//! `FLOOR_RANDOM_MATERIAL_IDS=1` material ids are fully random, as lockboxd made them before
-//! session 5 (for comparison).
+//! `FLOOR_RANDOM_MATERIAL_IDS=1` (shared layout) material ids are fully random, as lockboxd
+//! made them before session 5 (for comparison).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -63,21 +66,46 @@ impl Ids {
     }
 }
 
-/// The four records of one create: (namespace, id, value). Material ids are time-ordered,
-/// as lockboxd makes them (`seq` stands for the clock): 16 ordered hex digits, 16 random.
-fn create_records(ids: &mut Ids, seq: u64) -> [(Ns, Vec<u8>, Vec<u8>); 4] {
+/// Whether to write the shared layout (`FLOOR_LAYOUT=shared`) instead of inline material.
+fn shared_layout() -> bool {
+    std::env::var("FLOOR_LAYOUT").is_ok_and(|v| v == "shared")
+}
+
+/// Sizes of lockboxd's sealed records (JSON metadata of a 32-byte key without labels, plus
+/// the 45-byte seal): metadata with its material inline, metadata pointing to a shared
+/// material, a `moved` tombstone, a sealed material.
+const META_INLINE: usize = 555;
+const META_SHARED: usize = 440;
+const TOMBSTONE: usize = 470;
+const MATERIAL: usize = 90;
+
+/// The records of one create: (namespace, id, value), the key record first. Material ids
+/// are time-ordered, as lockboxd makes them (`seq` stands for the clock): 16 ordered hex
+/// digits, 16 random.
+fn create_records(ids: &mut Ids, seq: u64) -> Vec<(Ns, Vec<u8>, Vec<u8>)> {
+    let key_id = ids.uuid();
+    let audit = (Ns::Audit, seq.to_be_bytes().to_vec(), vec![0x61; 250]);
+    if !shared_layout() {
+        return vec![
+            (Ns::Keys, key_id.into_bytes(), vec![0x6b; META_INLINE]),
+            audit,
+        ];
+    }
     let material_id = if std::env::var_os("FLOOR_RANDOM_MATERIAL_IDS").is_some() {
         ids.hex(16)
     } else {
         format!("{:016x}{}", (1u64 << 56) + seq, ids.hex(8))
     };
-    let key_id = ids.uuid();
     let reference = format!("{material_id}/{key_id}");
-    [
-        (Ns::Materials, material_id.into_bytes(), vec![0x6d; 90]),
-        (Ns::Keys, key_id.into_bytes(), vec![0x6b; 300]),
+    vec![
+        (Ns::Keys, key_id.into_bytes(), vec![0x6b; META_SHARED]),
+        (
+            Ns::Materials,
+            material_id.into_bytes(),
+            vec![0x6d; MATERIAL],
+        ),
         (Ns::MaterialRefs, reference.into_bytes(), Vec::new()),
-        (Ns::Audit, seq.to_be_bytes().to_vec(), vec![0x61; 250]),
+        audit,
     ]
 }
 
@@ -127,7 +155,7 @@ fn raw_sled(n: usize, dir: &Path) {
     let creates: Vec<_> = (1..=n as u64)
         .map(|seq| create_records(&mut ids, seq))
         .collect();
-    let mut per_kind = [0.0f64; 4];
+    let mut per_kind: Vec<(Ns, f64)> = Vec::new();
     let start = Instant::now();
     for create in &creates {
         for (i, (ns, id, value)) in create.iter().enumerate() {
@@ -136,21 +164,25 @@ fn raw_sled(n: usize, dir: &Path) {
             key.extend_from_slice(id);
             let before = thread_cpu_us();
             db.insert(key, value.as_slice()).unwrap();
-            per_kind[i] += thread_cpu_us() - before;
+            let spent = thread_cpu_us() - before;
+            if per_kind.len() <= i {
+                per_kind.push((*ns, 0.0));
+            }
+            per_kind[i].1 += spent;
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let per = |us: f64| us / n as f64;
+    let records: usize = creates.iter().map(Vec::len).sum();
+    let kinds: Vec<String> = per_kind
+        .iter()
+        .map(|(ns, us)| format!("{ns:?} {:.1} µs", per(*us)))
+        .collect();
     println!(
-        "sled 0.34.7 insert, one record at a time, {n} creates ({} records) in {secs:.2} s: \
-         CPU per record: material {:.1} µs, metadata {:.1}, reference {:.1}, audit {:.1}; \
-         per create {:.1} µs",
-        n * 4,
-        per(per_kind[0]),
-        per(per_kind[1]),
-        per(per_kind[2]),
-        per(per_kind[3]),
-        per(per_kind.iter().sum()),
+        "sled 0.34.7 insert, one record at a time, {n} creates ({records} records) in {secs:.2} s: \
+         CPU per record: {}; per create {:.1} µs",
+        kinds.join(", "),
+        per(per_kind.iter().map(|(_, us)| us).sum()),
     );
 }
 
@@ -214,26 +246,35 @@ fn through_store(n: usize, dir: &Path) {
 }
 
 /// The store's share of moving keys (DESIGN.md §7, issue 4's evacuation): what both ends
-/// write and read per key, with no crypto, RPC or encoding. Source: read each key's metadata
-/// and material (in key order, as `read_for_transfer` does), then, at completion, read the
-/// metadata again, look up the material's references, and write one batch that replaces the
-/// metadata with a tombstone and removes the material and its reference. Destination: one
-/// batch per 1,000 keys of metadata, material and reference. Both awaited durable and indexed.
+/// write and read per key, with no crypto, RPC or encoding. Source: read each key's record
+/// (and, in the shared layout, its material), in key order as `read_for_transfer` does; at
+/// completion, write one batch that replaces each record with a tombstone (shared layout: after
+/// re-reading the record and looking up the material's references, and removing the material
+/// and its reference too). Destination: one batch per 1,000 keys of key records (shared
+/// layout: and their materials and references). Both awaited durable and indexed.
 fn evacuation(n: usize, dir: &Path) {
+    let shared = shared_layout();
     let rt = runtime();
     let source = Store::open(&dir.join("source"), 64 << 20).unwrap();
     let dest = Store::open(&dir.join("dest"), 64 << 20).unwrap();
     let mut ids = Ids(0x0bad_cafe_f00d_d00d);
-    let mut keys: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(n);
+    // (key id, material id in the shared layout)
+    let mut keys: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(n);
     let mut last = 0;
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut b = Batch::new();
         for i in chunk {
-            let [m, k, r, _] = create_records(&mut ids, *i as u64);
-            b.put(m.0, &m.1, &m.2);
-            b.put(k.0, &k.1, &k.2);
-            b.put(r.0, &r.1, &r.2);
-            keys.push((k.1, m.1));
+            let records = create_records(&mut ids, *i as u64);
+            for (ns, id, value) in &records {
+                if *ns != Ns::Audit {
+                    b.put(*ns, id, value);
+                }
+            }
+            let material = records
+                .iter()
+                .find(|(ns, _, _)| *ns == Ns::Materials)
+                .map(|r| r.1.clone());
+            keys.push((records[0].1.clone(), material));
         }
         last = source.apply(b).unwrap();
     }
@@ -245,7 +286,9 @@ fn evacuation(n: usize, dir: &Path) {
     let c0 = process_cpu_us();
     for (k, m) in &keys {
         assert!(source.get(Ns::Keys, k).unwrap().is_some());
-        assert!(source.get(Ns::Materials, m).unwrap().is_some());
+        if let Some(m) = m {
+            assert!(source.get(Ns::Materials, m).unwrap().is_some());
+        }
     }
     let read = process_cpu_us() - c0;
 
@@ -253,17 +296,21 @@ fn evacuation(n: usize, dir: &Path) {
     let mut received = 0u64;
     for chunk in keys.chunks(1000) {
         let mut b = Batch::new();
-        for (k, source_material) in chunk {
-            // The destination seals each key under a material id of its own, time-ordered
+        for (k, _) in chunk {
+            if !shared {
+                b.put(Ns::Keys, k, &[0x6b; META_INLINE]);
+                continue;
+            }
+            // The destination stores each key under a material id of its own, time-ordered
             // (random, before session 5).
             received += 1;
             let m = if std::env::var_os("FLOOR_RANDOM_MATERIAL_IDS").is_some() {
-                source_material.clone()
+                ids.hex(16).into_bytes()
             } else {
                 format!("{:016x}{}", (2u64 << 56) + received, ids.hex(8)).into_bytes()
             };
-            b.put(Ns::Materials, &m, &[0x6d; 90]);
-            b.put(Ns::Keys, k, &[0x6b; 300]);
+            b.put(Ns::Materials, &m, &[0x6d; MATERIAL]);
+            b.put(Ns::Keys, k, &[0x6b; META_SHARED]);
             let mut r = m;
             r.push(b'/');
             r.extend_from_slice(k);
@@ -279,6 +326,8 @@ fn evacuation(n: usize, dir: &Path) {
     for chunk in keys.chunks(1000) {
         let mut b = Batch::new();
         for (k, m) in chunk {
+            b.put(Ns::Keys, k, &[0x74; TOMBSTONE]);
+            let Some(m) = m else { continue };
             assert!(source.get(Ns::Keys, k).unwrap().is_some());
             let mut prefix = m.clone();
             prefix.push(b'/');
@@ -287,7 +336,6 @@ fn evacuation(n: usize, dir: &Path) {
                 .collect::<Result<_, _>>()
                 .unwrap();
             assert_eq!(refs.len(), 1);
-            b.put(Ns::Keys, k, &[0x74; 200]);
             b.remove(Ns::Materials, m);
             let mut r = prefix;
             r.extend_from_slice(k);
@@ -301,7 +349,7 @@ fn evacuation(n: usize, dir: &Path) {
     let secs = start.elapsed().as_secs_f64();
     let per = |us: f64| us / n as f64;
     println!(
-        "Store, moving {n} keys ({secs:.2} s, one thread at a time): CPU per key: source reads \
+        "Store, moving {n} keys ({secs:.2} s, one step at a time): CPU per key: source reads \
          {:.1} µs, destination writes {:.1}, source completion {:.1}; together {:.1} µs",
         per(read),
         per(stored),
@@ -316,6 +364,14 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir_in(".").unwrap();
+    println!(
+        "layout: {}",
+        if shared_layout() {
+            "shared (material and reference records beside the metadata)"
+        } else {
+            "inline (material in the key record)"
+        }
+    );
     raw_sled(n, dir.path());
     through_store(n, dir.path());
     one_at_a_time(5_000.min(n), dir.path());
