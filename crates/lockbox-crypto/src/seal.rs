@@ -161,6 +161,29 @@ pub fn sealed_kek_id(sealed: &[u8]) -> Result<u32> {
     parse_sealed(sealed).map(|(id, _, _)| id)
 }
 
+/// Length of [`seal_fingerprint`]'s result: a nonce and a tag.
+pub const SEAL_FINGERPRINT_LEN: usize = NONCE_LEN + TAG_LEN;
+
+/// Identifies one act of sealing: the record's nonce and tag. Every [`Kek::seal`] draws a fresh
+/// random 192-bit nonce, so two sealings (even of the same plaintext under the same KEK) differ
+/// here, and a record whose fingerprint is unchanged is the record that was read. Lets a
+/// caller that must notice a rewrite keep 40 bytes instead of the whole record. Says nothing
+/// of authenticity: the record is not opened.
+pub fn seal_fingerprint(sealed: &[u8]) -> Result<[u8; SEAL_FINGERPRINT_LEN]> {
+    let (_, nonce, ct) = parse_sealed(sealed)?;
+    let tag = ct
+        .len()
+        .checked_sub(TAG_LEN)
+        .and_then(|at| ct.get(at..))
+        .ok_or(CryptoError::Malformed(
+            "sealed record (shorter than its tag)",
+        ))?;
+    let mut out = [0u8; SEAL_FINGERPRINT_LEN];
+    out[..NONCE_LEN].copy_from_slice(&nonce);
+    out[NONCE_LEN..].copy_from_slice(tag);
+    Ok(out)
+}
+
 /// Splits a sealed record into KEK id, nonce and ciphertext-with-tag.
 fn parse_sealed(sealed: &[u8]) -> Result<(u32, [u8; NONCE_LEN], &[u8])> {
     let Some(&version) = sealed.first() else {
@@ -226,6 +249,20 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn fingerprints_tell_sealings_apart_and_refuse_short_records() {
+        let k = kek(1, 1);
+        let a = k.seal(RecordKind::KeyMeta, b"id", b"same").unwrap();
+        let b = k.seal(RecordKind::KeyMeta, b"id", b"same").unwrap();
+        let fa = seal_fingerprint(&a).unwrap();
+        assert_eq!(fa, seal_fingerprint(&a.clone()).unwrap());
+        assert_ne!(fa, seal_fingerprint(&b).unwrap());
+        assert_eq!(&fa[..NONCE_LEN], &a[5..SEALED_HEADER_LEN]);
+        assert_eq!(&fa[NONCE_LEN..], &a[a.len() - TAG_LEN..]);
+        assert!(seal_fingerprint(&a[..SEALED_MIN_LEN - 1]).is_err());
+        assert!(seal_fingerprint(&[]).is_err());
     }
 
     #[test]

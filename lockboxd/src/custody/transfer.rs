@@ -49,22 +49,26 @@ impl Outgoing {
     }
 }
 
-/// A key's metadata record as `read_for_transfer` read it: the sealed bytes and what they say.
+/// A key's metadata record as `read_for_transfer` read it: which sealing it was and what it
+/// says.
 ///
 /// A MOVE's completion re-reads every key under the writer lock, since anything may have
 /// happened to it while the keys travelled (a rekey, a destroy). When the sealed record is
-/// still byte for byte the one read then, it says the same thing, so the completion reuses
-/// this metadata instead of opening and decoding the record again (~40 % of the time an
+/// still the one read then (same nonce and tag), it says the same thing, so the completion
+/// reuses this metadata instead of opening and decoding the record again (~40 % of the time an
 /// evacuation's completion spent re-reading went to that). Any rewrite of the record (a rekey,
-/// a destroy, a KEK rotation's re-seal: each seal has a fresh random nonce) changes the bytes,
-/// and the completion reads and checks it afresh.
+/// a destroy, a KEK rotation's re-seal: each seal has a fresh random nonce) changes the
+/// fingerprint, and the completion reads and checks it afresh.
 ///
 /// Cheaper still, and the common case of an evacuation: when no batch wrote any key record
 /// since the read (`Custody::keys_written` unchanged), every record is the one read, and the
 /// completion reads none of them again (re-reading 100,000 records from sled was a third of
 /// the completion's CPU).
 pub struct AsRead {
-    sealed: Vec<u8>,
+    /// The sealed record's fingerprint (`lockbox_crypto::seal_fingerprint`): its nonce and
+    /// tag, which any rewrite changes; keeping it instead of the record saves the source a
+    /// copy of every record it moves.
+    fingerprint: [u8; lockbox_crypto::SEAL_FINGERPRINT_LEN],
     meta: KeyMeta,
     /// `Custody::keys_written` before the record was read.
     written: u64,
@@ -421,9 +425,12 @@ impl Custody {
                 .ok_or_else(|| CustodyError::KeyNotFound(id.clone()))?;
             check_live(id, &meta)?;
             check_not_replica(id, &meta)?;
-            Ok::<_, CustodyError>((sealed, meta))
+            Ok::<_, CustodyError>((lockbox_crypto::seal_fingerprint(&sealed)?, meta))
         })?;
-        let metas: Vec<(String, (Vec<u8>, KeyMeta))> = ids.into_iter().zip(metas).collect();
+        let metas: Vec<(
+            String,
+            ([u8; lockbox_crypto::SEAL_FINGERPRINT_LEN], KeyMeta),
+        )> = ids.into_iter().zip(metas).collect();
         // (material id, key index, version index) of every readable version, in material order.
         let mut wanted: Vec<(&str, usize, usize)> = Vec::with_capacity(metas.len());
         for (k, (_, (_, meta))) in metas.iter().enumerate() {
@@ -443,7 +450,7 @@ impl Custody {
             opened[*k].push((*i, material));
         }
         let mut out = Vec::with_capacity(metas.len());
-        for ((id, (sealed, meta)), mut materials) in metas.into_iter().zip(opened) {
+        for ((id, (fingerprint, meta)), mut materials) in metas.into_iter().zip(opened) {
             // Back in version order (the order the metadata lists them).
             materials.sort_unstable_by_key(|(i, _)| *i);
             let versions = materials
@@ -458,7 +465,7 @@ impl Custody {
                 key_id: id,
                 versions,
                 as_read: AsRead {
-                    sealed,
+                    fingerprint,
                     meta,
                     written,
                 },
@@ -763,7 +770,12 @@ impl Custody {
                         // The record the keys left with, unchanged: it passed
                         // `read_for_transfer`'s checks (stricter than `live_meta`'s) and says
                         // the same now.
-                        (Some(r), Some(now)) if now == r.sealed => Ok(r.meta.clone()),
+                        (Some(r), Some(now))
+                            if lockbox_crypto::seal_fingerprint(&now).ok()
+                                == Some(r.fingerprint) =>
+                        {
+                            Ok(r.meta.clone())
+                        }
                         _ => self.live_meta(&u, id),
                     }
                 })?
