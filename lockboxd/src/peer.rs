@@ -246,14 +246,21 @@ impl Peer for PeerApi {
 
         let wanted: BTreeSet<&str> = verified.body.key_ids.iter().map(String::as_str).collect();
         let mut received: BTreeSet<(String, u32)> = BTreeSet::new();
-        // Each batch's keys go to a sealing thread as soon as they are opened and checked, so
-        // the per-key sealing runs while later batches stream in.
+        // A large delivery's keys go to a sealing thread as soon as each batch is opened and
+        // checked, so the per-key sealing runs while later batches stream in. A small one (a
+        // volume's key: latency matters, not throughput) is sealed here at its end, without
+        // a thread hand-off. The source's declared total only decides where sealing runs.
         let now = now_ms();
         let (to_sealer, batches) = std::sync::mpsc::channel::<Vec<Incoming>>();
-        let sealer = {
+        let (sealer, batches) = if header.total_keys > SEAL_GROUP as u64 {
             let custody = self.custody.clone();
             let grant = verified.clone();
-            tokio::task::spawn_blocking(move || seal_as_they_come(&custody, &grant, now, batches))
+            let thread = tokio::task::spawn_blocking(move || {
+                seal_as_they_come(&custody, &grant, now, batches)
+            });
+            (Some(thread), None)
+        } else {
+            (None, Some(batches))
         };
         let mut next_batch = 0u32;
         loop {
@@ -343,13 +350,20 @@ impl Peer for PeerApi {
             }
         }
         drop(to_sealer);
-        let keys = match sealer.await {
-            Ok(Ok(keys)) => keys,
-            Ok(Err(e)) => return Err(fail(e).await),
-            Err(e) => {
-                let e = CustodyError::Transfer(format!("sealing the received keys failed: {e}"));
-                return Err(fail(e).await);
-            }
+        let sealed = match (sealer, batches) {
+            (Some(thread), _) => thread.await.unwrap_or_else(|e| {
+                Err(CustodyError::Transfer(format!(
+                    "sealing the received keys failed: {e}"
+                )))
+            }),
+            (None, Some(batches)) => seal_as_they_come(&self.custody, &verified, now, batches),
+            (None, None) => Err(CustodyError::Transfer(
+                "the received keys were not sealed".into(),
+            )),
+        };
+        let keys = match sealed {
+            Ok(keys) => keys,
+            Err(e) => return Err(fail(e).await),
         };
         let got: BTreeSet<&str> = received.iter().map(|(k, _)| k.as_str()).collect();
         if let Some(missing) = wanted.iter().find(|k| !got.contains(*k)) {
