@@ -620,3 +620,47 @@ fn assert_transport_refusal(e: &lockbox_tests::rogue::RogueError) {
         "{e}"
     );
 }
+
+/// The destination seals each key once all its versions are in. A key's versions split over
+/// two batches (next to each other in the stream) make one key; versions sent apart, with
+/// another key between them, are refused, and consume nothing.
+#[test]
+fn a_keys_versions_arrive_together_or_the_delivery_is_refused() {
+    let s = Scene::start(ClusterOptions::default());
+    let a = RogueKey::random();
+    let b = RogueKey::random();
+    let a2 = RogueKey {
+        version: 2,
+        ..a.with_other_material()
+    };
+    let (_, grant) = s.grant(&[a.clone(), b.clone()], "host-b");
+
+    // a v1, b v1, a v2: a's versions apart (each run alone would pass every check).
+    let apart = s.batch(&grant, &[a.clone(), b.clone(), a2.clone()]);
+    let n = format!(
+        "key {}: its versions arrived apart in the delivery",
+        a.key_id
+    );
+    assert_refused(s.deliver(&grant, vec![apart]), &n);
+    assert_untouched(s.b(), 0, &[a.clone(), b.clone()]);
+
+    // a v1 | a v2, b v1: a's versions straddle the two batches, and are one key.
+    let mut first = s
+        .rogue
+        .batch(&grant, 0, &s.b_hpke, std::slice::from_ref(&a));
+    first.keys[0].current = false;
+    s.rogue.resign(&grant, &mut first);
+    let second = s
+        .rogue
+        .batch(&grant, 1, &s.b_hpke, &[a2.clone(), b.clone()]);
+    let receipt = s
+        .deliver(&grant, vec![first, second])
+        .unwrap_or_else(|e| panic!("a correct delivery was refused: {e}"));
+    s.check_receipt(&grant, &receipt);
+    assert_eq!(s.b().key_bytes_version(&a.key_id, 1), a.material);
+    assert_eq!(s.b().key_bytes(&a.key_id), a2.material);
+    assert_eq!(s.b().describe(&a.key_id)["current_version"], 2);
+    assert_eq!(s.b().key_bytes(&b.key_id), b.material);
+    assert_eq!(s.b().status()["key_count"], 2);
+    assert_refusals_audited(s.b(), &[&n]);
+}
