@@ -173,7 +173,8 @@ echo "host-a keeps a tombstone:"
 ctl $A key describe "$vol" | sed -n '1,2p;/moved to/p'
 
 say "a replay changes nothing: the same grant returns the same receipt, and another lockbox cannot use it"
-ctl $A transfer "$work/move.grant" | head -1
+# `sed -n 1p`, not `head -1`: sed reads all of it, so lockboxctl never writes to a closed pipe.
+ctl $A transfer "$work/move.grant" | sed -n 1p
 echo "\$ lockboxctl --socket \$DEMO/host-c/lockbox.sock transfer \$DEMO/move.grant" >&2
 if "$bin/lockboxctl" $C transfer "$work/move.grant" 2> "$work/replay.err"; then
   echo "UNEXPECTED: host-c could use host-a's grant" >&2; exit 1
@@ -183,7 +184,7 @@ echo "refused: $(cat "$work/replay.err")"
 say "REPLICATE the snapshot's key to host-c: a standing backup it will not release until promoted"
 ctl grant issue --key "$snap" --from host-a --to host-c --op replicate --ttl 10m \
   --reason "standby copy" -o "$work/replicate.grant" $CTL
-ctl $A transfer "$work/replicate.grant" | head -1
+ctl $A transfer "$work/replicate.grant" | sed -n 1p
 ctl $C key describe "$snap" | sed -n '1,2p'
 echo "\$ lockboxctl --socket \$DEMO/host-c/lockbox.sock key get $snap" >&2
 if "$bin/lockboxctl" $C key get "$snap" > /dev/null 2> "$work/replica.err"; then
