@@ -715,3 +715,58 @@ fn keys_stored_in_the_shared_layout_stay_usable() {
         "a's (shared with its snapshot) and b's two versions; c's shredded"
     );
 }
+
+/// Runs `lockboxctl --socket S <args>` with stdout sent to `stdout`, and returns its exit code
+/// and stderr.
+fn ctl_into(node: &Node, stdout: std::process::Stdio, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(&lockbox_tests::binaries().lockboxctl)
+        .arg("--socket")
+        .arg(node.socket())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_lockboxctl_quietly_and_a_failed_write_is_an_error() {
+    let node = Node::keyfile();
+    let id = node.create_key(&["--label", "tenant=a"]);
+    node.create_key(&["--label", "tenant=a"]);
+    for args in [
+        vec!["key", "list"],
+        vec!["status"],
+        vec!["key", "describe", id.as_str()],
+        vec!["key", "get", id.as_str(), "--format", "raw"],
+        vec!["--json", "key", "list"],
+    ] {
+        // The reader is gone before lockboxctl writes: `| head -0`, deterministically.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (code, stderr) = ctl_into(&node, writer.into(), &args);
+        assert_eq!(
+            code,
+            Some(141),
+            "{args:?} into a closed pipe must exit like a SIGPIPE'd tool; stderr:\n{stderr}"
+        );
+        assert!(stderr.is_empty(), "{args:?} printed on stderr:\n{stderr}");
+    }
+
+    // A write that fails for another reason is a failure the operator must see.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let (code, stderr) = ctl_into(&node, full.into(), &["key", "list"]);
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write to stdout:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

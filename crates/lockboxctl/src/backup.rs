@@ -21,6 +21,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::out::outln;
 use crate::{emit, labels, parse_label};
 
 /// `lockboxctl backup …`
@@ -162,9 +163,9 @@ pub fn keygen(output: &Path, j: bool) -> Result<()> {
             "fingerprint": recipient.fingerprint_hex(),
         }),
         || {
-            println!("identity:  {} (keep it offline)", output.display());
-            println!("recipient: {recipient}");
-            println!("           (in {})", public.display());
+            outln!("identity:  {} (keep it offline)", output.display());
+            outln!("recipient: {recipient}");
+            outln!("           (in {})", public.display());
         },
     );
     Ok(())
@@ -203,7 +204,7 @@ pub async fn export(
             "bytes": r.backup.len(),
         }),
         || {
-            println!(
+            outln!(
                 "{}: {} keys ({} materials) sealed to {} recipient(s)",
                 output.display(),
                 r.keys,
@@ -301,7 +302,7 @@ pub async fn restore(socket: &Path, file: &Path, identity_path: &Path, j: bool) 
             "skipped_key_ids": r.skipped,
         }),
         || {
-            println!(
+            outln!(
                 "{}: {} keys restored, {} skipped (already here with the same material)",
                 file.display(),
                 r.restored.len(),

@@ -5,7 +5,6 @@
 //! exit non-zero, so scripts can rely on both.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,7 +18,10 @@ use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 mod backup;
+mod out;
 mod remote;
+
+use out::outln;
 
 #[derive(Parser)]
 #[command(
@@ -269,49 +271,52 @@ fn status_json(s: &pb::StatusResponse) -> Value {
 
 fn print_info(k: &pb::KeyInfo) {
     let origin = k.origin.clone().unwrap_or_default();
-    println!("key_id:        {}", k.key_id);
-    println!("state:         {}", k.state);
-    println!("length:        {} bytes", k.length);
+    outln!("key_id:        {}", k.key_id);
+    outln!("state:         {}", k.state);
+    outln!("length:        {} bytes", k.length);
     let mut labels: Vec<_> = k.labels.iter().collect();
     labels.sort();
     let labels: Vec<String> = labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
-    println!("labels:        {}", labels.join(" "));
+    outln!("labels:        {}", labels.join(" "));
     if !origin.from_node.is_empty() {
-        println!(
+        outln!(
             "origin:        {} from {} (grant {})",
-            origin.kind, origin.from_node, origin.grant_id
+            origin.kind,
+            origin.from_node,
+            origin.grant_id
         );
     } else if origin.from_key_id.is_empty() {
-        println!("origin:        {}", origin.kind);
+        outln!("origin:        {}", origin.kind);
     } else {
-        println!("origin:        {} of {}", origin.kind, origin.from_key_id);
+        outln!("origin:        {} of {}", origin.kind, origin.from_key_id);
     }
     if !k.moved_to_node.is_empty() {
-        println!(
+        outln!(
             "moved to:      {} (grant {})",
-            k.moved_to_node, k.moved_by_grant
+            k.moved_to_node,
+            k.moved_by_grant
         );
     }
-    println!("clone policy:  {}", policy_name(k.clone_policy));
-    println!("version:       {}", k.current_version);
+    outln!("clone policy:  {}", policy_name(k.clone_policy));
+    outln!("version:       {}", k.current_version);
     for v in &k.versions {
-        println!("  v{}: {}", v.version, v.state);
+        outln!("  v{}: {}", v.version, v.state);
     }
     if !k.shares_material_with.is_empty() {
-        println!("shares material with: {}", k.shares_material_with.join(" "));
+        outln!("shares material with: {}", k.shares_material_with.join(" "));
     }
 }
 
 fn print_status(s: &pb::StatusResponse) {
-    println!("node:     {}", s.node_id);
-    println!("sealed:   {}", if s.sealed { "yes" } else { "no" });
-    println!("unseal:   {}", s.unseal_method);
-    println!("kek:      {}", s.kek_id);
-    println!("keys:     {}", s.key_count);
-    println!("audit:    {} records", s.audit_records);
-    println!("version:  {}", s.version);
-    println!("uptime:   {} s", s.uptime_seconds);
-    println!(
+    outln!("node:     {}", s.node_id);
+    outln!("sealed:   {}", if s.sealed { "yes" } else { "no" });
+    outln!("unseal:   {}", s.unseal_method);
+    outln!("kek:      {}", s.kek_id);
+    outln!("keys:     {}", s.key_count);
+    outln!("audit:    {} records", s.audit_records);
+    outln!("version:  {}", s.version);
+    outln!("uptime:   {} s", s.uptime_seconds);
+    outln!(
         "memory:   {}",
         if s.memory_locked {
             "locked (no swap)"
@@ -319,7 +324,7 @@ fn print_status(s: &pb::StatusResponse) {
             "NOT locked (may be swapped; see [hardening] in operations.md)"
         }
     );
-    println!(
+    outln!(
         "core:     {}",
         if s.core_dumps_disabled {
             "dumps disabled"
@@ -328,21 +333,22 @@ fn print_status(s: &pb::StatusResponse) {
         }
     );
     if s.attestation_expires_unix_ms > 0 {
-        println!(
+        outln!(
             "attested: {} (expires {} unix ms)",
-            s.attestation_state, s.attestation_expires_unix_ms
+            s.attestation_state,
+            s.attestation_expires_unix_ms
         );
     } else {
-        println!("attested: {}", s.attestation_state);
+        outln!("attested: {}", s.attestation_state);
     }
     if !s.attestation_error.is_empty() {
-        println!("attestation error: {}", s.attestation_error);
+        outln!("attestation error: {}", s.attestation_error);
     }
 }
 
 fn emit(json_mode: bool, v: Value, human: impl FnOnce()) {
     if json_mode {
-        println!("{v}");
+        outln!("{v}");
     } else {
         human();
     }
@@ -441,7 +447,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .map_err(err)?
                     .into_inner();
                 emit(j, json!({"key_id": r.key_id, "created": r.created}), || {
-                    println!("{}", r.key_id)
+                    outln!("{}", r.key_id)
                 });
             }
             KeyCommand::Get {
@@ -472,9 +478,7 @@ async fn run(cli: Cli) -> Result<()> {
                                 "--format raw writes bytes, not JSON: use hex or base64 with --json"
                             );
                         }
-                        let mut out = std::io::stdout().lock();
-                        out.write_all(&material)?;
-                        out.flush()?;
+                        out::bytes(&material);
                         return Ok(());
                     }
                 };
@@ -483,9 +487,9 @@ async fn run(cli: Cli) -> Result<()> {
                         json!({"key_id": r.key_id, "version": r.version, "format": name, "key": *encoded})
                             .to_string(),
                     );
-                    println!("{}", *line);
+                    outln!("{}", *line);
                 } else {
-                    println!("{}", *encoded);
+                    outln!("{}", *encoded);
                 }
             }
             KeyCommand::Describe { id } => {
@@ -528,7 +532,7 @@ async fn run(cli: Cli) -> Result<()> {
                             let mut l: Vec<String> =
                                 k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
                             l.sort();
-                            println!("{}  {:<9} {}", k.key_id, k.state, l.join(" "));
+                            outln!("{}  {:<9} {}", k.key_id, k.state, l.join(" "));
                         }
                     },
                 );
@@ -542,7 +546,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, json!({"key_id": r.key_id}), || println!("{}", r.key_id));
+                emit(j, json!({"key_id": r.key_id}), || outln!("{}", r.key_id));
             }
             KeyCommand::Clone {
                 id,
@@ -562,7 +566,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, json!({"key_id": r.key_id}), || println!("{}", r.key_id));
+                emit(j, json!({"key_id": r.key_id}), || outln!("{}", r.key_id));
             }
             KeyCommand::Rekey { id, commit } => {
                 let r = c
@@ -597,8 +601,8 @@ async fn run(cli: Cli) -> Result<()> {
                         "kek_rotated": r.kek_rotated,
                     }),
                     || {
-                        println!("destroyed: {}", r.destroyed_key_ids.join(" "));
-                        println!(
+                        outln!("destroyed: {}", r.destroyed_key_ids.join(" "));
+                        outln!(
                             "material:  {}",
                             if r.material_shredded {
                                 "shredded"
@@ -607,7 +611,7 @@ async fn run(cli: Cli) -> Result<()> {
                             }
                         );
                         if r.kek_rotated {
-                            println!(
+                            outln!(
                                 "kek:       rotated (the destroyed material is now unrecoverable from disk)"
                             );
                         }
@@ -625,7 +629,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Seal => {
             let s = c.seal(pb::SealRequest {}).await.map_err(err)?.into_inner();
-            emit(j, status_json(&s), || println!("sealed"));
+            emit(j, status_json(&s), || outln!("sealed"));
         }
         Command::Unseal { passphrase_file } => {
             let status = c
@@ -645,7 +649,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            emit(j, status_json(&s), || println!("unsealed"));
+            emit(j, status_json(&s), || outln!("unsealed"));
         }
         Command::Kek(KekCommand::Rotate) => {
             let r = c
@@ -657,9 +661,11 @@ async fn run(cli: Cli) -> Result<()> {
                 j,
                 json!({"old_kek_id": r.old_kek_id, "new_kek_id": r.new_kek_id, "records_resealed": r.records_resealed}),
                 || {
-                    println!(
+                    outln!(
                         "kek {} -> {}: {} records re-sealed",
-                        r.old_kek_id, r.new_kek_id, r.records_resealed
+                        r.old_kek_id,
+                        r.new_kek_id,
+                        r.records_resealed
                     )
                 },
             );
@@ -679,9 +685,15 @@ async fn run(cli: Cli) -> Result<()> {
                 })).collect::<Vec<_>>()}),
                 || {
                     for a in &r.records {
-                        println!(
+                        outln!(
                             "{:>6} {} {:<16} {:<8} {} {} [{}]",
-                            a.seq, a.time_unix_ms, a.action, a.outcome, a.key_id, a.detail, a.actor
+                            a.seq,
+                            a.time_unix_ms,
+                            a.action,
+                            a.outcome,
+                            a.key_id,
+                            a.detail,
+                            a.actor
                         );
                     }
                 },
@@ -715,9 +727,10 @@ async fn run(cli: Cli) -> Result<()> {
                 json!({"ok": r.ok, "records": r.records, "checkpoints": r.checkpoints, "bad_seq": r.bad_seq, "error": r.error}),
                 || {
                     if r.ok {
-                        println!(
+                        outln!(
                             "audit log ok: {} records, {} signed checkpoints",
-                            r.records, r.checkpoints
+                            r.records,
+                            r.checkpoints
                         );
                     }
                 },
@@ -784,7 +797,7 @@ async fn transfer(
             "stored_unix_ms": r.stored_unix_ms, "fresh": r.fresh,
         }),
         || {
-            println!(
+            outln!(
                 "grant {} ({op}): {} keys stored at {}{}",
                 r.grant_id,
                 r.key_ids.len(),
@@ -796,7 +809,7 @@ async fn transfer(
                 }
             );
             for k in &r.key_ids {
-                println!("  {k}");
+                outln!("  {k}");
             }
         },
     );
@@ -820,7 +833,7 @@ async fn verify_grant(socket: &std::path::Path, file: &PathBuf, j: bool) -> Resu
         }),
         || {
             if r.ok {
-                println!(
+                outln!(
                     "grant {} ok: {} -> {}, {} keys, signed by {}",
                     r.grant_id,
                     r.source_node,
@@ -852,6 +865,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if out::is_closed_pipe(&e) => ExitCode::from(out::CLOSED_PIPE_STATUS as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

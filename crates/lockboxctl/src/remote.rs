@@ -12,6 +12,8 @@ use lockbox_tls::{ClientTls, Expect, Role, TlsFiles};
 use prost::Message;
 use serde_json::{Value, json};
 
+use crate::out::{out, outln};
+
 /// `lockboxctl pki …`
 #[derive(Subcommand)]
 pub enum PkiCommand {
@@ -232,7 +234,7 @@ fn write_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>) -> Result<()> {
     match out {
         Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display())),
         None => {
-            print!("{text}");
+            out!("{text}");
             Ok(())
         }
     }
@@ -273,12 +275,12 @@ pub fn run_pki(cmd: PkiCommand, json_out: bool) -> Result<()> {
         PkiCommand::Init { trust_domain, dir } => {
             let ca = lockbox_tls::pki::init(&trust_domain, &dir)?;
             if json_out {
-                println!(
+                outln!(
                     "{}",
                     json!({"ca_cert": ca, "ca_key": dir.join("ca.key"), "trust_domain": trust_domain})
                 );
             } else {
-                println!("CA for trust domain {trust_domain}: {}", ca.display());
+                outln!("CA for trust domain {trust_domain}: {}", ca.display());
             }
         }
         PkiCommand::Issue {
@@ -290,12 +292,12 @@ pub fn run_pki(cmd: PkiCommand, json_out: bool) -> Result<()> {
         } => {
             let issued = lockbox_tls::pki::issue(&dir, role.into(), &name, &dns, &ip)?;
             if json_out {
-                println!(
+                outln!(
                     "{}",
                     json!({"cert": issued.cert, "key": issued.key, "spiffe_id": issued.spiffe_id.uri()})
                 );
             } else {
-                println!(
+                outln!(
                     "{} -> {} ({})",
                     issued.spiffe_id,
                     issued.cert.display(),
@@ -382,22 +384,23 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
             if json_out {
                 let mut v = body_json(&body);
                 v["signatures"] = Value::Array(sig_json);
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("grant:      {}", hex::encode(&body.grant_id));
-                println!("op:         {}", op_name(body.op));
-                println!("from -> to: {} -> {}", body.source_node, body.dest_node);
-                println!("keys:       {}", body.key_ids.join(" "));
-                println!(
+                outln!("grant:      {}", hex::encode(&body.grant_id));
+                outln!("op:         {}", op_name(body.op));
+                outln!("from -> to: {} -> {}", body.source_node, body.dest_node);
+                outln!("keys:       {}", body.key_ids.join(" "));
+                outln!(
                     "valid:      {} .. {} (unix ms)",
-                    body.not_before_unix_ms, body.expires_unix_ms
+                    body.not_before_unix_ms,
+                    body.expires_unix_ms
                 );
-                println!("asked by:   {}", body.requested_by);
-                println!("reason:     {}", body.reason);
+                outln!("asked by:   {}", body.requested_by);
+                outln!("reason:     {}", body.reason);
                 for (id, r) in &sigs {
                     match r {
-                        Ok(()) => println!("signature:  {id}: valid"),
-                        Err(e) => println!("signature:  {id}: {e}"),
+                        Ok(()) => outln!("signature:  {id}: valid"),
+                        Err(e) => outln!("signature:  {id}: {e}"),
                     }
                 }
             }
@@ -424,7 +427,7 @@ fn output_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>, json_out: bool) 
             }
             None => v["grant"] = json!(lockbox_crypto::grant_to_text(grant)),
         }
-        println!("{v}");
+        outln!("{v}");
         Ok(())
     } else {
         write_grant(grant, out)
