@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use lockbox_crypto::{
-    AttestationContext, AttestationError, BatchContext, GrantSide, SealedBatch, SealedKey,
-    VerifiedAttestation, check_attestation_claims, verify_attestation, verify_batch,
+    AttestationContext, AttestationError, BatchContext, GrantSide, SealedBatch,
+    TRANSFER_BATCH_FORMAT, VerifiedAttestation, check_attestation_claims, verify_attestation,
+    verify_batch,
 };
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::peer_server::Peer;
@@ -105,23 +106,6 @@ impl PeerApi {
 }
 
 use crate::custody::now_ms;
-
-/// Converts the wire batch to the crypto type.
-pub fn batch_from_pb(b: &pb::SealedBatch) -> SealedBatch {
-    SealedBatch {
-        suite: b.suite,
-        enc: b.enc.clone(),
-        keys: b
-            .keys
-            .iter()
-            .map(|k| SealedKey {
-                key_id: k.key_id.clone(),
-                version: k.version,
-                ciphertext: k.ciphertext.clone(),
-            })
-            .collect(),
-    }
-}
 
 #[tonic::async_trait]
 impl Peer for PeerApi {
@@ -296,11 +280,19 @@ impl Peer for PeerApi {
                 ));
                 return Err(fail(e).await);
             }
+            if batch.signature_format != TRANSFER_BATCH_FORMAT {
+                let e = CustodyError::InvalidArgument(format!(
+                    "batch {} is signed in format {}, this lockbox verifies format {TRANSFER_BATCH_FORMAT} \
+                     (the source runs an older lockbox that does not sign key attributes: upgrade it)",
+                    batch.batch, batch.signature_format
+                ));
+                return Err(fail(e).await);
+            }
             next_batch += 1;
             if next_batch == 2 {
                 crate::failpoint("dest-mid-stream");
             }
-            let sealed = batch_from_pb(&batch);
+            let sealed = SealedBatch::from_wire(&batch);
             let bctx = BatchContext {
                 grant_id: &verified.grant_id,
                 batch: batch.batch,

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use lockbox_crypto::{
-    AttestationContext, BatchContext, GrantSide, KeyToWrap, VerifiedAttestation, VerifiedGrant,
-    seal_batch, verify_attestation,
+    AttestationContext, BatchContext, GrantSide, KeyToWrap, TRANSFER_BATCH_FORMAT,
+    VerifiedAttestation, VerifiedGrant, seal_batch, verify_attestation, wire_key_attributes,
 };
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::peer_client::PeerClient;
@@ -354,35 +354,43 @@ impl Transfers {
             source_node: &verified.body.source_node,
             dest_node: &verified.body.dest_node,
         };
+        // What travels beside each key, built once: the attributes signed are computed from
+        // the very fields sent, as the destination will compute them.
+        let mut wire_keys: Vec<pb::WrappedKey> = chunk
+            .iter()
+            .map(|(k, i)| {
+                let meta = k.meta();
+                pb::WrappedKey {
+                    key_id: k.key_id.clone(),
+                    version: k.versions[*i].version,
+                    ciphertext: Vec::new(),
+                    labels: meta
+                        .labels
+                        .iter()
+                        .map(|(l, v)| (l.clone(), v.clone()))
+                        .collect(),
+                    clone_policy: meta.clone_policy.clone().unwrap_or_default(),
+                    version_state: k.versions[*i].state.as_str().into(),
+                    current: k.versions[*i].version == meta.current_version,
+                }
+            })
+            .collect();
+        let attributes: Vec<Vec<u8>> = wire_keys.iter().map(wire_key_attributes).collect();
         let wrap: Vec<KeyToWrap<'_>> = chunk
             .iter()
-            .map(|(k, i)| KeyToWrap {
+            .zip(&attributes)
+            .map(|((k, i), attributes)| KeyToWrap {
                 key_id: &k.key_id,
                 version: k.versions[*i].version,
                 material: &k.versions[*i].material,
+                attributes,
             })
             .collect();
         let sealed = seal_batch(&d.attestation.hpke_public_key, &ctx, &wrap)?;
         let signature = self.custody.sign_transfer_batch(&ctx, &sealed)?;
-        let wire_keys = sealed
-            .keys
-            .iter()
-            .zip(chunk)
-            .map(|(s, (k, i))| pb::WrappedKey {
-                key_id: s.key_id.clone(),
-                version: s.version,
-                ciphertext: s.ciphertext.clone(),
-                labels: k
-                    .meta()
-                    .labels
-                    .iter()
-                    .map(|(l, v)| (l.clone(), v.clone()))
-                    .collect(),
-                clone_policy: k.meta().clone_policy.clone().unwrap_or_default(),
-                version_state: k.versions[*i].state.as_str().into(),
-                current: k.versions[*i].version == k.meta().current_version,
-            })
-            .collect();
+        for (w, s) in wire_keys.iter_mut().zip(sealed.keys) {
+            w.ciphertext = s.ciphertext;
+        }
         Ok(pb::DeliverRequest {
             msg: Some(pb::deliver_request::Msg::Batch(pb::SealedBatch {
                 batch: n,
@@ -390,6 +398,7 @@ impl Transfers {
                 enc: sealed.enc,
                 keys: wire_keys,
                 signature: signature.to_vec(),
+                signature_format: TRANSFER_BATCH_FORMAT,
             })),
         })
     }

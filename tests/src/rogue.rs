@@ -254,11 +254,11 @@ impl Rogue {
                 key_id: &k.key_id,
                 version: k.version,
                 material: m,
+                attributes: &[],
             })
             .collect();
         let sealed = seal_batch(dest_hpke, &ctx, &wrap).unwrap();
-        let signature = sign_batch(&self.signing, &ctx, &sealed).to_vec();
-        pb::SealedBatch {
+        let mut batch = pb::SealedBatch {
             batch,
             suite: sealed.suite,
             enc: sealed.enc,
@@ -275,8 +275,12 @@ impl Rogue {
                     current: true,
                 })
                 .collect(),
-            signature,
-        }
+            signature: Vec::new(),
+            signature_format: lockbox_crypto::TRANSFER_BATCH_FORMAT,
+        };
+        // Signed over the metadata as it goes on the wire, exactly as a source lockbox does.
+        self.resign(grant, &mut batch);
+        batch
     }
 
     /// Signs `batch` (as it is now, e.g. after tampering) again with this rogue's key, for
@@ -290,19 +294,7 @@ impl Rogue {
             source_node: &body.source_node,
             dest_node: &body.dest_node,
         };
-        let sealed = lockbox_crypto::SealedBatch {
-            suite: batch.suite,
-            enc: batch.enc.clone(),
-            keys: batch
-                .keys
-                .iter()
-                .map(|k| lockbox_crypto::SealedKey {
-                    key_id: k.key_id.clone(),
-                    version: k.version,
-                    ciphertext: k.ciphertext.clone(),
-                })
-                .collect(),
-        };
+        let sealed = lockbox_crypto::SealedBatch::from_wire(batch);
         batch.signature = sign_batch(&self.signing, &ctx, &sealed).to_vec();
     }
 

@@ -255,6 +255,66 @@ fn tampered_keys_and_signatures_are_refused_and_consume_nothing() {
 }
 
 #[test]
+fn metadata_beside_the_sealed_keys_is_signed_and_old_signature_formats_are_refused_by_name() {
+    let s = Scene::start(ClusterOptions::default());
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    // What a source would send: a label and a clone policy beside the key, signed.
+    let signed = || {
+        let mut b = s.batch(&grant, &keys);
+        b.keys[0].labels.insert("tenant".into(), "acme".into());
+        b.keys[0].clone_policy = "new-key".into();
+        s.rogue.resign(&grant, &mut b);
+        b
+    };
+    let n = "batch 0 signature: bad signature on transfer batch 0";
+    type Change = fn(&mut pb::WrappedKey);
+    let changes: [(&str, Change); 6] = [
+        ("label value", |k| {
+            k.labels.insert("tenant".into(), "evil".into());
+        }),
+        ("label added", |k| {
+            k.labels.insert("zone".into(), "a".into());
+        }),
+        ("label removed", |k| {
+            k.labels.clear();
+        }),
+        ("clone policy", |k| k.clone_policy = "same-key".into()),
+        ("version state", |k| k.version_state = "retired".into()),
+        ("current flag", |k| k.current = false),
+    ];
+    for (what, change) in changes {
+        let mut b = signed();
+        change(&mut b.keys[0]);
+        let e = assert_refused(s.deliver(&grant, vec![b]), n);
+        assert_eq!(e.code, tonic::Code::InvalidArgument, "{what}: {e}");
+        assert_untouched(s.b(), 0, &keys);
+    }
+
+    // A batch in the earlier signature format (attributes not signed) is refused by name,
+    // even when its signature over that format would verify.
+    let mut b = signed();
+    b.signature_format = 0;
+    let e = assert_refused(
+        s.deliver(&grant, vec![b]),
+        "batch 0 is signed in format 0, this lockbox verifies format 1 (the source runs an older lockbox",
+    );
+    assert_eq!(e.code, tonic::Code::InvalidArgument, "{e}");
+    assert_untouched(s.b(), 0, &keys);
+
+    // Unchanged, it is stored with the metadata as signed.
+    let receipt = s
+        .deliver(&grant, vec![signed()])
+        .unwrap_or_else(|e| panic!("a correct delivery was refused: {e}"));
+    s.check_receipt(&grant, &receipt);
+    let d = s.b().describe(&keys[0].key_id);
+    assert_eq!(d["labels"], serde_json::json!({"tenant": "acme"}), "{d}");
+    assert_eq!(d["clone_policy"], "new-key", "{d}");
+    assert_eq!(s.b().key_bytes(&keys[0].key_id), keys[0].material);
+    assert_refusals_audited(s.b(), &[n, "is signed in format 0"]);
+}
+
+#[test]
 fn a_replayed_grant_returns_the_stored_receipt_and_stores_nothing() {
     let s = Scene::start(ClusterOptions::default());
     let keys = vec![RogueKey::random(), RogueKey::random()];

@@ -69,6 +69,7 @@ fn run(batch: usize, min_secs: f64) {
             key_id: id,
             version: 1,
             material: m,
+            attributes: &[],
         })
         .collect();
     let dest_pk = dest.public_key();

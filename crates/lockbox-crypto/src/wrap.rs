@@ -60,6 +60,13 @@ pub const MAX_NODE_NAME_LEN: usize = 255;
 pub const HPKE_ENC_LEN: usize = 32;
 /// ChaCha20-Poly1305 tag appended to each wrapped key.
 pub const TRANSFER_TAG_LEN: usize = 16;
+/// Longest encoded attributes of one key ([`key_attributes`]): 64 labels of a 128-byte name
+/// and a 1,024-byte value, with room to spare. Bounds what one key can make a verifier hash.
+pub const MAX_ATTRIBUTES_LEN: usize = 96 * 1024;
+/// The batch signature format this code signs and verifies: 1 = the message covers each key's
+/// attributes. Carried in the wire batch so a destination can tell a source that signs the
+/// earlier format (0: no attributes) from a forged batch and say so.
+pub const TRANSFER_BATCH_FORMAT: u32 = 1;
 
 /// What a batch is bound to besides its keys: the grant it executes, its place in the
 /// transfer, and the two nodes. Both ends build it from the verified grant, never from the
@@ -84,6 +91,10 @@ pub struct KeyToWrap<'a> {
     pub version: u32,
     /// The material, 1 to [`MAX_MATERIAL_LEN`] bytes.
     pub material: &'a SecretBytes,
+    /// What travels beside the material and the destination stores with it (labels, clone
+    /// policy, version state, current flag), encoded by [`key_attributes`]. Not secret, so not
+    /// sealed, but signed: the batch signature covers it.
+    pub attributes: &'a [u8],
 }
 
 /// One wrapped key version: the material sealed in its batch's HPKE context.
@@ -95,6 +106,10 @@ pub struct SealedKey {
     pub version: u32,
     /// ChaCha20-Poly1305 ciphertext || 16-byte tag.
     pub ciphertext: Vec<u8>,
+    /// The key's attributes as [`key_attributes`] encodes them: covered by the batch
+    /// signature. A destination rebuilds them from the metadata that arrived, so metadata
+    /// changed in transit fails the signature.
+    pub attributes: Vec<u8>,
 }
 
 /// A sealed batch as it travels: the suite, the HPKE encapsulated key and the keys in order.
@@ -196,6 +211,13 @@ fn seal_with_ephemeral_ikm(
                 key_name(k.key_id, k.version)
             )));
         }
+        if k.attributes.len() > MAX_ATTRIBUTES_LEN {
+            return Err(bad(format!(
+                "{}: attributes are {} bytes, more than {MAX_ATTRIBUTES_LEN}",
+                key_name(k.key_id, k.version),
+                k.attributes.len()
+            )));
+        }
     }
 
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(dest_hpke_public)
@@ -231,6 +253,7 @@ fn seal_with_ephemeral_ikm(
             key_id: k.key_id.to_owned(),
             version: k.version,
             ciphertext,
+            attributes: k.attributes.to_vec(),
         });
     }
     Ok(SealedBatch {
@@ -300,7 +323,7 @@ pub fn batch_message(ctx: &BatchContext<'_>, batch: &SealedBatch) -> Vec<u8> {
     let keys_len: usize = batch
         .keys
         .iter()
-        .map(|k| 12 + k.key_id.len() + k.ciphertext.len())
+        .map(|k| 16 + k.key_id.len() + k.ciphertext.len() + k.attributes.len())
         .sum();
     let mut out = Vec::with_capacity(
         16 + 4
@@ -324,8 +347,77 @@ pub fn batch_message(ctx: &BatchContext<'_>, batch: &SealedBatch) -> Vec<u8> {
         lp(&mut out, k.key_id.as_bytes());
         out.extend_from_slice(&k.version.to_be_bytes());
         lp(&mut out, &k.ciphertext);
+        lp(&mut out, &k.attributes);
     }
     out
+}
+
+/// Encodes what travels beside a wrapped key, for the batch signature (SPEC.md "Transfer
+/// wrapping", "Key attributes"):
+/// `u8(current) || lp(version_state) || lp(clone_policy) || u32(n) || n × (lp(name) || lp(value))`,
+/// labels in byte order of their names.
+///
+/// Both ends call it: the source on its key's metadata, the destination on the metadata that
+/// arrived. Labels are sorted here, so a map's iteration order does not matter.
+pub fn key_attributes<'a>(
+    current: bool,
+    version_state: &str,
+    clone_policy: &str,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<u8> {
+    let mut labels: Vec<(&str, &str)> = labels.into_iter().collect();
+    labels.sort_unstable();
+    let len = 1
+        + 8
+        + version_state.len()
+        + clone_policy.len()
+        + 4
+        + labels
+            .iter()
+            .map(|(n, v)| 8 + n.len() + v.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.push(u8::from(current));
+    lp(&mut out, version_state.as_bytes());
+    lp(&mut out, clone_policy.as_bytes());
+    out.extend_from_slice(&len_u32(labels.len()).to_be_bytes());
+    for (name, value) in labels {
+        lp(&mut out, name.as_bytes());
+        lp(&mut out, value.as_bytes());
+    }
+    out
+}
+
+/// [`key_attributes`] of a key as it travels: what the source signs for the fields it sends and
+/// the destination checks for the fields it received.
+pub fn wire_key_attributes(k: &lockbox_proto::v1::WrappedKey) -> Vec<u8> {
+    key_attributes(
+        k.current,
+        &k.version_state,
+        &k.clone_policy,
+        k.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    )
+}
+
+impl SealedBatch {
+    /// The batch as it arrived on the wire, each key's attributes rebuilt from the metadata
+    /// beside it ([`wire_key_attributes`]): what [`verify_batch`] checks against the signature.
+    pub fn from_wire(b: &lockbox_proto::v1::SealedBatch) -> SealedBatch {
+        SealedBatch {
+            suite: b.suite,
+            enc: b.enc.clone(),
+            keys: b
+                .keys
+                .iter()
+                .map(|k| SealedKey {
+                    key_id: k.key_id.clone(),
+                    version: k.version,
+                    ciphertext: k.ciphertext.clone(),
+                    attributes: wire_key_attributes(k),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Signs a sealed batch under [`TRANSFER_BATCH_DOMAIN`] (see [`batch_message`]).
@@ -407,6 +499,16 @@ fn check_batch(ctx: &BatchContext<'_>, batch: &SealedBatch) -> Result<()> {
             return Err(CryptoError::BadBatch {
                 batch: ctx.batch,
                 reason: format!("{}: appears twice", key_name(&k.key_id, k.version)),
+            });
+        }
+        if k.attributes.len() > MAX_ATTRIBUTES_LEN {
+            return Err(CryptoError::BadBatch {
+                batch: ctx.batch,
+                reason: format!(
+                    "{}: attributes are {} bytes, more than {MAX_ATTRIBUTES_LEN}",
+                    key_name(&k.key_id, k.version),
+                    k.attributes.len()
+                ),
             });
         }
     }

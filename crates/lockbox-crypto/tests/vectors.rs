@@ -609,6 +609,7 @@ fn sealed_json(b: &SealedBatch) -> Value {
             "key_id": k.key_id,
             "version": k.version,
             "ciphertext": hex::encode(&k.ciphertext),
+            "attributes": hex::encode(&k.attributes),
         })).collect::<Vec<_>>(),
     })
 }
@@ -625,6 +626,7 @@ fn sealed_from(v: &Value) -> SealedBatch {
                 key_id: str_of(&k["key_id"]).into(),
                 version: u32::try_from(k["version"].as_u64().unwrap()).unwrap(),
                 ciphertext: bytes(&k["ciphertext"]),
+                attributes: bytes(&k["attributes"]),
             })
             .collect(),
     }
@@ -686,6 +688,26 @@ fn wrap_vectors() {
                 )
             })
             .collect();
+        // Each key's attributes: encoded from the fields given (SPEC.md "Key attributes").
+        let attributes: Vec<Vec<u8>> = case["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let a = &k["attributes"];
+                let labels = a["labels"].as_object().unwrap();
+                let encoded = key_attributes(
+                    a["current"].as_bool().unwrap(),
+                    str_of(&a["version_state"]),
+                    str_of(&a["clone_policy"]),
+                    labels
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_str().unwrap())),
+                );
+                assert_eq!(encoded, bytes(&a["encoded"]), "{name}: attributes");
+                encoded
+            })
+            .collect();
         let aads: Vec<Vec<u8>> = materials
             .iter()
             .map(|(id, version, _)| transfer_key_aad(id, *version))
@@ -694,10 +716,12 @@ fn wrap_vectors() {
         assert_eq!(aads, want_aads, "{name}: aads");
         let keys: Vec<KeyToWrap<'_>> = materials
             .iter()
-            .map(|(key_id, version, material)| KeyToWrap {
+            .zip(&attributes)
+            .map(|((key_id, version, material), attributes)| KeyToWrap {
                 key_id,
                 version: *version,
                 material,
+                attributes,
             })
             .collect();
         let sealed = sealed_from(&case["sealed"]);
@@ -2426,23 +2450,53 @@ fn gen_wrap() -> Value {
         source_node: "node-a",
         dest_node: "node-b",
     };
-    let batch_specs = [
-        ("ok_one_key_32", mk_ctx(0), vec![(KEY_1, 1, vec![0x11; 32])]),
+    // Attributes: (current, version state, clone policy, labels).
+    type Attrs = (
+        bool,
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+    const PLAIN: Attrs = (true, "active", "", &[]);
+    // Labels listed out of order: the encoding sorts them.
+    const TENANT: &[(&str, &str)] = &[("volume", "vol-7"), ("tenant", "acme")];
+    // (key id, version, material, attributes)
+    type KeySpec = (&'static str, u32, Vec<u8>, Attrs);
+    let batch_specs: [(&str, BatchContext<'_>, Vec<KeySpec>); 3] = [
+        (
+            "ok_one_key_32",
+            mk_ctx(0),
+            vec![(KEY_1, 1, vec![0x11; 32], PLAIN)],
+        ),
         (
             "ok_two_versions_64",
             mk_ctx(1),
-            vec![(KEY_2, 1, vec![0x21; 64]), (KEY_2, 2, vec![0x22; 64])],
+            vec![
+                (
+                    KEY_2,
+                    1,
+                    vec![0x21; 64],
+                    (false, "retired", "new-key", TENANT),
+                ),
+                (
+                    KEY_2,
+                    2,
+                    vec![0x22; 64],
+                    (true, "active", "new-key", TENANT),
+                ),
+            ],
         ),
         (
             "ok_three_keys_1_32_64",
             mk_ctx(7),
             vec![
-                (KEY_1, 3, vec![0x31]),
-                (KEY_2, 1, (0u8..32).collect()),
+                (KEY_1, 3, vec![0x31], (true, "rekeying", "same-key", TENANT)),
+                (KEY_2, 1, (0u8..32).collect(), PLAIN),
                 (
                     "4c3e1f0a-6b2d-4e8f-9a1c-5d7e3f2b1a0c",
                     1,
                     (0u8..64).collect(),
+                    (true, "active", "", &[("empty", "")]),
                 ),
             ],
         ),
@@ -2452,13 +2506,21 @@ fn gen_wrap() -> Value {
     for (name, c, keys) in &batch_specs {
         let materials: Vec<SecretBytes> =
             keys.iter().map(|k| SecretBytes::new(k.2.clone())).collect();
+        let attributes: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|(_, _, _, (current, state, policy, labels))| {
+                key_attributes(*current, state, policy, labels.iter().copied())
+            })
+            .collect();
         let wrap: Vec<KeyToWrap<'_>> = keys
             .iter()
             .zip(&materials)
-            .map(|(k, material)| KeyToWrap {
+            .zip(&attributes)
+            .map(|((k, material), attributes)| KeyToWrap {
                 key_id: k.0,
                 version: k.1,
                 material,
+                attributes,
             })
             .collect();
         let sealed = seal_batch_deterministic(&dest_pk, c, &wrap, &ikm).unwrap();
@@ -2467,8 +2529,15 @@ fn gen_wrap() -> Value {
         batches.push(json!({
             "name": name,
             "context": ctx_json(c),
-            "keys": keys.iter().map(|k| json!({
+            "keys": keys.iter().zip(&attributes).map(|(k, encoded)| json!({
                 "key_id": k.0, "version": k.1, "material": hex::encode(&k.2),
+                "attributes": {
+                    "current": k.3.0,
+                    "version_state": k.3.1,
+                    "clone_policy": k.3.2,
+                    "labels": k.3.3.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                    "encoded": hex::encode(encoded),
+                },
             })).collect::<Vec<_>>(),
             "info": hex::encode(transfer_info(c)),
             "aads": keys.iter().map(|k| hex::encode(transfer_key_aad(k.0, k.1))).collect::<Vec<_>>(),
@@ -2581,6 +2650,15 @@ fn gen_wrap() -> Value {
             None,
             "bad_batch_signature",
             "unwrap_failed",
+        ),
+        (
+            "fail_changed_attributes",
+            c,
+            edit(&|b| b.keys[0].attributes[0] ^= 0x01),
+            sig.clone(),
+            None,
+            "bad_batch_signature",
+            "ok",
         ),
         (
             "fail_changed_version",

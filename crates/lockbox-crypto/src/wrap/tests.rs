@@ -41,6 +41,7 @@ fn to_wrap(m: &[(String, u32, SecretBytes)]) -> Vec<KeyToWrap<'_>> {
             key_id: id,
             version: *version,
             material,
+            attributes: &[],
         })
         .collect()
 }
@@ -217,11 +218,13 @@ fn batch_message_bytes() {
                 key_id: "k1".into(),
                 version: 1,
                 ciphertext: vec![0xc1; 17],
+                attributes: vec![0xa1; 3],
             },
             SealedKey {
                 key_id: "key-2".into(),
                 version: 7,
                 ciphertext: vec![0xc2; 48],
+                attributes: Vec::new(),
             },
         ],
     };
@@ -234,8 +237,10 @@ fn batch_message_bytes() {
     want.extend_from_slice(&[0, 0, 0, 2]);
     want.extend_from_slice(b"\0\0\0\x02k1\0\0\0\x01\0\0\0\x11");
     want.extend_from_slice(&[0xc1; 17]);
+    want.extend_from_slice(&[0, 0, 0, 3, 0xa1, 0xa1, 0xa1]);
     want.extend_from_slice(b"\0\0\0\x05key-2\0\0\0\x07\0\0\0\x30");
     want.extend_from_slice(&[0xc2; 48]);
+    want.extend_from_slice(&[0, 0, 0, 0]);
     assert_eq!(batch_message(&ctx(), &batch), want);
 
     let sig = sign_batch(&source(), &ctx(), &batch);
@@ -247,6 +252,73 @@ fn batch_message_bytes() {
     )
     .unwrap();
     verify_batch(&source().public_key(), &ctx(), &batch, &sig).unwrap();
+}
+
+#[test]
+fn key_attributes_bytes() {
+    let mut want = vec![1];
+    want.extend_from_slice(b"\0\0\0\x06active\0\0\0\x08same-key");
+    want.extend_from_slice(&[0, 0, 0, 2]);
+    want.extend_from_slice(b"\0\0\0\x01a\0\0\0\x02x1\0\0\0\x01b\0\0\0\0");
+    // Labels in any order encode the same: sorted by name.
+    for labels in [[("a", "x1"), ("b", "")], [("b", ""), ("a", "x1")]] {
+        assert_eq!(key_attributes(true, "active", "same-key", labels), want);
+    }
+    assert_eq!(
+        key_attributes(false, "", "", []),
+        vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    // Each field is length-prefixed: moving bytes between fields changes the encoding.
+    assert_ne!(
+        key_attributes(true, "ab", "", []),
+        key_attributes(true, "a", "b", [])
+    );
+    assert_ne!(
+        key_attributes(true, "", "", [("ab", "")]),
+        key_attributes(true, "", "", [("a", "b")])
+    );
+}
+
+#[test]
+fn every_attribute_is_signed() {
+    let materials = materials(1, 32);
+    let base = (true, "active", "", vec![("tenant", "a")]);
+    let attrs = |(current, state, policy, labels): (bool, &str, &str, Vec<(&str, &str)>)| {
+        key_attributes(current, state, policy, labels)
+    };
+    let signed = attrs(base.clone());
+    let wrap = vec![KeyToWrap {
+        key_id: &materials[0].0,
+        version: materials[0].1,
+        material: &materials[0].2,
+        attributes: &signed,
+    }];
+    let batch = seal_batch(&recipient().public_key(), &ctx(), &wrap).unwrap();
+    let sig = sign_batch(&source(), &ctx(), &batch);
+    verify_batch(&source().public_key(), &ctx(), &batch, &sig).unwrap();
+    for changed in [
+        (false, "active", "", vec![("tenant", "a")]),
+        (true, "retired", "", vec![("tenant", "a")]),
+        (true, "active", "new-key", vec![("tenant", "a")]),
+        (true, "active", "", vec![("tenant", "b")]),
+        (true, "active", "", vec![]),
+        (true, "active", "", vec![("tenant", "a"), ("x", "y")]),
+    ] {
+        let mut b = batch.clone();
+        b.keys[0].attributes = attrs(changed.clone());
+        assert!(
+            matches!(
+                verify_batch(&source().public_key(), &ctx(), &b, &sig),
+                Err(CryptoError::BadBatchSignature { batch: 3 })
+            ),
+            "{changed:?}"
+        );
+    }
+    // Oversized attributes are refused before any signature work, naming the key.
+    let mut b = batch.clone();
+    b.keys[0].attributes = vec![0; MAX_ATTRIBUTES_LEN + 1];
+    let e = verify_batch(&source().public_key(), &ctx(), &b, &sig).unwrap_err();
+    assert!(e.to_string().contains("attributes are 98305 bytes"), "{e}");
 }
 
 #[test]
@@ -535,6 +607,7 @@ fn batch_size_is_bounded() {
                 key_id: key_id(i),
                 version: 1,
                 ciphertext: vec![0; 48],
+                attributes: Vec::new(),
             })
             .collect(),
     };
@@ -788,7 +861,7 @@ mod props {
                 enc,
                 keys: keys
                     .into_iter()
-                    .map(|(key_id, version, ciphertext)| SealedKey { key_id, version, ciphertext })
+                    .map(|(key_id, version, ciphertext)| SealedKey { key_id, version, ciphertext, attributes: Vec::new() })
                     .collect(),
             };
             prop_assert!(open_batch(&recipient(), &ctx(), &b).is_err());

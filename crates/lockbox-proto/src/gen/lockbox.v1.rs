@@ -634,7 +634,8 @@ pub struct WrappedKey {
     pub version: u32,
     #[prost(bytes = "vec", tag = "3")]
     pub ciphertext: ::prost::alloc::vec::Vec<u8>,
-    /// Metadata travels beside the sealed material (never secret).
+    /// Metadata travels beside the sealed material (never secret), covered by the batch
+    /// signature (SPEC.md: key attributes).
     #[prost(map = "string, string", tag = "4")]
     pub labels: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -661,6 +662,11 @@ pub struct SealedBatch {
     /// The source's Ed25519 signature over the batch (SPEC.md: transfer wrapping).
     #[prost(bytes = "vec", tag = "5")]
     pub signature: ::prost::alloc::vec::Vec<u8>,
+    /// What the signature covers: 1 = every key's attributes too (labels, clone policy, version
+    /// state, current flag). 0 (unset) is the earlier format, without attributes, which a
+    /// destination refuses by name.
+    #[prost(uint32, tag = "6")]
+    pub signature_format: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeliverEnd {}
