@@ -111,7 +111,7 @@ pub struct VersionMeta {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "inline_bytes"
+        with = "crate::json_bytes::option"
     )]
     pub inline: Option<Vec<u8>>,
 }
@@ -133,35 +133,6 @@ impl VersionMeta {
         self.state = VersionState::Destroyed;
         self.material_id.clear();
         self.inline = None;
-    }
-}
-
-/// Inline sealed material in the JSON metadata, as base64 text.
-mod inline_bytes {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        bytes: &Option<Vec<u8>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match bytes {
-            Some(b) => s.serialize_str(&STANDARD.encode(b)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Vec<u8>>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            Some(text) => STANDARD
-                .decode(text)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod custody;
 pub mod error;
 pub mod grpc;
 pub mod hardening;
+mod json_bytes;
 mod par;
 pub mod peer;
 pub mod transfer;

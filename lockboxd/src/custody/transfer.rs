@@ -123,39 +123,11 @@ pub enum GrantRole {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoredReceipt {
     /// `ReceiptBody` protobuf bytes.
-    #[serde(with = "json_bytes")]
+    #[serde(with = "crate::json_bytes")]
     pub body: Vec<u8>,
     /// The destination's Ed25519 signature over them.
-    #[serde(with = "json_bytes")]
+    #[serde(with = "crate::json_bytes")]
     pub signature: Vec<u8>,
-}
-
-/// Byte strings in stored JSON records, written as base64 text. An evacuation's receipt
-/// names every key (megabytes of protobuf): as a JSON array of numbers, serde's default, it
-/// was three times that size and a visible share of the transfer's time at both ends.
-/// Reading also accepts the array of numbers that earlier versions wrote.
-mod json_bytes {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Stored {
-        Base64(String),
-        Numbers(Vec<u8>),
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        match Stored::deserialize(d)? {
-            Stored::Base64(text) => STANDARD.decode(text).map_err(serde::de::Error::custom),
-            Stored::Numbers(bytes) => Ok(bytes),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
