@@ -2006,12 +2006,17 @@ impl Custody {
             (Ns::Keys, RecordKind::KeyMeta),
             (Ns::Materials, RecordKind::Material),
         ] {
-            for r in self.store.iter_after(ns, None) {
-                let (id, sealed) = r?;
-                if lockbox_crypto::sealed_kek_id(&sealed)? == new_id {
-                    // A key record and its inline material are sealed together (`seal_meta`).
+            // The records not yet under the new KEK (a key record and its inline material are
+            // sealed together: `seal_meta`), found by their header without copying the rest.
+            // One whose header does not parse is listed too: opening it reports the damage.
+            let stale = self.store.ids_where(ns, |sealed| {
+                lockbox_crypto::sealed_kek_id(sealed).map_or(true, |kek| kek != new_id)
+            })?;
+            for id in stale {
+                // The writer lock is held: nothing removed or rewrote it since.
+                let Some(sealed) = self.store.get(ns, &id)? else {
                     continue;
-                }
+                };
                 let resealed_record = if ns == Ns::Keys {
                     // Opened and sealed as metadata, which re-seals its inline material too.
                     let key_id = String::from_utf8_lossy(&id).into_owned();
