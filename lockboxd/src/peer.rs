@@ -233,18 +233,21 @@ impl Peer for PeerApi {
         // A large delivery's keys go to a sealing thread as soon as each batch is opened and
         // checked, so the per-key sealing runs while later batches stream in. A small one (a
         // volume's key: latency matters, not throughput) is sealed here at its end, without
-        // a thread hand-off. The source's declared total only decides where sealing runs.
+        // a thread hand-off. Small means both the grant (signed by the controllers) and the
+        // source's declared total say so: a source cannot make this handler seal a large
+        // grant's keys on the runtime's thread by understating its total. Either way only
+        // where sealing runs changes, not what is checked or stored.
         let now = now_ms();
         let (to_sealer, batches) = std::sync::mpsc::channel::<Vec<Incoming>>();
-        let (sealer, batches) = if header.total_keys > SEAL_GROUP as u64 {
+        let expected = header.total_keys.max(verified.body.key_ids.len() as u64);
+        let sealer = if expected > SEAL_GROUP as u64 {
             let custody = self.custody.clone();
             let grant = verified.clone();
-            let thread = tokio::task::spawn_blocking(move || {
+            Sealer::Thread(tokio::task::spawn_blocking(move || {
                 seal_as_they_come(&custody, &grant, now, batches)
-            });
-            (Some(thread), None)
+            }))
         } else {
-            (None, Some(batches))
+            Sealer::Here(batches)
         };
         let mut next_batch = 0u32;
         loop {
@@ -342,16 +345,13 @@ impl Peer for PeerApi {
             }
         }
         drop(to_sealer);
-        let sealed = match (sealer, batches) {
-            (Some(thread), _) => thread.await.unwrap_or_else(|e| {
+        let sealed = match sealer {
+            Sealer::Thread(thread) => thread.await.unwrap_or_else(|e| {
                 Err(CustodyError::Transfer(format!(
                     "sealing the received keys failed: {e}"
                 )))
             }),
-            (None, Some(batches)) => seal_as_they_come(&self.custody, &verified, now, batches),
-            (None, None) => Err(CustodyError::Transfer(
-                "the received keys were not sealed".into(),
-            )),
+            Sealer::Here(batches) => seal_as_they_come(&self.custody, &verified, now, batches),
         };
         let keys = match sealed {
             Ok(keys) => keys,
@@ -377,6 +377,14 @@ impl Peer for PeerApi {
 /// Keys sealed per group on the sealing thread: enough to split over the cores
 /// (`par::try_map`), few enough that sealing keeps pace with the stream.
 const SEAL_GROUP: usize = 4096;
+
+/// Where a delivery's keys are sealed as they arrive (see `deliver`).
+enum Sealer {
+    /// On a blocking thread beside the stream (a large delivery).
+    Thread(tokio::task::JoinHandle<Result<Vec<ReceivedKey>, CustodyError>>),
+    /// In the handler, from this queue, once the stream has ended (a small one).
+    Here(std::sync::mpsc::Receiver<Vec<Incoming>>),
+}
 
 /// The sealing thread of a delivery: groups the opened versions by key as they arrive (a
 /// source sends each key's versions together) and seals complete keys in groups, until the
