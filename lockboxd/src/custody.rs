@@ -1029,6 +1029,12 @@ impl Custody {
         Ok(())
     }
 
+    /// The node's store: the daemon waits on it for durability before answering
+    /// (`settle`) and watches it for failure.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The node's status; works sealed.
     pub async fn status(&self) -> NodeStatus {
         let ws = *self.write.lock().await;

@@ -65,6 +65,10 @@ pub enum CustodyError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store can no longer write (a journal write or sync failed): the daemon stops so
+    /// that systemd restarts it from what the disk holds.
+    #[error("the store failed: {0}")]
+    StoreFailed(String),
     /// The data dir is already initialized (init refuses to touch it).
     #[error("{0} is already initialized; refusing to overwrite it")]
     AlreadyInitialized(String),
@@ -125,6 +129,9 @@ impl From<CustodyError> for tonic::Status {
             CustodyError::Crypto(CryptoError::WrongUnsealSecret)
             | CustodyError::Crypto(CryptoError::UnsealMethodMismatch { .. })
             | CustodyError::Crypto(CryptoError::BadLength { .. }) => Code::InvalidArgument,
+            CustodyError::Store(StoreError::Failed(_)) | CustodyError::StoreFailed(_) => {
+                Code::Unavailable
+            }
             CustodyError::Crypto(_) | CustodyError::Store(_) | CustodyError::Io { .. } => {
                 Code::Internal
             }

@@ -13,6 +13,7 @@ pub mod hardening;
 mod json_bytes;
 mod par;
 pub mod peer;
+pub mod settle;
 pub mod transfer;
 
 use std::future::Future;
@@ -135,6 +136,7 @@ async fn start_peer_api(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(io_err(Path::new(listen)))?;
+    let store = custody.store().clone();
     let service = lockbox_proto::v1::peer_server::PeerServer::new(peer::PeerApi::new(
         custody,
         attestor,
@@ -146,6 +148,7 @@ async fn start_peer_api(
     tracing::info!(%addr, "peer API listening");
     let handle = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
+            .layer(settle::SettleLayer::new(store))
             .add_service(service)
             .serve_with_incoming_shutdown(tls.incoming(listener), async {
                 let _ = stop_rx.await;
@@ -270,15 +273,50 @@ pub async fn run(
             }
         });
     }
+    // A store whose journal can no longer be written serves nothing (lockbox-store is
+    // fail-stop): report NOT_SERVING and stop with EX_TEMPFAIL, so that systemd restarts the
+    // daemon, which then answers from what the disk holds (docs/operations.md).
+    let store = custody.store().clone();
+    let failed = {
+        let store = store.clone();
+        let health = health.clone();
+        async move {
+            let why = store.failed().await;
+            health.set_not_serving::<LockboxServer<LocalApi>>().await;
+            tracing::error!(error = %why, "the store failed: stopping for a restart");
+            why
+        }
+    };
+    let store_failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let stop = {
+        let store_failure = store_failure.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                why = failed => {
+                    *store_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
+            }
+        }
+    };
     let served = tonic::transport::Server::builder()
+        .layer(settle::SettleLayer::new(store))
         .add_service(health_service)
         .add_service(api)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
         .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some((handle, stop)) = peer_server {
         let _ = stop.send(());
         let _ = handle.await;
+    }
+    let failure = store_failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(why) = failure {
+        let _ = std::fs::remove_file(&config.socket);
+        return Err(CustodyError::StoreFailed(why));
     }
     let closed = custody.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);

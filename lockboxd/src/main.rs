@@ -17,6 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// EX_CONFIG from sysexits.h: the configuration is wrong.
 const EXIT_CONFIG: u8 = 78;
+/// EX_TEMPFAIL from sysexits.h: the store failed (a journal write or sync); restarting is the
+/// recovery (the unit's `Restart=on-failure` does it), docs/operations.md.
+const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Parser)]
 #[command(name = "lockboxd", version, about = "The lockbox key-custody daemon")]
@@ -146,6 +149,15 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "lockboxd failed");
             eprintln!("error: {e:#}");
+            let store_failed = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<lockboxd::error::CustodyError>(),
+                    Some(lockboxd::error::CustodyError::StoreFailed(_))
+                )
+            });
+            if store_failed {
+                return ExitCode::from(EXIT_TEMPFAIL);
+            }
             ExitCode::FAILURE
         }
     }

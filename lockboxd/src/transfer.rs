@@ -171,6 +171,9 @@ impl Transfers {
             .custody
             .grant_record(&verified.grant_id, GrantRole::Source)?
         {
+            // The record may be a concurrent run's, applied but not yet durable: say
+            // "completed" only once it is (the stream's messages pass no response gate).
+            self.custody.store().settled().await?;
             return Ok(TransferOutcome {
                 receipt: decode_receipt(&r)?,
                 fresh: false,

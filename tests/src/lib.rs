@@ -34,6 +34,8 @@ pub struct Binaries {
     pub lockboxctl: PathBuf,
     /// The controller.
     pub controller: PathBuf,
+    /// The one-off store migration tool.
+    pub migrate: PathBuf,
 }
 
 /// The workspace root (the parent of this crate's manifest directory).
@@ -44,29 +46,26 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds `lockboxd` and `lockboxctl` (debug profile) once per test process and returns their
-/// paths. Panics with cargo's output when the build fails.
+/// Builds `lockboxd`, `lockboxctl` and `lockbox-controller` (debug profile) once per test
+/// process and returns their paths. Panics with cargo's output when the build fails.
+///
+/// The build asks for the workspace's tests too (`--workspace --bins --tests`): cargo then
+/// resolves features exactly as `cargo test --workspace` did (dev-dependencies included), so
+/// the binaries link the dependencies that test build already compiled. With `-p lockboxd …`
+/// alone, features resolved differently and ~90 crates were compiled a second time.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
         let root = workspace_root();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(&cargo)
-            .args([
-                "build",
-                "-p",
-                "lockboxd",
-                "-p",
-                "lockboxctl",
-                "-p",
-                "lockbox-controller",
-            ])
+            .args(["build", "--workspace", "--bins", "--tests"])
             .current_dir(&root)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
         assert!(
             out.status.success(),
-            "`cargo build -p lockboxd -p lockboxctl` failed ({}):\n{}",
+            "`cargo build --workspace --bins --tests` failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -81,8 +80,14 @@ pub fn binaries() -> &'static Binaries {
             lockboxd: target.join("debug").join("lockboxd"),
             lockboxctl: target.join("debug").join("lockboxctl"),
             controller: target.join("debug").join("lockbox-controller"),
+            migrate: target.join("debug").join("lockbox-migrate"),
         };
-        for b in [&bins.lockboxd, &bins.lockboxctl, &bins.controller] {
+        for b in [
+            &bins.lockboxd,
+            &bins.lockboxctl,
+            &bins.controller,
+            &bins.migrate,
+        ] {
             assert!(b.is_file(), "built binary not found at {}", b.display());
         }
         bins
@@ -700,7 +705,8 @@ impl Node {
         v
     }
 
-    /// Opens the node's database with the store API. The daemon must be stopped (sled locks it).
+    /// Opens the node's database with the store API. The daemon must be stopped (the store
+    /// locks its directory).
     pub fn open_store(&self) -> lockbox_store::Store {
         assert!(
             self.child.is_none(),

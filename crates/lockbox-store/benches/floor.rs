@@ -8,16 +8,17 @@
 //! material uses): four records, the material (~90 bytes) under a time-ordered material id and
 //! a reference beside metadata of ~440 bytes. This bench writes exactly those shapes:
 //!
-//! 1. straight into sled 0.34.7, configured as [`lockbox_store::Store`] configures it, one
-//!    record at a time: the CPU each insert costs (this thread's time only);
-//! 2. through [`lockbox_store::Store`] in groups of 64 creates (what 64 concurrent callers
-//!    produce), each group awaited durable, and at the end the index awaited too: the whole
-//!    process's CPU per create (log encode, write and `fdatasync`, overlay, the indexer's sled
-//!    inserts, checkpoints) and creates/s;
-//! 3. through the store one create at a time (concurrency 1), each awaited durable: the
+//! 1. through [`lockbox_store::Store`] in groups of 64 creates (what 64 concurrent callers
+//!    produce), each group awaited durable: the whole process's CPU per create (fjall's journal
+//!    append and memtable insert, the `fdatasync`, and the engine's background flushes and
+//!    compactions as far as they ran) and creates/s;
+//! 2. through the store one create at a time (concurrency 1), each awaited durable: the
 //!    store's part of a single create's latency;
-//! 4. the reads and writes both ends of a MOVE make per key, through two stores (tombstones
-//!    ~470 bytes).
+//! 3. the reads and writes both ends of a MOVE make per key, through two stores (tombstones
+//!    ~470 bytes), each step awaited durable.
+//!
+//! (Before the store moved to fjall, a first part measured sled 0.34.7's insert alone; the
+//! figures are in BENCHMARKS.md.)
 //!
 //! `cargo bench -p lockbox-store --bench floor` (optionally `-- N`: creates per run, default
 //! 100,000). The databases live in a temp dir under the current directory. With
@@ -132,58 +133,9 @@ fn cpu_us(clock: rustix::time::ClockId) -> f64 {
     t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
 }
 
-/// CPU time of the calling thread, in µs (one `clock_gettime`, ~0.3 µs: cheap enough to
-/// bracket a single insert).
-fn thread_cpu_us() -> f64 {
-    cpu_us(rustix::time::ClockId::ThreadCPUTime)
-}
-
 /// CPU time of every thread of this process, in µs.
 fn process_cpu_us() -> f64 {
     cpu_us(rustix::time::ClockId::ProcessCPUTime)
-}
-
-fn raw_sled(n: usize, dir: &Path) {
-    let db = sled::Config::new()
-        .path(dir.join("raw"))
-        .cache_capacity(64 << 20)
-        .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .unwrap();
-    let mut ids = Ids(0x9e37_79b9_7f4a_7c15);
-    let creates: Vec<_> = (1..=n as u64)
-        .map(|seq| create_records(&mut ids, seq))
-        .collect();
-    let mut per_kind: Vec<(Ns, f64)> = Vec::new();
-    let start = Instant::now();
-    for create in &creates {
-        for (i, (ns, id, value)) in create.iter().enumerate() {
-            let mut key = Vec::with_capacity(id.len() + 1);
-            key.push(ns.prefix());
-            key.extend_from_slice(id);
-            let before = thread_cpu_us();
-            db.insert(key, value.as_slice()).unwrap();
-            let spent = thread_cpu_us() - before;
-            if per_kind.len() <= i {
-                per_kind.push((*ns, 0.0));
-            }
-            per_kind[i].1 += spent;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let per = |us: f64| us / n as f64;
-    let records: usize = creates.iter().map(Vec::len).sum();
-    let kinds: Vec<String> = per_kind
-        .iter()
-        .map(|(ns, us)| format!("{ns:?} {:.1} µs", per(*us)))
-        .collect();
-    println!(
-        "sled 0.34.7 insert, one record at a time, {n} creates ({records} records) in {secs:.2} s: \
-         CPU per record: {}; per create {:.1} µs",
-        kinds.join(", "),
-        per(per_kind.iter().map(|(_, us)| us).sum()),
-    );
 }
 
 /// One create at a time, each awaited durable: the store's share of a concurrency-1 create's
@@ -232,14 +184,12 @@ fn through_store(n: usize, dir: &Path) {
         }
         rt.block_on(store.durable(last)).unwrap();
     }
-    let durable_secs = start.elapsed().as_secs_f64();
-    // The indexer runs behind the log: wait for it, so that its sled inserts are counted.
-    rt.block_on(store.indexed(last)).unwrap();
     let secs = start.elapsed().as_secs_f64();
     let cpu = process_cpu_us() - cpu_before;
     println!(
-        "Store, groups of 64 creates, each durable ({durable_secs:.2} s), then indexed: {n} \
-         creates in {secs:.2} s = {:.0} creates/s; process CPU {:.1} µs per create",
+        "Store, groups of 64 creates, each durable: {n} creates in {secs:.2} s = {:.0} \
+         creates/s; process CPU {:.1} µs per create (engine flushes and compactions included \
+         as far as they ran in that time)",
         n as f64 / secs,
         cpu / n as f64
     );
@@ -251,7 +201,7 @@ fn through_store(n: usize, dir: &Path) {
 /// completion, write one batch that replaces each record with a tombstone (shared layout: after
 /// re-reading the record and looking up the material's references, and removing the material
 /// and its reference too). Destination: one batch per 1,000 keys of key records (shared
-/// layout: and their materials and references). Both awaited durable and indexed.
+/// layout: and their materials and references). Both awaited durable.
 fn evacuation(n: usize, dir: &Path) {
     let shared = shared_layout();
     let rt = runtime();
@@ -279,7 +229,6 @@ fn evacuation(n: usize, dir: &Path) {
         last = source.apply(b).unwrap();
     }
     rt.block_on(source.durable(last)).unwrap();
-    rt.block_on(source.indexed(last)).unwrap();
     keys.sort();
 
     let start = Instant::now();
@@ -319,7 +268,6 @@ fn evacuation(n: usize, dir: &Path) {
         last = dest.apply(b).unwrap();
     }
     rt.block_on(dest.durable(last)).unwrap();
-    rt.block_on(dest.indexed(last)).unwrap();
     let stored = process_cpu_us() - c1;
 
     let c2 = process_cpu_us();
@@ -344,7 +292,6 @@ fn evacuation(n: usize, dir: &Path) {
         last = source.apply(b).unwrap();
     }
     rt.block_on(source.durable(last)).unwrap();
-    rt.block_on(source.indexed(last)).unwrap();
     let completed = process_cpu_us() - c2;
     let secs = start.elapsed().as_secs_f64();
     let per = |us: f64| us / n as f64;
@@ -372,7 +319,6 @@ fn main() {
             "inline (material in the key record)"
         }
     );
-    raw_sled(n, dir.path());
     through_store(n, dir.path());
     one_at_a_time(5_000.min(n), dir.path());
     evacuation(n, dir.path());
