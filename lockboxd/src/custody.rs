@@ -448,10 +448,13 @@ pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretByt
     use std::os::unix::fs::DirBuilderExt;
     let keyring_path = config.keyring_path();
     let db_path = config.db_path();
-    if keyring_path.exists() || db_path.exists() {
+    if keyring_path.exists() {
         return Err(CustodyError::AlreadyInitialized(
             config.data_dir.display().to_string(),
         ));
+    }
+    if db_path.exists() {
+        return Err(CustodyError::UnfinishedInit(db_path.display().to_string()));
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -481,7 +484,29 @@ pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretByt
             Keyring::create(UnsealSecret::Passphrase(&pass), argon)?
         }
     };
-    let store = Store::open(&db_path, 16 << 20)?;
+    // From here on the store is this call's own: if init fails before the keyring is written,
+    // remove it, so that init can simply be run again (a crash leaves it; see UnfinishedInit).
+    let written = init_store(config, &policy.method, &unsealed, &db_path).await;
+    if let Err(e) = written {
+        if let Err(rm) = std::fs::remove_dir_all(&db_path) {
+            tracing::warn!(error = %rm, "cannot remove the store of a failed init");
+        }
+        return Err(e);
+    }
+    // The keyring goes last: its presence is what "initialized" means.
+    write_file_atomic(&keyring_path, &keyring.encode(), 0o600)?;
+    Ok(())
+}
+
+/// The store's first records: the node's identity keys, the key count, the first audit record
+/// and the sealed audit head, in one durable batch.
+async fn init_store(
+    config: &Config,
+    method: &UnsealMethod,
+    unsealed: &Unsealed,
+    db_path: &Path,
+) -> Result<()> {
+    let store = Store::open(db_path, 16 << 20)?;
     let signing = SigningIdentity::generate()?;
     let hpke = HpkeIdentity::generate()?;
     let kek = unsealed.current_kek();
@@ -517,7 +542,7 @@ pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretByt
             detail: format!(
                 "node {} unseal {} signing {}",
                 config.node_id,
-                policy.method.as_str(),
+                method.as_str(),
                 hex::encode(signing.public_key())
             ),
         },
@@ -527,13 +552,10 @@ pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretByt
     batch.put(
         Ns::Node,
         NODE_AUDIT_HEAD,
-        &seal_head(&unsealed, 1, &entry.hash())?,
+        &seal_head(unsealed, 1, &entry.hash())?,
     );
     store.commit(batch).await?;
     store.flush_blocking()?;
-    // The keyring goes last: its presence is what "initialized" means, so a crash before this
-    // line leaves a dir that a second `init` may retry after removing `db`.
-    write_file_atomic(&keyring_path, &keyring.encode(), 0o600)?;
     Ok(())
 }
 
@@ -635,6 +657,11 @@ impl Custody {
         let bytes = match std::fs::read(&keyring_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if config.db_path().exists() {
+                    return Err(CustodyError::UnfinishedInit(
+                        config.db_path().display().to_string(),
+                    ));
+                }
                 return Err(CustodyError::NotInitialized(
                     config.data_dir.display().to_string(),
                 ));
@@ -1723,6 +1750,19 @@ impl Custody {
         let detail;
         if commit {
             let Some(p) = pending else {
+                // A commit retried after it took effect (a crash or timeout before the answer
+                // reached the caller): the newest version is current and an older one retired.
+                // Say so, changing nothing.
+                let newest = meta.versions.iter().map(|v| v.version).max();
+                let committed = newest == Some(meta.current_version)
+                    && meta
+                        .versions
+                        .iter()
+                        .any(|v| v.state == VersionState::Retired);
+                if committed {
+                    drop(ws);
+                    return self.info(&u, meta);
+                }
                 return Err(CustodyError::WrongState {
                     key_id: id,
                     why: "no rekey in progress (run `key rekey ID` first)".into(),

@@ -72,6 +72,14 @@ pub enum CustodyError {
     /// The data dir is already initialized (init refuses to touch it).
     #[error("{0} is already initialized; refusing to overwrite it")]
     AlreadyInitialized(String),
+    /// The data dir has a store but no keyring: an init that did not finish (the keyring is
+    /// written last), or a keyring lost since. Names both ways out.
+    #[error(
+        "{0} exists but the keyring beside it does not: an init that did not finish (remove \
+         {0} and run `lockboxd init --config FILE` again), or a keyring lost since (restore it \
+         from backup; without it the store cannot be read)"
+    )]
+    UnfinishedInit(String),
     /// The data dir has no keyring.
     #[error("{0} is not initialized: run `lockboxd init --config FILE` first")]
     NotInitialized(String),
@@ -135,9 +143,9 @@ impl From<CustodyError> for tonic::Status {
             CustodyError::Crypto(_) | CustodyError::Store(_) | CustodyError::Io { .. } => {
                 Code::Internal
             }
-            CustodyError::AlreadyInitialized(_) | CustodyError::NotInitialized(_) => {
-                Code::FailedPrecondition
-            }
+            CustodyError::AlreadyInitialized(_)
+            | CustodyError::NotInitialized(_)
+            | CustodyError::UnfinishedInit(_) => Code::FailedPrecondition,
             CustodyError::RestoreConflict { .. } => Code::AlreadyExists,
             CustodyError::Backup(lockbox_crypto::BackupError::TooLarge { .. }) => {
                 Code::ResourceExhausted

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use lockbox_tests::cluster::{Cluster, wait_attested};
 use lockbox_tests::{Node, NodeOptions};
 
 const KEY_ID: &str = "7d1c2a8e-5b3f-4c6d-9e0a-1b2c3d4e5f60";
@@ -93,4 +94,104 @@ fn a_failed_sync_is_never_acknowledged_and_the_daemon_stops_for_a_restart() {
     node.key_bytes(KEY_ID);
     node.create_key(&[]);
     node.stop();
+}
+
+/// `key rekey --commit` retried after the commit took effect (its answer lost to a crash)
+/// reports the committed state instead of "no rekey in progress".
+#[test]
+fn a_retried_rekey_commit_reports_the_committed_state() {
+    let mut node = Node::keyfile();
+    let id = node.create_key(&[]);
+    node.ctl_json(&["key", "rekey", &id]);
+    let first = node.ctl_json(&["key", "rekey", &id, "--commit"]);
+    node.kill9();
+    node.spawn_ready();
+    let again = node.ctl_json(&["key", "rekey", &id, "--commit"]);
+    assert_eq!(
+        again["current_version"], first["current_version"],
+        "{again}"
+    );
+    assert_eq!(again["current_version"], serde_json::json!(2), "{again}");
+    // A key that was never rekeyed still refuses a commit, saying why.
+    let other = node.create_key(&[]);
+    let err = node.ctl_err(&["key", "rekey", &other, "--commit"]);
+    assert!(err.contains("no rekey in progress"), "{err}");
+}
+
+/// An init that did not finish (killed before it wrote the keyring) is no dead end: both init
+/// and lockboxd name what happened and what to do, and following that works.
+#[test]
+fn an_unfinished_init_says_how_to_finish_it() {
+    let mut node = Node::new_uninit(NodeOptions::default());
+    node.init();
+    // What a crash before the keyring's write leaves: the store without a keyring.
+    std::fs::remove_file(node.keyring_path()).unwrap();
+    let out = node.init_output();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("did not finish") && said.contains("remove"),
+        "{said}"
+    );
+    node.spawn();
+    assert!(node.try_wait_ready().is_err());
+    assert!(
+        node.log_contents().contains("did not finish"),
+        "{}",
+        node.log_contents()
+    );
+    std::fs::remove_dir_all(node.db_dir()).unwrap();
+    node.init();
+    node.spawn_ready();
+    node.create_key(&[]);
+}
+
+/// Restarts a cluster node with `LOCKBOX_STORE_FAULT` set to `fault` (or cleared), attested.
+fn restart_with_fault(c: &mut Cluster, name: &str, fault: Option<&str>) {
+    let node = c.node_mut(name);
+    if node.is_running() {
+        node.stop();
+    }
+    let env = &mut node.opts_mut().env;
+    env.retain(|(k, _)| k != "LOCKBOX_STORE_FAULT");
+    if let Some(f) = fault {
+        env.push(("LOCKBOX_STORE_FAULT".into(), f.into()));
+    }
+    node.spawn_ready();
+    wait_attested(node);
+}
+
+/// A MOVE retried while the destination's write of the first attempt is still on its way to
+/// the disk: the destination's "already received, here is the receipt" must wait until the
+/// keys are durable, or the source tombstones keys a destination crash then loses.
+#[test]
+fn a_move_retried_while_the_destination_sync_is_held_up_leaves_every_key_on_a_host() {
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
+    restart_with_fault(&mut c, "host-b", Some("sync-delay-ms:2000"));
+    let keys: Vec<String> = (0..5).map(|_| c.node("host-a").create_key(&[])).collect();
+    let bytes: Vec<Vec<u8>> = keys.iter().map(|k| c.node("host-a").key_bytes(k)).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = c.grant(&refs, "host-a", "host-b", "move", "10m");
+
+    let first = {
+        let socket = c.node("host-a").socket();
+        let grant = g.clone();
+        std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new(&lockbox_tests::binaries().lockboxctl);
+            cmd.arg("--socket").arg(socket).arg("transfer").arg(grant);
+            lockbox_tests::run_with_timeout(&mut cmd, Duration::from_secs(60))
+        })
+    };
+    // The destination has applied the first attempt's keys and waits on its sync.
+    std::thread::sleep(Duration::from_millis(900));
+    let retry = c.node("host-a").ctl(&["transfer", g.to_str().unwrap()]);
+    assert!(retry.status.success(), "{retry:?}");
+    // The source completed the MOVE (its keys are tombstones): the destination crashes now.
+    assert_eq!(c.node("host-a").describe(&keys[0])["state"], "moved");
+    c.node_mut("host-b").kill9();
+    let _ = first.join();
+    restart_with_fault(&mut c, "host-b", None);
+    for (k, b) in keys.iter().zip(&bytes) {
+        assert_eq!(&c.node("host-b").key_bytes(k), b, "{k} is on no host");
+    }
 }
