@@ -4,6 +4,7 @@
 //! serves the local API on the Unix socket until `shutdown` resolves, and then signs a final
 //! audit checkpoint and flushes.
 
+mod accept;
 pub mod attest;
 pub mod config;
 pub mod custody;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use lockbox_crypto::{UnsealMethod, UnsealSecret};
 use lockbox_proto::v1::lockbox_server::LockboxServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{Config, Policy};
 use crate::custody::{Caller, Custody};
@@ -303,7 +303,7 @@ pub async fn run(
         .layer(settle::SettleLayer::new(store))
         .add_service(health_service)
         .add_service(api)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(accept::unix_incoming(listener), stop)
         .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some((handle, stop)) = peer_server {

@@ -195,3 +195,52 @@ fn a_move_retried_while_the_destination_sync_is_held_up_leaves_every_key_on_a_ho
         assert_eq!(&c.node("host-b").key_bytes(k), b, "{k} is on no host");
     }
 }
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Out of file descriptors: the daemon does not spin on a failing `accept` (it backs off and
+/// says why in its log), and serves again by itself once descriptors are free.
+#[test]
+fn out_of_file_descriptors_the_daemon_backs_off_and_recovers_by_itself() {
+    let node = Node::keyfile();
+    let pid = node.pid().unwrap();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open + 8;
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "prlimit failed");
+    // Enough connections to use every descriptor the daemon has left, and more waiting.
+    let held: Vec<_> = (0..limit + 16)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(node.socket()).ok())
+        .collect();
+    assert!(held.len() > 16, "only {} connections", held.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(pid) - before;
+    assert!(
+        used < 0.5,
+        "lockboxd used {used:.2} s of CPU in 2 s while it could not accept"
+    );
+    assert!(
+        node.log_contents().contains("cannot accept a connection"),
+        "{}",
+        node.log_contents()
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1500));
+    node.create_key(&[]);
+}

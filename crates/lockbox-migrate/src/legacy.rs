@@ -57,9 +57,10 @@ const MAX_RECORD: usize = 1 << 30;
 /// One change of a batch: a full key (kind prefix and id) and its value (`None`: removed).
 pub type Op = (Vec<u8>, Option<Vec<u8>>);
 
-/// True when `db` looks like the old store (sled's `conf` file and the log directory).
+/// True when `db` holds the old store: sled's `conf` file, which fjall never writes (the log
+/// directory may be absent: the earliest releases had none).
 pub fn is_legacy(db: &Path) -> bool {
-    db.join("conf").is_file() && db.join("wal").is_dir()
+    db.join("conf").is_file()
 }
 
 fn sled_config(db: &Path) -> sled::Config {

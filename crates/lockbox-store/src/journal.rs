@@ -111,6 +111,11 @@ pub(crate) fn check(dir: &Path) -> Result<Report> {
     Ok(report)
 }
 
+/// The active journal: the one with the highest number (fjall numbers them in order).
+pub(crate) fn newest(dir: &Path) -> Result<Option<(u64, PathBuf)>> {
+    Ok(list(dir)?.into_iter().max())
+}
+
 fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

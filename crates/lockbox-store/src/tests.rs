@@ -38,7 +38,7 @@ fn a_store_closes_and_reopens_at_once() {
 fn a_directory_of_the_sled_store_is_refused_with_the_way_out() {
     let data = tempfile::tempdir().unwrap();
     let db = data.path().join("db");
-    std::fs::create_dir_all(db.join("wal")).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("conf"), b"segment_size: 524288").unwrap();
     let err = Store::open(&db, 1 << 20).unwrap_err();
     assert!(matches!(err, StoreError::OldFormat { .. }), "{err}");

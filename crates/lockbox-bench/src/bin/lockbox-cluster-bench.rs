@@ -98,6 +98,28 @@ struct Cluster {
     lockbox_pids: Vec<u32>,
 }
 
+impl Cluster {
+    /// SIGTERMs each lockbox in turn and times its exit: a clean stop (final signed audit
+    /// checkpoint, the store's memtable flushed) after whatever the bench did.
+    fn stop_lockboxes(&mut self) -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        // The controller is the first process; the lockboxes follow. Those stopped here leave
+        // `procs`, so that its drop does not signal them again.
+        for mut child in self.procs.0.split_off(1) {
+            let t0 = Instant::now();
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()?;
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("lockboxd exited with {status} on SIGTERM");
+            }
+            out.push(t0.elapsed().as_secs_f64());
+        }
+        Ok(out)
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -383,7 +405,7 @@ async fn bench_transfer(c: &Cluster, count: u64) -> Result<serde_json::Value> {
     Ok(json!({"bench": "transfer-one-key", "count": count, "latency": s.json()}))
 }
 
-async fn bench_evacuate(c: &Cluster, n: u64, perf: Option<&Path>) -> Result<serde_json::Value> {
+async fn bench_evacuate(c: &mut Cluster, n: u64, perf: Option<&Path>) -> Result<serde_json::Value> {
     let keys = create_keys(c, "host-a", n).await?;
     let grant = c.grant(keys, "host-a", "host-b", pb::GrantOp::Move).await?;
     let profiler = match perf {
@@ -417,7 +439,9 @@ async fn bench_evacuate(c: &Cluster, n: u64, perf: Option<&Path>) -> Result<serd
     }
     let us_per_key =
         |a: &[u64], i: usize| (a[i] - before[i]) as f64 * 1e6 / tick_hz as f64 / n as f64;
+    let stop_seconds = c.stop_lockboxes()?;
     Ok(json!({
+        "stop_seconds_source_then_dest": stop_seconds,
         "bench": "evacuate", "keys": n, "seconds": elapsed.as_secs_f64(),
         "keys_per_s": rate(n, elapsed),
         "source_cpu_us_per_key": us_per_key(&after, 0), "dest_cpu_us_per_key": us_per_key(&after, 1),
@@ -492,7 +516,7 @@ async fn bench(cli: Cli) -> Result<()> {
             .ok_or_else(|| anyhow!("no parent dir"))?
             .to_path_buf(),
     };
-    let cluster = Arc::new(Cluster::start(&bin, &["host-a", "host-b"]).await?);
+    let mut cluster = Arc::new(Cluster::start(&bin, &["host-a", "host-b"]).await?);
     let load = stats::load1();
     let mut v = match cli.command {
         Cmd::Grants {
@@ -504,7 +528,10 @@ async fn bench(cli: Cli) -> Result<()> {
             bench_grants(&cluster, concurrency, connections, count).await?
         }
         Cmd::Transfer { count } => bench_transfer(&cluster, count).await?,
-        Cmd::Evacuate { keys, perf } => bench_evacuate(&cluster, keys, perf.as_deref()).await?,
+        Cmd::Evacuate { keys, perf } => {
+            let c = Arc::get_mut(&mut cluster).ok_or_else(|| anyhow!("cluster still shared"))?;
+            bench_evacuate(c, keys, perf.as_deref()).await?
+        }
     };
     v["load1_before"] = json!(load);
     if cli.json {
