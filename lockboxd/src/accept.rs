@@ -40,7 +40,7 @@ pub fn unix_incoming(listener: UnixListener) -> ReceiverStream<std::io::Result<U
                     }
                 }
                 Err(e) => {
-                    if failures % 100 == 0 {
+                    if failures.is_multiple_of(100) {
                         tracing::warn!(
                             error = %e,
                             failures = failures + 1,

@@ -27,9 +27,12 @@ trait Engine: Send + Sync + 'static {
     fn get(&self, k: &[u8]) -> Option<Vec<u8>>;
 }
 
+/// Writes waiting for redb's commit thread: (key, value).
+type Queue = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// (applied, durable, queued) and the condition variables of the group commit.
 struct Group {
-    state: Mutex<(u64, u64, Vec<(Vec<u8>, Vec<u8>)>)>,
+    state: Mutex<(u64, u64, Queue)>,
     done: Condvar,
     work: Condvar,
 }
@@ -51,7 +54,7 @@ impl Group {
     }
 
     /// Blocks until something is pending; returns the newest generation and the queue.
-    fn next(&self) -> (u64, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn next(&self) -> (u64, Queue) {
         let mut st = self.state.lock().unwrap();
         while st.0 == st.1 {
             st = self.work.wait(st).unwrap();
