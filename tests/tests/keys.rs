@@ -361,8 +361,14 @@ fn rekey_begin_and_commit() {
     assert_eq!(node.key_bytes_version(&id, v2), new_bytes);
     assert_eq!(node.key_bytes(&id), new_bytes);
 
-    // Commit without a pending rekey is an error.
-    node.ctl_err(&["key", "rekey", &id, "--commit"]);
+    // A commit repeated after it took effect (a retry whose first answer was lost) reports
+    // the committed state and changes nothing; on a key never rekeyed it is an error.
+    let again = node.ctl_json(&["key", "rekey", &id, "--commit"]);
+    assert_eq!(again["current_version"].as_u64(), Some(v2), "{again}");
+    assert_eq!(again["versions"], committed["versions"], "{again}");
+    let fresh = node.create_key(&[]);
+    let err = node.ctl_err(&["key", "rekey", &fresh, "--commit"]);
+    assert!(err.contains("no rekey in progress"), "{err}");
 }
 
 #[test]
