@@ -421,14 +421,21 @@ impl Cluster {
     /// Stops a lockbox, sets (or with `None` clears) its `LOCKBOX_FAILPOINT`, starts it again
     /// and waits until it is ready and attested.
     pub fn restart_with_failpoint(&mut self, name: &str, failpoint: Option<&str>) {
+        self.restart_with_env(name, "LOCKBOX_FAILPOINT", failpoint);
+    }
+
+    /// Stops a lockbox, sets (or with `None` clears) the environment variable `var` for it
+    /// (a test hook such as `LOCKBOX_FAILPOINT` or `LOCKBOX_STORE_FAULT`), starts it again and
+    /// waits until it is ready and attested.
+    pub fn restart_with_env(&mut self, name: &str, var: &str, value: Option<&str>) {
         let node = self.node_mut(name);
         if node.is_running() {
             node.stop();
         }
         let env = &mut node.opts_mut().env;
-        env.retain(|(k, _)| k != "LOCKBOX_FAILPOINT");
-        if let Some(f) = failpoint {
-            env.push(("LOCKBOX_FAILPOINT".into(), f.into()));
+        env.retain(|(k, _)| k != var);
+        if let Some(v) = value {
+            env.push((var.into(), v.into()));
         }
         node.spawn_ready();
         wait_attested(node);

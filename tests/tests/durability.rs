@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use lockbox_tests::cluster::{Cluster, wait_attested};
+use lockbox_tests::cluster::Cluster;
 use lockbox_tests::{Node, NodeOptions};
 
 const KEY_ID: &str = "7d1c2a8e-5b3f-4c6d-9e0a-1b2c3d4e5f60";
@@ -148,17 +148,7 @@ fn an_unfinished_init_says_how_to_finish_it() {
 
 /// Restarts a cluster node with `LOCKBOX_STORE_FAULT` set to `fault` (or cleared), attested.
 fn restart_with_fault(c: &mut Cluster, name: &str, fault: Option<&str>) {
-    let node = c.node_mut(name);
-    if node.is_running() {
-        node.stop();
-    }
-    let env = &mut node.opts_mut().env;
-    env.retain(|(k, _)| k != "LOCKBOX_STORE_FAULT");
-    if let Some(f) = fault {
-        env.push(("LOCKBOX_STORE_FAULT".into(), f.into()));
-    }
-    node.spawn_ready();
-    wait_attested(node);
+    c.restart_with_env(name, "LOCKBOX_STORE_FAULT", fault);
 }
 
 /// A MOVE retried while the destination's write of the first attempt is still on its way to
