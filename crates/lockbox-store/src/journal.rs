@@ -12,7 +12,8 @@
 //!   that are not a batch, and no complete batch follows): that write was never acknowledged
 //!   (the sync that would have acknowledged it did not return), so it is cut off here and
 //!   fjall sees a clean journal;
-//! - anything else is corruption: the store refuses to open and names the file and offset.
+//! - anything else is corruption: the store refuses to open and names the file and offset;
+//!   so is a journal missing between two others (fjall deletes them oldest first).
 //!
 //! ## The format (fjall 3.1, `src/journal/entry.rs`; little-endian)
 //!
@@ -67,6 +68,21 @@ pub(crate) struct Report {
 pub(crate) fn check(dir: &Path) -> Result<Report> {
     let mut journals = list(dir)?;
     journals.sort();
+    // fjall numbers journals in order and deletes them oldest first, once their data is in
+    // tables: the ones present are consecutive. A gap is a journal lost with its batches.
+    for pair in journals.windows(2) {
+        let ((a, _), (b, _)) = (&pair[0], &pair[1]);
+        if *b != a + 1 {
+            return Err(StoreError::Corrupt {
+                path: dir.join(format!("{}.jnl", a + 1)).display().to_string(),
+                offset: 0,
+                why: format!(
+                    "journal {} is missing between {a} and {b}: its batches are lost",
+                    a + 1
+                ),
+            });
+        }
+    }
     let mut report = Report::default();
     let mut last_seqno: Option<u64> = None;
     let count = journals.len();

@@ -199,3 +199,27 @@ fn a_finished_last_write_with_a_bad_checksum_is_corruption_not_a_torn_tail() {
     let (_d, res) = open_damaged(&c, |b| b[len - 20] ^= 0x40);
     assert!(matches!(res, Err(StoreError::Corrupt { .. })), "{res:?}");
 }
+
+#[test]
+fn a_journal_missing_between_two_others_refuses_the_open() {
+    // A real journal split at a batch boundary into journals 1 and 3: every batch is whole and
+    // in sequence, but journal 2 is gone.
+    let c = crashed();
+    let bytes = std::fs::read(&c.journal).unwrap();
+    let cut = c.last_batch_at as usize;
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(c.dir.path(), dir.path());
+    std::fs::remove_file(dir.path().join(c.journal.file_name().unwrap())).unwrap();
+    std::fs::write(dir.path().join("1.jnl"), &bytes[..cut]).unwrap();
+    std::fs::write(dir.path().join("3.jnl"), &bytes[cut..]).unwrap();
+    match Store::open(dir.path(), 1 << 20) {
+        Err(StoreError::Corrupt { path, why, .. }) => {
+            assert!(path.ends_with("2.jnl"), "{path}");
+            assert!(why.contains("missing"), "{why}");
+        }
+        other => panic!("opened with a journal missing: {other:?}"),
+    }
+    // The same two parts as consecutive journals open with every write.
+    std::fs::rename(dir.path().join("3.jnl"), dir.path().join("2.jnl")).unwrap();
+    assert_eq!(keys(&Store::open(dir.path(), 1 << 20).unwrap()), c.all);
+}
