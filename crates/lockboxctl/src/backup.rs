@@ -17,12 +17,11 @@ use lockbox_crypto::{
     open_backup,
 };
 use lockbox_proto::v1 as pb;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::out::outln;
-use crate::{emit, labels, parse_label};
+use crate::{emit, json, labels, parse_label};
 
 /// `lockboxctl backup …`
 #[derive(Subcommand)]
@@ -154,21 +153,17 @@ pub fn keygen(output: &Path, j: bool) -> Result<()> {
         let _ = std::fs::remove_file(output);
         return Err(e);
     }
-    emit(
-        j,
-        json!({
-            "identity": output.display().to_string(),
-            "recipient_file": public.display().to_string(),
-            "recipient": recipient.to_string(),
-            "fingerprint": recipient.fingerprint_hex(),
-        }),
-        || {
-            outln!("identity:  {} (keep it offline)", output.display());
-            outln!("recipient: {recipient}");
-            outln!("           (in {})", public.display());
-        },
-    );
-    Ok(())
+    let shape = json::BackupKeygen {
+        fingerprint: recipient.fingerprint_hex(),
+        identity: output.display().to_string(),
+        recipient: recipient.to_string(),
+        recipient_file: public.display().to_string(),
+    };
+    emit(j, &shape, || {
+        outln!("identity:  {} (keep it offline)", output.display());
+        outln!("recipient: {recipient}");
+        outln!("           (in {})", public.display());
+    })
 }
 
 /// `backup export`.
@@ -193,27 +188,23 @@ pub async fn export(
         .map_err(err)?
         .into_inner();
     write_atomic(output, &r.backup)?;
-    emit(
-        j,
-        json!({
-            "file": output.display().to_string(),
-            "keys": r.keys,
-            "materials": r.materials,
-            "recipients": r.recipient_fingerprints.len(),
-            "recipient_fingerprints": r.recipient_fingerprints,
-            "bytes": r.backup.len(),
-        }),
-        || {
-            outln!(
-                "{}: {} keys ({} materials) sealed to {} recipient(s)",
-                output.display(),
-                r.keys,
-                r.materials,
-                r.recipient_fingerprints.len()
-            );
-        },
-    );
-    Ok(())
+    let shape = json::BackupExported {
+        bytes: r.backup.len(),
+        file: output.display().to_string(),
+        keys: r.keys,
+        materials: r.materials,
+        recipient_fingerprints: &r.recipient_fingerprints,
+        recipients: r.recipient_fingerprints.len(),
+    };
+    emit(j, &shape, || {
+        outln!(
+            "{}: {} keys ({} materials) sealed to {} recipient(s)",
+            output.display(),
+            r.keys,
+            r.materials,
+            r.recipient_fingerprints.len()
+        );
+    })
 }
 
 /// `backup restore`: nothing reaches the daemon unless the whole file verified.
@@ -291,24 +282,20 @@ pub async fn restore(socket: &Path, file: &Path, identity_path: &Path, j: bool) 
         .await
         .map_err(|s| crate::rpc_error(socket, s))?
         .into_inner();
-    emit(
-        j,
-        json!({
-            "file": file.display().to_string(),
-            "source_node": source_node,
-            "restored": r.restored.len(),
-            "skipped": r.skipped.len(),
-            "restored_key_ids": r.restored,
-            "skipped_key_ids": r.skipped,
-        }),
-        || {
-            outln!(
-                "{}: {} keys restored, {} skipped (already here with the same material)",
-                file.display(),
-                r.restored.len(),
-                r.skipped.len()
-            );
-        },
-    );
-    Ok(())
+    let shape = json::BackupRestored {
+        file: file.display().to_string(),
+        restored: r.restored.len(),
+        restored_key_ids: &r.restored,
+        skipped: r.skipped.len(),
+        skipped_key_ids: &r.skipped,
+        source_node: &source_node,
+    };
+    emit(j, &shape, || {
+        outln!(
+            "{}: {} keys restored, {} skipped (already here with the same material)",
+            file.display(),
+            r.restored.len(),
+            r.skipped.len()
+        );
+    })
 }

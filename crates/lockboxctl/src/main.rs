@@ -13,11 +13,12 @@ use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::lockbox_client::LockboxClient;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 mod backup;
+mod json;
 mod out;
 mod remote;
 
@@ -226,49 +227,6 @@ fn policy_name(p: i32) -> &'static str {
     }
 }
 
-fn info_json(k: &pb::KeyInfo) -> Value {
-    let origin = k.origin.clone().unwrap_or_default();
-    json!({
-        "key_id": k.key_id,
-        "state": k.state,
-        "length": k.length,
-        "labels": k.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "created_unix_ms": k.created_unix_ms,
-        "origin": {
-            "kind": origin.kind, "from_key_id": origin.from_key_id,
-            "from_node": origin.from_node, "grant_id": origin.grant_id,
-        },
-        "moved_to_node": k.moved_to_node,
-        "moved_by_grant": k.moved_by_grant,
-        "clone_policy": policy_name(k.clone_policy),
-        "current_version": k.current_version,
-        "versions": k.versions.iter().map(|v| json!({
-            "version": v.version, "state": v.state, "created_unix_ms": v.created_unix_ms,
-        })).collect::<Vec<_>>(),
-        "shares_material_with": k.shares_material_with,
-    })
-}
-
-fn status_json(s: &pb::StatusResponse) -> Value {
-    json!({
-        "node_id": s.node_id,
-        "sealed": s.sealed,
-        "unseal_method": s.unseal_method,
-        "kek_id": s.kek_id,
-        "key_count": s.key_count,
-        "version": s.version,
-        "audit_records": s.audit_records,
-        "uptime_seconds": s.uptime_seconds,
-        "hpke_public_key": s.hpke_public_key,
-        "signing_public_key": s.signing_public_key,
-        "attestation_state": s.attestation_state,
-        "attestation_expires_unix_ms": s.attestation_expires_unix_ms,
-        "attestation_error": s.attestation_error,
-        "memory_locked": s.memory_locked,
-        "core_dumps_disabled": s.core_dumps_disabled,
-    })
-}
-
 fn print_info(k: &pb::KeyInfo) {
     let origin = k.origin.clone().unwrap_or_default();
     outln!("key_id:        {}", k.key_id);
@@ -278,6 +236,7 @@ fn print_info(k: &pb::KeyInfo) {
     labels.sort();
     let labels: Vec<String> = labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
     outln!("labels:        {}", labels.join(" "));
+    outln!("created:       {}", out::time(k.created_unix_ms));
     if !origin.from_node.is_empty() {
         outln!(
             "origin:        {} from {} (grant {})",
@@ -300,7 +259,16 @@ fn print_info(k: &pb::KeyInfo) {
     outln!("clone policy:  {}", policy_name(k.clone_policy));
     outln!("version:       {}", k.current_version);
     for v in &k.versions {
-        outln!("  v{}: {}", v.version, v.state);
+        if v.created_unix_ms == 0 {
+            outln!("  v{}: {}", v.version, v.state);
+        } else {
+            outln!(
+                "  v{}: {} (created {})",
+                v.version,
+                v.state,
+                out::time(v.created_unix_ms)
+            );
+        }
     }
     if !k.shares_material_with.is_empty() {
         outln!("shares material with: {}", k.shares_material_with.join(" "));
@@ -334,9 +302,9 @@ fn print_status(s: &pb::StatusResponse) {
     );
     if s.attestation_expires_unix_ms > 0 {
         outln!(
-            "attested: {} (expires {} unix ms)",
+            "attested: {} (expires {})",
             s.attestation_state,
-            s.attestation_expires_unix_ms
+            out::time(s.attestation_expires_unix_ms)
         );
     } else {
         outln!("attested: {}", s.attestation_state);
@@ -346,12 +314,16 @@ fn print_status(s: &pb::StatusResponse) {
     }
 }
 
-fn emit(json_mode: bool, v: Value, human: impl FnOnce()) {
+/// Prints `shape` (one of the [`json`] shapes) as one JSON line with `--json`, else runs
+/// `human`.
+fn emit(json_mode: bool, shape: &impl Serialize, human: impl FnOnce()) -> Result<()> {
     if json_mode {
-        outln!("{v}");
+        let line = serde_json::to_string(shape).context("encoding the JSON output")?;
+        outln!("{line}");
     } else {
         human();
     }
+    Ok(())
 }
 
 /// Turns a gRPC failure into one line that says what failed, without the transport noise.
@@ -446,9 +418,11 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, json!({"key_id": r.key_id, "created": r.created}), || {
-                    outln!("{}", r.key_id)
-                });
+                let shape = json::KeyCreated {
+                    created: r.created,
+                    key_id: &r.key_id,
+                };
+                emit(j, &shape, || outln!("{}", r.key_id))?;
             }
             KeyCommand::Get {
                 id,
@@ -483,11 +457,20 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 };
                 if j {
-                    let line = Zeroizing::new(
-                        json!({"key_id": r.key_id, "version": r.version, "format": name, "key": *encoded})
-                            .to_string(),
-                    );
-                    outln!("{}", *line);
+                    let shape = json::KeyMaterial {
+                        format: name,
+                        key: &encoded,
+                        key_id: &r.key_id,
+                        version: r.version,
+                    };
+                    // Room for the whole line up front, so the buffer never grows and leaves
+                    // an unwiped copy of the key behind (an escaped byte of the id takes 6).
+                    let room = 96 + encoded.len() + 6 * r.key_id.len();
+                    let mut line = Zeroizing::new(Vec::with_capacity(room));
+                    serde_json::to_writer(&mut *line, &shape)
+                        .context("encoding the JSON output")?;
+                    line.push(b'\n');
+                    out::bytes(&line);
                 } else {
                     outln!("{}", *encoded);
                 }
@@ -498,7 +481,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, info_json(&r), || print_info(&r));
+                emit(j, &json::Key::new(&r), || print_info(&r))?;
             }
             KeyCommand::List {
                 labels: l,
@@ -524,18 +507,17 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     token = r.next_page_token;
                 }
-                emit(
-                    j,
-                    json!({"keys": keys.iter().map(info_json).collect::<Vec<_>>()}),
-                    || {
-                        for k in &keys {
-                            let mut l: Vec<String> =
-                                k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
-                            l.sort();
-                            outln!("{}  {:<9} {}", k.key_id, k.state, l.join(" "));
-                        }
-                    },
-                );
+                let shape = json::KeyList {
+                    keys: keys.iter().map(json::Key::new).collect(),
+                };
+                emit(j, &shape, || {
+                    for k in &keys {
+                        let mut l: Vec<String> =
+                            k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
+                        l.sort();
+                        outln!("{}  {:<9} {}", k.key_id, k.state, l.join(" "));
+                    }
+                })?;
             }
             KeyCommand::Snapshot { id, labels: l } => {
                 let r = c
@@ -546,7 +528,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, json!({"key_id": r.key_id}), || outln!("{}", r.key_id));
+                emit(j, &json::NewKeyId { key_id: &r.key_id }, || {
+                    outln!("{}", r.key_id)
+                })?;
             }
             KeyCommand::Clone {
                 id,
@@ -566,7 +550,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, json!({"key_id": r.key_id}), || outln!("{}", r.key_id));
+                emit(j, &json::NewKeyId { key_id: &r.key_id }, || {
+                    outln!("{}", r.key_id)
+                })?;
             }
             KeyCommand::Rekey { id, commit } => {
                 let r = c
@@ -574,7 +560,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, info_json(&r), || print_info(&r));
+                emit(j, &json::Key::new(&r), || print_info(&r))?;
             }
             KeyCommand::Promote { id } => {
                 let r = c
@@ -582,7 +568,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(j, info_json(&r), || print_info(&r));
+                emit(j, &json::Key::new(&r), || print_info(&r))?;
             }
             KeyCommand::Destroy { id, cascade } => {
                 let r = c
@@ -593,30 +579,27 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map_err(err)?
                     .into_inner();
-                emit(
-                    j,
-                    json!({
-                        "destroyed_key_ids": r.destroyed_key_ids,
-                        "material_shredded": r.material_shredded,
-                        "kek_rotated": r.kek_rotated,
-                    }),
-                    || {
-                        outln!("destroyed: {}", r.destroyed_key_ids.join(" "));
-                        outln!(
-                            "material:  {}",
-                            if r.material_shredded {
-                                "shredded"
-                            } else {
-                                "kept (still shared by another key id)"
-                            }
-                        );
-                        if r.kek_rotated {
-                            outln!(
-                                "kek:       rotated (the destroyed material is now unrecoverable from disk)"
-                            );
+                let shape = json::Destroyed {
+                    destroyed_key_ids: &r.destroyed_key_ids,
+                    kek_rotated: r.kek_rotated,
+                    material_shredded: r.material_shredded,
+                };
+                emit(j, &shape, || {
+                    outln!("destroyed: {}", r.destroyed_key_ids.join(" "));
+                    outln!(
+                        "material:  {}",
+                        if r.material_shredded {
+                            "shredded"
+                        } else {
+                            "kept (still shared by another key id)"
                         }
-                    },
-                );
+                    );
+                    if r.kek_rotated {
+                        outln!(
+                            "kek:       rotated (the destroyed material is now unrecoverable from disk)"
+                        );
+                    }
+                })?;
             }
         },
         Command::Status => {
@@ -625,11 +608,11 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            emit(j, status_json(&s), || print_status(&s));
+            emit(j, &json::Status::new(&s), || print_status(&s))?;
         }
         Command::Seal => {
             let s = c.seal(pb::SealRequest {}).await.map_err(err)?.into_inner();
-            emit(j, status_json(&s), || outln!("sealed"));
+            emit(j, &json::Status::new(&s), || outln!("sealed"))?;
         }
         Command::Unseal { passphrase_file } => {
             let status = c
@@ -649,7 +632,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            emit(j, status_json(&s), || outln!("unsealed"));
+            emit(j, &json::Status::new(&s), || outln!("unsealed"))?;
         }
         Command::Kek(KekCommand::Rotate) => {
             let r = c
@@ -657,18 +640,19 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            emit(
-                j,
-                json!({"old_kek_id": r.old_kek_id, "new_kek_id": r.new_kek_id, "records_resealed": r.records_resealed}),
-                || {
-                    outln!(
-                        "kek {} -> {}: {} records re-sealed",
-                        r.old_kek_id,
-                        r.new_kek_id,
-                        r.records_resealed
-                    )
-                },
-            );
+            let shape = json::KekRotated {
+                new_kek_id: r.new_kek_id,
+                old_kek_id: r.old_kek_id,
+                records_resealed: r.records_resealed,
+            };
+            emit(j, &shape, || {
+                outln!(
+                    "kek {} -> {}: {} records re-sealed",
+                    r.old_kek_id,
+                    r.new_kek_id,
+                    r.records_resealed
+                )
+            })?;
         }
         Command::Audit(AuditCommand::Tail { n }) => {
             let r = c
@@ -676,28 +660,20 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            emit(
-                j,
-                json!({"records": r.records.iter().map(|a| json!({
-                    "seq": a.seq, "time_unix_ms": a.time_unix_ms, "actor": a.actor,
-                    "action": a.action, "key_id": a.key_id, "outcome": a.outcome,
-                    "detail": a.detail, "hash": a.hash,
-                })).collect::<Vec<_>>()}),
-                || {
-                    for a in &r.records {
-                        outln!(
-                            "{:>6} {} {:<16} {:<8} {} {} [{}]",
-                            a.seq,
-                            a.time_unix_ms,
-                            a.action,
-                            a.outcome,
-                            a.key_id,
-                            a.detail,
-                            a.actor
-                        );
-                    }
-                },
-            );
+            emit(j, &json::AuditTail::new(&r), || {
+                for a in &r.records {
+                    outln!(
+                        "{:>6} {:<24} {:<16} {:<8} {} {} [{}]",
+                        a.seq,
+                        out::time(a.time_unix_ms),
+                        a.action,
+                        a.outcome,
+                        a.key_id,
+                        a.detail,
+                        a.actor
+                    );
+                }
+            })?;
         }
         Command::Pki(_)
         | Command::Grant(_)
@@ -722,19 +698,22 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            emit(
-                j,
-                json!({"ok": r.ok, "records": r.records, "checkpoints": r.checkpoints, "bad_seq": r.bad_seq, "error": r.error}),
-                || {
-                    if r.ok {
-                        outln!(
-                            "audit log ok: {} records, {} signed checkpoints",
-                            r.records,
-                            r.checkpoints
-                        );
-                    }
-                },
-            );
+            let shape = json::AuditVerified {
+                bad_seq: r.bad_seq,
+                checkpoints: r.checkpoints,
+                error: &r.error,
+                ok: r.ok,
+                records: r.records,
+            };
+            emit(j, &shape, || {
+                if r.ok {
+                    outln!(
+                        "audit log ok: {} records, {} signed checkpoints",
+                        r.records,
+                        r.checkpoints
+                    );
+                }
+            })?;
             if !r.ok {
                 bail!("audit verification failed: {}", r.error);
             }
@@ -789,31 +768,35 @@ async fn transfer(
         Ok(pb::GrantOp::Replicate) => "replicate",
         _ => "unknown",
     };
-    emit(
-        j,
-        json!({
-            "grant_id": r.grant_id, "op": op, "source_node": r.source_node,
-            "dest_node": r.dest_node, "key_ids": r.key_ids,
-            "stored_unix_ms": r.stored_unix_ms, "fresh": r.fresh,
-        }),
-        || {
-            outln!(
-                "grant {} ({op}): {} keys stored at {}{}",
-                r.grant_id,
-                r.key_ids.len(),
-                r.dest_node,
-                if r.fresh {
-                    ""
-                } else {
-                    " (already completed earlier; same receipt)"
-                }
-            );
-            for k in &r.key_ids {
-                outln!("  {k}");
+    let shape = json::Receipt {
+        dest_node: &r.dest_node,
+        fresh: r.fresh,
+        grant_id: &r.grant_id,
+        key_ids: &r.key_ids,
+        op,
+        source_node: &r.source_node,
+        stored_unix_ms: r.stored_unix_ms,
+    };
+    emit(j, &shape, || {
+        let when = match r.stored_unix_ms {
+            0 => String::new(),
+            ms => format!(" on {}", out::time(ms)),
+        };
+        outln!(
+            "grant {} ({op}): {} keys stored at {}{when}{}",
+            r.grant_id,
+            r.key_ids.len(),
+            r.dest_node,
+            if r.fresh {
+                ""
+            } else {
+                " (already completed earlier; same receipt)"
             }
-        },
-    );
-    Ok(())
+        );
+        for k in &r.key_ids {
+            outln!("  {k}");
+        }
+    })
 }
 
 async fn verify_grant(socket: &std::path::Path, file: &PathBuf, j: bool) -> Result<()> {
@@ -824,26 +807,28 @@ async fn verify_grant(socket: &std::path::Path, file: &PathBuf, j: bool) -> Resu
         .await
         .map_err(|s| rpc_error(socket, s))?
         .into_inner();
-    emit(
-        j,
-        json!({
-            "ok": r.ok, "error": r.error, "grant_id": r.grant_id, "source_node": r.source_node,
-            "dest_node": r.dest_node, "key_ids": r.key_ids, "expires_unix_ms": r.expires_unix_ms,
-            "valid_signers": r.valid_signers,
-        }),
-        || {
-            if r.ok {
-                outln!(
-                    "grant {} ok: {} -> {}, {} keys, signed by {}",
-                    r.grant_id,
-                    r.source_node,
-                    r.dest_node,
-                    r.key_ids.len(),
-                    r.valid_signers.join(", ")
-                );
-            }
-        },
-    );
+    let shape = json::GrantVerified {
+        dest_node: &r.dest_node,
+        error: &r.error,
+        expires_unix_ms: r.expires_unix_ms,
+        grant_id: &r.grant_id,
+        key_ids: &r.key_ids,
+        ok: r.ok,
+        source_node: &r.source_node,
+        valid_signers: &r.valid_signers,
+    };
+    emit(j, &shape, || {
+        if r.ok {
+            outln!(
+                "grant {} ok: {} -> {}, {} keys, signed by {}",
+                r.grant_id,
+                r.source_node,
+                r.dest_node,
+                r.key_ids.len(),
+                r.valid_signers.join(", ")
+            );
+        }
+    })?;
     if !r.ok {
         bail!("{}", r.error);
     }

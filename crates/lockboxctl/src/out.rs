@@ -10,6 +10,7 @@
 //! closed Unix socket must stay an error the RPC layer reports, not a silent death.
 
 use std::io::{ErrorKind, Write};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// The exit status of a process killed by `SIGPIPE` (128 + 13), which shells and
 /// `set -o pipefail` already know as "the reader went away".
@@ -36,6 +37,20 @@ pub fn bytes(data: &[u8]) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
         fail(&e);
+    }
+}
+
+/// The first unix millisecond RFC 3339 cannot write (year 10000); humantime refuses to format it.
+const RFC3339_END_UNIX_MS: u64 = 253_402_300_800_000;
+
+/// A time in unix milliseconds as people read it: RFC 3339 in UTC with milliseconds
+/// (`2025-06-01T12:00:00.000Z`), `-` for 0 (not set), and the number itself for a time past
+/// year 9999. `--json` keeps the numbers.
+pub fn time(unix_ms: u64) -> String {
+    match unix_ms {
+        0 => "-".to_string(),
+        RFC3339_END_UNIX_MS.. => format!("{unix_ms} (unix ms)"),
+        ms => humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
     }
 }
 
@@ -74,3 +89,18 @@ macro_rules! out {
 }
 
 pub(crate) use {out, outln};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time(0), "-");
+        assert_eq!(time(1), "1970-01-01T00:00:00.001Z");
+        assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(time(RFC3339_END_UNIX_MS - 1), "9999-12-31T23:59:59.999Z");
+        assert_eq!(time(RFC3339_END_UNIX_MS), "253402300800000 (unix ms)");
+        assert_eq!(time(u64::MAX), format!("{} (unix ms)", u64::MAX));
+    }
+}

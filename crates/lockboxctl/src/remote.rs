@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
@@ -10,9 +11,9 @@ use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::controller_client::ControllerClient;
 use lockbox_tls::{ClientTls, Expect, Role, TlsFiles};
 use prost::Message;
-use serde_json::{Value, json};
 
-use crate::out::{out, outln};
+use crate::json::{self, GrantOutput, SignatureCheck};
+use crate::out::{self, out, outln};
 
 /// `lockboxctl pki …`
 #[derive(Subcommand)]
@@ -164,7 +165,8 @@ pub enum GrantCommand {
         /// copy | move | replicate
         #[arg(long, value_enum)]
         op: OpArg,
-        /// Validity, e.g. 10m (default: the policy's maximum).
+        /// Validity, e.g. 15m, 1h30m or 90s (a bare number is seconds); default: the
+        /// policy's maximum.
         #[arg(long)]
         ttl: Option<String>,
         /// Free text for the audit logs (volume, ticket).
@@ -240,22 +242,6 @@ fn write_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>) -> Result<()> {
     }
 }
 
-fn body_json(body: &pb::GrantBody) -> Value {
-    json!({
-        "grant_id": hex::encode(&body.grant_id),
-        "op": op_name(body.op),
-        "source_node": body.source_node,
-        "dest_node": body.dest_node,
-        "key_ids": body.key_ids,
-        "not_before_unix_ms": body.not_before_unix_ms,
-        "expires_unix_ms": body.expires_unix_ms,
-        "requested_by": body.requested_by,
-        "issuer_key_id": body.issuer_key_id,
-        "reason": body.reason,
-        "trust_domain": body.trust_domain,
-    })
-}
-
 fn status_err(s: tonic::Status) -> anyhow::Error {
     if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Unavailable {
         // With TLS 1.3 the server rejects our certificate only after the handshake, so the
@@ -275,10 +261,12 @@ pub fn run_pki(cmd: PkiCommand, json_out: bool) -> Result<()> {
         PkiCommand::Init { trust_domain, dir } => {
             let ca = lockbox_tls::pki::init(&trust_domain, &dir)?;
             if json_out {
-                outln!(
-                    "{}",
-                    json!({"ca_cert": ca, "ca_key": dir.join("ca.key"), "trust_domain": trust_domain})
-                );
+                let shape = json::PkiInit {
+                    ca_cert: ca.display().to_string(),
+                    ca_key: dir.join("ca.key").display().to_string(),
+                    trust_domain: &trust_domain,
+                };
+                outln!("{}", serde_json::to_string(&shape)?);
             } else {
                 outln!("CA for trust domain {trust_domain}: {}", ca.display());
             }
@@ -292,10 +280,12 @@ pub fn run_pki(cmd: PkiCommand, json_out: bool) -> Result<()> {
         } => {
             let issued = lockbox_tls::pki::issue(&dir, role.into(), &name, &dns, &ip)?;
             if json_out {
-                outln!(
-                    "{}",
-                    json!({"cert": issued.cert, "key": issued.key, "spiffe_id": issued.spiffe_id.uri()})
-                );
+                let shape = json::PkiIssued {
+                    cert: issued.cert.display().to_string(),
+                    key: issued.key.display().to_string(),
+                    spiffe_id: issued.spiffe_id.uri(),
+                };
+                outln!("{}", serde_json::to_string(&shape)?);
             } else {
                 outln!(
                     "{} -> {} ({})",
@@ -322,8 +312,9 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
             out,
             controller,
         } => {
+            // 0 asks for the policy's maximum.
             let ttl_seconds = match ttl {
-                Some(t) => humantime_secs(&t)?,
+                Some(t) => ttl_seconds(&t)?,
                 None => 0,
             };
             let op = match op {
@@ -374,26 +365,26 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
             }
             let (body, sigs) = lockbox_crypto::inspect_grant(&grant, &trusted)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            let sig_json: Vec<Value> = sigs
-                .iter()
-                .map(|(id, r)| match r {
-                    Ok(()) => json!({"key_id": id, "valid": true}),
-                    Err(e) => json!({"key_id": id, "valid": false, "error": e.to_string()}),
-                })
-                .collect();
             if json_out {
-                let mut v = body_json(&body);
-                v["signatures"] = Value::Array(sig_json);
-                outln!("{v}");
+                let checks = sigs
+                    .iter()
+                    .map(|(id, r)| SignatureCheck {
+                        error: r.as_ref().err().map(ToString::to_string),
+                        key_id: id.to_string(),
+                        valid: r.is_ok(),
+                    })
+                    .collect();
+                let shape = json::GrantInspected::new(&body, op_name(body.op), checks);
+                outln!("{}", serde_json::to_string(&shape)?);
             } else {
                 outln!("grant:      {}", hex::encode(&body.grant_id));
                 outln!("op:         {}", op_name(body.op));
                 outln!("from -> to: {} -> {}", body.source_node, body.dest_node);
                 outln!("keys:       {}", body.key_ids.join(" "));
                 outln!(
-                    "valid:      {} .. {} (unix ms)",
-                    body.not_before_unix_ms,
-                    body.expires_unix_ms
+                    "valid:      {} .. {}",
+                    out::time(body.not_before_unix_ms),
+                    out::time(body.expires_unix_ms)
                 );
                 outln!("asked by:   {}", body.requested_by);
                 outln!("reason:     {}", body.reason);
@@ -412,42 +403,133 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
 fn output_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>, json_out: bool) -> Result<()> {
     if json_out {
         let body = pb::GrantBody::decode(grant.body.as_slice()).context("decoding the grant")?;
-        let mut v = body_json(&body);
-        v["signers"] = json!(
-            grant
-                .signatures
-                .iter()
-                .map(|s| s.key_id.clone())
-                .collect::<Vec<_>>()
-        );
-        match out {
+        let output = match out {
             Some(p) => {
                 write_grant(grant, Some(p))?;
-                v["file"] = json!(p);
+                GrantOutput::File(p.display().to_string())
             }
-            None => v["grant"] = json!(lockbox_crypto::grant_to_text(grant)),
-        }
-        outln!("{v}");
+            None => GrantOutput::Text(lockbox_crypto::grant_to_text(grant)),
+        };
+        let shape = json::GrantIssued::new(&body, op_name(body.op), grant, output);
+        outln!("{}", serde_json::to_string(&shape)?);
         Ok(())
     } else {
         write_grant(grant, out)
     }
 }
 
-fn humantime_secs(s: &str) -> Result<u64> {
-    // Accepts 90s, 10m, 1h, or plain seconds.
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    let (num, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
-    let n: u64 = num
-        .parse()
-        .map_err(|_| anyhow!("--ttl {s:?} is not a duration (e.g. 10m)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => bail!("--ttl {s:?}: unit must be s, m or h"),
+/// Parses `--ttl` into whole seconds: a duration as config files write one (`90s`, `15m`,
+/// `1h30m`: humantime's syntax) or, as before, a bare number of seconds. Refuses zero, a
+/// fraction of a second, and a validity whose milliseconds (a grant's expiry is in unix ms)
+/// do not fit in a u64.
+fn ttl_seconds(s: &str) -> Result<u64> {
+    let too_long = || anyhow!("--ttl {s:?}: too long");
+    // The old parser took `+600` and `+10m` (u64's own parse allows a leading `+`);
+    // humantime does not.
+    let unsigned = s.strip_prefix('+').unwrap_or(s);
+    let d = if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(unsigned.parse().map_err(|_| too_long())?)
+    } else {
+        humantime::parse_duration(unsigned).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            _ => anyhow!("--ttl {s:?}: expected a duration like 15m or 1h30m"),
+        })?
     };
-    Ok(n * mult)
+    if d.is_zero() {
+        bail!("--ttl {s:?}: must be longer than zero (leave --ttl out for the policy's maximum)");
+    }
+    if d.subsec_nanos() != 0 {
+        bail!("--ttl {s:?}: must be a whole number of seconds");
+    }
+    u64::try_from(d.as_millis()).map_err(|_| too_long())?;
+    Ok(d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::ttl_seconds;
+
+    #[test]
+    fn ttl_takes_humantime_durations() {
+        for (s, secs) in [
+            ("90s", 90),
+            ("15m", 900),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("1h 30m", 5400),
+            ("2d", 172_800),
+            ("1.5h", 5400),
+            ("2000ms", 2),
+        ] {
+            assert_eq!(ttl_seconds(s).unwrap(), secs, "{s}");
+        }
+    }
+
+    #[test]
+    fn ttl_keeps_the_old_spellings() {
+        // The old parser: a bare u64 of seconds (with u64's optional `+`), or N followed by
+        // s, m or h.
+        for (s, secs) in [
+            ("600", 600),
+            ("+600", 600),
+            ("1", 1),
+            ("10m", 600),
+            ("+10m", 600),
+            ("2s", 2),
+        ] {
+            assert_eq!(ttl_seconds(s).unwrap(), secs, "{s}");
+        }
+    }
+
+    fn err(s: &str) -> String {
+        ttl_seconds(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn ttl_refusals_name_the_flag_and_the_reason() {
+        for s in [
+            "abc",
+            "",
+            "10x",
+            "m",
+            "-5m",
+            "-5",
+            "1h-",
+            "10 minutes later",
+        ] {
+            assert_eq!(
+                err(s),
+                format!("--ttl {s:?}: expected a duration like 15m or 1h30m"),
+                "{s}"
+            );
+        }
+        for s in ["0", "0s", "0m", "0h0m"] {
+            assert!(err(s).starts_with(&format!("--ttl {s:?}: must be longer than zero")));
+        }
+        for s in ["1500ms", "90.5s", "1ns"] {
+            assert_eq!(
+                err(s),
+                format!("--ttl {s:?}: must be a whole number of seconds")
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_refuses_what_does_not_fit() {
+        // Past u64 seconds, past u64 milliseconds, and past humantime's own arithmetic.
+        let max_ms_secs = u64::MAX / 1000;
+        for s in [
+            "18446744073709551616".to_string(),
+            u64::MAX.to_string(),
+            (max_ms_secs + 1).to_string(),
+            format!("{}s", max_ms_secs + 1),
+            "99999999999999999999h".to_string(),
+            "18446744073709551615h".to_string(),
+        ] {
+            assert_eq!(err(&s), format!("--ttl {s:?}: too long"), "{s}");
+        }
+        assert_eq!(ttl_seconds(&max_ms_secs.to_string()).unwrap(), max_ms_secs);
+    }
 }
