@@ -5,12 +5,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use lockbox_crypto::SecretBytes;
+use lockbox_store::Ns;
+
+use super::model::{
+    Caller, KeyMeta, Origin, VersionMeta, VersionState, new_material_id, parse_key_id, ref_id,
+    validate_labels,
+};
+use super::txn::Event;
+use super::{Custody, Unlocked, now_ms};
+use crate::config::ClonePolicy;
+use crate::error::{CustodyError, Result};
+
 use lockbox_crypto::{
     BackupContents, BackupKey, BackupOrigin, BackupRecipient, BackupVersion, BackupVersionState,
     check_backup_contents, seal_backup,
 };
-
-use super::*;
 
 /// A sealed backup, ready to be written to a file.
 #[derive(Debug)]
@@ -165,34 +175,21 @@ impl Custody {
         drop(contents);
         let fingerprints: Vec<String> = recipients.iter().map(|r| r.fingerprint_hex()).collect();
 
-        let mut ws = self.write.lock().await;
+        let mut txn = self.write_txn().await;
         let u = self.unlocked()?;
-        let before = *ws;
-        let mut batch = Batch::new();
         let filter = if labels.is_empty() {
             String::new()
         } else {
             let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!(" with labels {}", l.join(","))
         };
-        self.audit(
-            &mut ws,
-            &mut batch,
-            Some(&u),
-            caller,
-            "backup-export",
-            "",
-            "ok",
-            format!(
+        txn.audit(Some(&u), caller, Event::ok("backup-export", "", format!(
                 "{keys} keys{filter} ({materials} materials, {} bytes) sealed to {} recipient(s): {}",
                 bytes.len(),
                 fingerprints.len(),
                 fingerprints.join(",")
-            ),
-        )?;
-        let generation = self.apply(&mut ws, before, batch)?;
-        drop(ws);
-        self.store.durable(generation).await?;
+            )))?;
+        txn.commit().await?;
         Ok(ExportedBackup {
             bytes,
             keys,
@@ -292,7 +289,7 @@ impl Custody {
         for k in &contents.keys {
             check_restored_key(k, &contents.materials)?;
         }
-        let mut ws = self.write.lock().await;
+        let mut txn = self.write_txn().await;
         let u = self.unlocked()?;
         // Material index → a material already here holding those bytes.
         let mut here: HashMap<u32, String> = HashMap::new();
@@ -345,8 +342,6 @@ impl Custody {
             out.skipped.push(k.key_id.clone());
         }
 
-        let before = *ws;
-        let mut batch = Batch::new();
         // How many restored versions use each backed-up material: one alone holds it inline.
         let mut uses: HashMap<u32, usize> = HashMap::new();
         for v in fresh.iter().flat_map(|k| &k.versions) {
@@ -371,7 +366,7 @@ impl Custody {
                     (id, Some(sealed))
                 } else {
                     let id = new_material_id()?;
-                    batch.put(
+                    txn.put(
                         Ns::Materials,
                         id.as_bytes(),
                         &self.seal_material(&u, &id, bytes)?,
@@ -380,7 +375,7 @@ impl Custody {
                     (id, None)
                 };
                 if inline.is_none() {
-                    batch.put(Ns::MaterialRefs, &ref_id(&material_id, &k.key_id), b"");
+                    txn.put(Ns::MaterialRefs, &ref_id(&material_id, &k.key_id), b"");
                 }
                 versions.push(VersionMeta {
                     version: v.version,
@@ -413,40 +408,28 @@ impl Custody {
                 replica: k.replica,
                 moved_to: None,
             };
-            batch.put(Ns::Keys, k.key_id.as_bytes(), &self.seal_meta(&u, &meta)?);
-            ws.key_count += 1;
+            txn.put(Ns::Keys, k.key_id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            txn.add_keys(1);
             out.restored.push(k.key_id.clone());
         }
         // Keys already here whose inline material a restored key now shares.
         for owner in &share_out {
             let mut meta = self.live_meta(&u, owner)?;
-            self.share_out(&u, &mut meta, &mut batch)?;
-            batch.put(Ns::Keys, owner.as_bytes(), &self.seal_meta(&u, &meta)?);
+            self.share_out(&u, &mut meta, txn.batch())?;
+            txn.put(Ns::Keys, owner.as_bytes(), &self.seal_meta(&u, &meta)?);
         }
-        batch.put(Ns::Node, NODE_KEY_COUNT, &ws.key_count.to_be_bytes());
         let sha = source
             .backup_sha256
             .get(..16)
             .unwrap_or(&source.backup_sha256);
-        self.audit(
-            &mut ws,
-            &mut batch,
-            Some(&u),
-            caller,
-            "backup-restore",
-            "",
-            "ok",
-            format!(
+        txn.audit(Some(&u), caller, Event::ok("backup-restore", "", format!(
                 "backup {sha} of node {} made at {} unix ms: {} keys restored, {} skipped (already here)",
                 trust_printable(&source.source_node),
                 source.created_unix_ms,
                 out.restored.len(),
                 out.skipped.len()
-            ),
-        )?;
-        let generation = self.apply(&mut ws, before, batch)?;
-        drop(ws);
-        self.store.durable(generation).await?;
+            )))?;
+        txn.commit().await?;
         Ok(out)
     }
 }

@@ -1,0 +1,282 @@
+//! Grants at either end of a transfer: verifying them, and the records that make a completed
+//! grant answer its retries with the same receipt.
+
+use lockbox_crypto::{GrantSide, VerifiedGrant};
+use lockbox_proto::v1 as pb;
+use lockbox_store::{Batch, Ns};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Caller, parse_key_id};
+use super::txn::Event;
+use super::{Custody, now_ms};
+use crate::error::{CustodyError, Result};
+
+/// Domain of the destination's receipt signature.
+pub const RECEIPT_DOMAIN: &str = "lockbox/v1/receipt";
+
+/// Which end of a grant this node was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantRole {
+    /// We sent the keys.
+    Source,
+    /// We received them.
+    Destination,
+}
+
+/// A receipt as stored and returned again on retries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredReceipt {
+    /// `ReceiptBody` protobuf bytes.
+    #[serde(with = "crate::json_bytes")]
+    pub body: Vec<u8>,
+    /// The destination's Ed25519 signature over them.
+    #[serde(with = "crate::json_bytes")]
+    pub signature: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GrantRecord {
+    role: GrantRole,
+    expires_unix_ms: u64,
+    receipt: StoredReceipt,
+}
+
+fn grant_key(grant_id: &[u8; 16], role: GrantRole) -> Vec<u8> {
+    let mut k = grant_id.to_vec();
+    k.push(match role {
+        GrantRole::Source => b's',
+        GrantRole::Destination => b'd',
+    });
+    k
+}
+
+/// Adds the record of what this node did with a grant to the batch that does it.
+pub(super) fn put_grant_record(
+    batch: &mut Batch,
+    grant: &VerifiedGrant,
+    role: GrantRole,
+    receipt: StoredReceipt,
+) -> Result<()> {
+    let record = GrantRecord {
+        role,
+        expires_unix_ms: grant.body.expires_unix_ms,
+        receipt,
+    };
+    let bytes = serde_json::to_vec(&record)
+        .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?;
+    batch.put(Ns::Grants, &grant_key(&grant.grant_id, role), &bytes);
+    Ok(())
+}
+
+pub(super) fn op_name(op: i32) -> &'static str {
+    match pb::GrantOp::try_from(op) {
+        Ok(pb::GrantOp::Copy) => "copy",
+        Ok(pb::GrantOp::Move) => "move",
+        Ok(pb::GrantOp::Replicate) => "replicate",
+        _ => "unknown-op",
+    }
+}
+
+impl Custody {
+    /// Verifies a grant as the source of the transfer it authorizes (DESIGN.md §6): signatures
+    /// and threshold, validity window, this node as source, and every key id live here.
+    /// Consumes nothing.
+    pub fn verify_grant_as_source(
+        &self,
+        signed: &lockbox_proto::v1::SignedGrant,
+    ) -> Result<lockbox_crypto::VerifiedGrant> {
+        let u = self.unlocked()?;
+        if self.policy.controllers.is_empty() {
+            return Err(CustodyError::Grant(
+                lockbox_crypto::GrantError::ThresholdNotMet {
+                    valid: 0,
+                    required: self.policy.grant_threshold,
+                },
+            ));
+        }
+        let ctx = lockbox_crypto::GrantContext {
+            now_unix_ms: now_ms(),
+            skew_ms: self.policy.clock_skew.as_millis() as u64,
+            threshold: self.policy.grant_threshold,
+            self_node: &self.node_id,
+            peer_node: None,
+            side: lockbox_crypto::GrantSide::Source,
+            key_ids: None,
+        };
+        let verified =
+            lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
+                .map_err(CustodyError::Grant)?;
+        for key_id in &verified.body.key_ids {
+            let id = parse_key_id(key_id)?;
+            self.usable_meta(&u, &id)?;
+        }
+        Ok(verified)
+    }
+
+    /// What this node recorded for a grant in `role`, if anything: a completed grant answers
+    /// a retry with the same receipt instead of running again.
+    pub fn grant_record(
+        &self,
+        grant_id: &[u8; 16],
+        role: GrantRole,
+    ) -> Result<Option<StoredReceipt>> {
+        let Some(bytes) = self.store.get(Ns::Grants, &grant_key(grant_id, role))? else {
+            return Ok(None);
+        };
+        let rec: GrantRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?;
+        Ok(Some(rec.receipt))
+    }
+
+    /// Deletes the records of grants that expired more than the clock skew ago (audited, one
+    /// record per sweep). They exist to answer retries of a grant with the same receipt; once
+    /// a grant is past its window every retry is refused by `verify_grant` ("expired") before
+    /// the record is looked up, so keeping them would only grow the database forever.
+    /// Returns how many were deleted.
+    pub async fn prune_expired_grants(&self, caller: &Caller) -> Result<usize> {
+        let horizon = now_ms().saturating_sub(self.policy.clock_skew.as_millis() as u64);
+        let mut txn = self.write_txn().await;
+        let u = self.unlocked()?;
+        let mut pruned = 0usize;
+        for item in self.store.iter_after(Ns::Grants, None) {
+            let (id, bytes) = item?;
+            let rec: GrantRecord = match serde_json::from_slice(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable grant record left in place");
+                    continue;
+                }
+            };
+            if rec.expires_unix_ms < horizon {
+                txn.remove(Ns::Grants, &id);
+                pruned += 1;
+            }
+        }
+        if pruned == 0 {
+            return Ok(0);
+        }
+        txn.audit(
+            Some(&u),
+            caller,
+            Event::ok(
+                "prune-grants",
+                "",
+                format!("{pruned} expired grant records deleted"),
+            ),
+        )?;
+        txn.commit().await?;
+        Ok(pruned)
+    }
+
+    /// How many grant records this node keeps (status and tests).
+    pub fn grant_record_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for item in self.store.iter_after(Ns::Grants, None) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Verifies a grant (signatures, threshold, window, nodes) for one side of a transfer.
+    /// Key existence is the caller's business: it differs between a first run and a retry.
+    pub fn verify_grant(
+        &self,
+        signed: &pb::SignedGrant,
+        side: GrantSide,
+        peer_node: Option<&str>,
+    ) -> Result<VerifiedGrant> {
+        let ctx = lockbox_crypto::GrantContext {
+            now_unix_ms: now_ms(),
+            skew_ms: self.policy.clock_skew.as_millis() as u64,
+            threshold: self.policy.grant_threshold,
+            self_node: &self.node_id,
+            peer_node,
+            side,
+            key_ids: None,
+        };
+        if self.policy.controllers.is_empty() {
+            return Err(CustodyError::Grant(
+                lockbox_crypto::GrantError::ThresholdNotMet {
+                    valid: 0,
+                    required: self.policy.grant_threshold,
+                },
+            ));
+        }
+        let verified =
+            lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
+                .map_err(CustodyError::Grant)?;
+        // Key ids are stored in one spelling; a grant spelling one differently could name the
+        // same key twice or miss it. Controllers issue canonical ids; refuse anything else.
+        for k in &verified.body.key_ids {
+            if parse_key_id(k)? != *k {
+                return Err(CustodyError::Grant(lockbox_crypto::GrantError::Malformed(
+                    format!("key id {k:?} is not in canonical form"),
+                )));
+            }
+        }
+        Ok(verified)
+    }
+
+    /// Audits a request refused before it reached the domain (e.g. a peer that is not a
+    /// lockbox), when the node is unsealed.
+    pub async fn audit_refused(&self, caller: &Caller, action: &str, why: String) {
+        let e = CustodyError::InvalidArgument(why);
+        self.audit_refusal(caller, action, "", &e).await;
+    }
+
+    /// Audits a failed transfer under its grant id (both ends do).
+    pub async fn audit_transfer_failure(
+        &self,
+        caller: &Caller,
+        action: &str,
+        grant_id: &str,
+        err: &CustodyError,
+    ) {
+        let e = CustodyError::WrongState {
+            key_id: format!("grant {grant_id}"),
+            why: err.to_string(),
+        };
+        self.audit_refusal(caller, action, "", &e).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn grant_records_store_bytes_as_base64_and_read_the_older_number_arrays() {
+        let record = GrantRecord {
+            role: GrantRole::Destination,
+            expires_unix_ms: 42,
+            receipt: StoredReceipt {
+                body: (0..=255u8).collect(),
+                signature: vec![7; 64],
+            },
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(
+            json.contains(&format!(
+                "\"{}\"",
+                base64::engine::general_purpose::STANDARD.encode(vec![7u8; 64])
+            )),
+            "{json}"
+        );
+        let back: GrantRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.receipt, record.receipt);
+        assert_eq!(back.expires_unix_ms, 42);
+
+        // What earlier versions wrote: serde's default for Vec<u8>.
+        let old = r#"{"role":"destination","expires_unix_ms":42,"receipt":{"body":[1,2,255],"signature":[9,9]}}"#;
+        let back: GrantRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(back.receipt.body, vec![1, 2, 255]);
+        assert_eq!(back.receipt.signature, vec![9, 9]);
+        // Neither text that is not base64 nor numbers out of byte range pass.
+        assert!(serde_json::from_str::<GrantRecord>(&old.replace("[9,9]", "\"@@\"")).is_err());
+        assert!(serde_json::from_str::<GrantRecord>(&old.replace("[9,9]", "[256]")).is_err());
+    }
+}

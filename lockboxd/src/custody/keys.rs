@@ -1,0 +1,418 @@
+//! Key mutations that add: create, snapshot, clone, rekey, promote.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lockbox_crypto::SecretBytes;
+use lockbox_store::Ns;
+
+use super::model::{
+    Caller, CloneMode, KeyInfo, KeyMeta, Origin, VersionMeta, VersionState, new_material_id,
+    parse_key_id, ref_id, validate_labels,
+};
+use super::txn::Event;
+use super::{Custody, now_ms};
+use crate::config::ClonePolicy;
+use crate::error::{CustodyError, Result};
+
+#[derive(Debug, Clone, Copy)]
+enum DeriveMaterial {
+    Share,
+    Fresh,
+}
+
+impl Custody {
+    /// Creates a key with fresh material. With a caller-chosen id, a retry with the same
+    /// parameters returns the existing key (`created == false`).
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        length: u32,
+        labels: BTreeMap<String, String>,
+        clone_policy: Option<ClonePolicy>,
+        key_id: Option<String>,
+    ) -> Result<(String, bool)> {
+        let res = self
+            .create_inner(caller, length, labels, clone_policy, key_id.clone())
+            .await;
+        self.audited(caller, "create", key_id.as_deref().unwrap_or(""), res)
+            .await
+    }
+
+    async fn create_inner(
+        &self,
+        caller: &Caller,
+        length: u32,
+        labels: BTreeMap<String, String>,
+        clone_policy: Option<ClonePolicy>,
+        key_id: Option<String>,
+    ) -> Result<(String, bool)> {
+        let u = self.unlocked()?;
+        let length = match length {
+            0 => 32,
+            32 | 64 => length,
+            other => {
+                return Err(CustodyError::InvalidArgument(format!(
+                    "key length must be 32 or 64 bytes, not {other}"
+                )));
+            }
+        };
+        validate_labels(&labels)?;
+        let given = key_id.is_some();
+        let key_id = match key_id {
+            Some(id) => parse_key_id(&id)?,
+            None => uuid::Uuid::new_v4().hyphenated().to_string(),
+        };
+        // Generate and seal outside the writer lock: only the batch apply is serialized.
+        let material_id = new_material_id()?;
+        let material = SecretBytes::random(length as usize)?;
+        let sealed_material = self.seal_material(&u, &material_id, &material)?;
+        drop(material);
+        let now = now_ms();
+        let mut meta = KeyMeta {
+            key_id: key_id.clone(),
+            destroyed: false,
+            length,
+            labels,
+            created_unix_ms: now,
+            origin: Origin {
+                kind: "created".into(),
+                from_key_id: String::new(),
+                from_node: String::new(),
+                grant_id: String::new(),
+            },
+            clone_policy: clone_policy.map(|p| p.as_str().to_string()),
+            current_version: 1,
+            versions: vec![VersionMeta {
+                version: 1,
+                state: VersionState::Active,
+                material_id: material_id.clone(),
+                created_unix_ms: now,
+                inline: Some(sealed_material),
+            }],
+            replica: false,
+            moved_to: None,
+        };
+        let sealed_meta = self.seal_meta(&u, &meta)?;
+
+        let mut txn = self.write_txn().await;
+        // A KEK rotation (or a seal) may have run while we waited for the lock: seal again
+        // under the KEK that is current now, or refuse if sealed.
+        let u_now = self.unlocked()?;
+        let sealed_meta = if Arc::ptr_eq(&u, &u_now) {
+            sealed_meta
+        } else {
+            // Opened with the state it was sealed under (a finished rotation dropped that KEK
+            // from the current one).
+            for v in meta.versions.iter_mut() {
+                if let Some(sealed) = v.inline.take() {
+                    let plain = self.open_sealed_material(&u, &key_id, &v.material_id, &sealed)?;
+                    v.inline = Some(self.seal_material(&u_now, &v.material_id, &plain)?);
+                }
+            }
+            self.seal_meta(&u_now, &meta)?
+        };
+        let u = u_now;
+        if given && let Some(existing) = self.load_meta(&u, &key_id)? {
+            drop(txn);
+            if existing.destroyed {
+                return Err(CustodyError::KeyDestroyed(key_id));
+            }
+            let same = existing.length == meta.length
+                && existing.labels == meta.labels
+                && existing.clone_policy == meta.clone_policy;
+            return if same {
+                Ok((key_id, false))
+            } else {
+                Err(CustodyError::AlreadyExists(key_id))
+            };
+        }
+        // One record: the material is inline until a snapshot or clone shares it.
+        txn.put(Ns::Keys, key_id.as_bytes(), &sealed_meta);
+        txn.add_keys(1);
+        txn.audit(
+            Some(&u),
+            caller,
+            Event::ok("create", &key_id, format!("length {length}")),
+        )?;
+        txn.commit().await?;
+        Ok((key_id, true))
+    }
+
+    /// A new key id sharing every readable version's material (O(1) in the key's size: one
+    /// metadata record and one reference per version).
+    pub async fn snapshot(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        let res = self
+            .derive(caller, key_id, labels, "snapshot", DeriveMaterial::Share)
+            .await;
+        self.audited(caller, "snapshot", key_id, res).await
+    }
+
+    /// A clone, as the key's clone policy allows.
+    pub async fn clone_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        mode: CloneMode,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        let res = self.clone_inner(caller, key_id, mode, labels).await;
+        let action = match mode {
+            CloneMode::SameKey => "clone-same-key",
+            CloneMode::NewKey => "clone-new-key",
+        };
+        self.audited(caller, action, key_id, res).await
+    }
+
+    async fn clone_inner(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        mode: CloneMode,
+        labels: BTreeMap<String, String>,
+    ) -> Result<String> {
+        let u = self.unlocked()?;
+        let id = parse_key_id(key_id)?;
+        let meta = self.usable_meta(&u, &id)?;
+        let policy = self.effective_policy(&meta);
+        match (policy, mode) {
+            (ClonePolicy::Deny, _) => {
+                return Err(CustodyError::CloneRefused {
+                    key_id: id,
+                    policy: policy.as_str(),
+                    why: "this key may not be cloned (a snapshot is still allowed)",
+                });
+            }
+            (ClonePolicy::NewKey, CloneMode::SameKey) => {
+                return Err(CustodyError::CloneRefused {
+                    key_id: id,
+                    policy: policy.as_str(),
+                    why: "only --mode new-key clones are allowed",
+                });
+            }
+            _ => {}
+        }
+        match mode {
+            CloneMode::SameKey => {
+                self.derive(caller, &id, labels, "clone-same-key", DeriveMaterial::Share)
+                    .await
+            }
+            CloneMode::NewKey => {
+                self.derive(caller, &id, labels, "clone-new-key", DeriveMaterial::Fresh)
+                    .await
+            }
+        }
+    }
+
+    async fn derive(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        labels: BTreeMap<String, String>,
+        kind: &str,
+        material: DeriveMaterial,
+    ) -> Result<String> {
+        let source_id = parse_key_id(key_id)?;
+        validate_labels(&labels)?;
+        let new_id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let now = now_ms();
+        let mut txn = self.write_txn().await;
+        // Taken under the writer lock: a rotation that finished while we waited replaced the
+        // KEK, and a record sealed under the old one would be unreadable.
+        let u = self.unlocked()?;
+        // Read under the writer lock: a concurrent destroy must not leave us referring to
+        // shredded material.
+        let src = self.usable_meta(&u, &source_id)?;
+        let mut merged = src.labels.clone();
+        merged.extend(labels);
+        validate_labels(&merged)?;
+        let versions = match material {
+            DeriveMaterial::Share => {
+                if src.holds_inline() {
+                    // The material becomes shared: out of the source's record into shared
+                    // records, which both key ids then refer to.
+                    let mut src = src.clone();
+                    self.share_out(&u, &mut src, txn.batch())?;
+                    txn.put(Ns::Keys, src.key_id.as_bytes(), &self.seal_meta(&u, &src)?);
+                }
+                let vs: Vec<VersionMeta> = src
+                    .versions
+                    .iter()
+                    .filter(|v| v.readable())
+                    .map(|v| VersionMeta {
+                        inline: None,
+                        ..v.clone()
+                    })
+                    .collect();
+                for v in &vs {
+                    txn.put(Ns::MaterialRefs, &ref_id(&v.material_id, &new_id), b"");
+                }
+                vs
+            }
+            DeriveMaterial::Fresh => {
+                let material_id = new_material_id()?;
+                let bytes = SecretBytes::random(src.length as usize)?;
+                let sealed = self.seal_material(&u, &material_id, &bytes)?;
+                vec![VersionMeta {
+                    version: 1,
+                    state: VersionState::Active,
+                    material_id,
+                    created_unix_ms: now,
+                    inline: Some(sealed),
+                }]
+            }
+        };
+        let current_version = match material {
+            DeriveMaterial::Share => src.current_version,
+            DeriveMaterial::Fresh => 1,
+        };
+        let meta = KeyMeta {
+            key_id: new_id.clone(),
+            destroyed: false,
+            length: src.length,
+            labels: merged,
+            created_unix_ms: now,
+            origin: Origin {
+                kind: kind.into(),
+                from_key_id: source_id.clone(),
+                from_node: String::new(),
+                grant_id: String::new(),
+            },
+            clone_policy: src.clone_policy.clone(),
+            current_version,
+            versions,
+            replica: false,
+            moved_to: None,
+        };
+        txn.put(Ns::Keys, new_id.as_bytes(), &self.seal_meta(&u, &meta)?);
+        txn.add_keys(1);
+        txn.audit(
+            Some(&u),
+            caller,
+            Event::ok(kind, &new_id, format!("from {source_id}")),
+        )?;
+        txn.commit().await?;
+        Ok(new_id)
+    }
+
+    /// `commit == false`: adds a new version with fresh material (both readable; `get` keeps
+    /// returning the old one until commit, so a consumer can rewrap at its own pace).
+    /// `commit == true`: the new version becomes current and the old one is retired.
+    pub async fn rekey(&self, caller: &Caller, key_id: &str, commit: bool) -> Result<KeyInfo> {
+        let action = if commit {
+            "rekey-commit"
+        } else {
+            "rekey-begin"
+        };
+        let res = self.rekey_inner(caller, key_id, commit).await;
+        self.audited(caller, action, key_id, res).await
+    }
+
+    async fn rekey_inner(&self, caller: &Caller, key_id: &str, commit: bool) -> Result<KeyInfo> {
+        let id = parse_key_id(key_id)?;
+        let mut txn = self.write_txn().await;
+        let u = self.unlocked()?;
+        let mut meta = self.usable_meta(&u, &id)?;
+        let pending = meta
+            .versions
+            .iter()
+            .position(|v| v.state == VersionState::Rekeying);
+        let detail;
+        if commit {
+            let Some(p) = pending else {
+                // A commit retried after it took effect (a crash or timeout before the answer
+                // reached the caller): the newest version is current and an older one retired.
+                // Say so, changing nothing.
+                let newest = meta.versions.iter().map(|v| v.version).max();
+                let committed = newest == Some(meta.current_version)
+                    && meta
+                        .versions
+                        .iter()
+                        .any(|v| v.state == VersionState::Retired);
+                if committed {
+                    drop(txn);
+                    return self.info(&u, meta);
+                }
+                return Err(CustodyError::WrongState {
+                    key_id: id,
+                    why: "no rekey in progress (run `key rekey ID` first)".into(),
+                });
+            };
+            for v in meta.versions.iter_mut() {
+                if v.state == VersionState::Active {
+                    v.state = VersionState::Retired;
+                }
+            }
+            meta.versions[p].state = VersionState::Active;
+            meta.current_version = meta.versions[p].version;
+            detail = format!("version {} active", meta.current_version);
+        } else {
+            if pending.is_some() {
+                return Err(CustodyError::WrongState {
+                    key_id: id,
+                    why: "a rekey is already in progress (commit it with `key rekey ID --commit`)"
+                        .into(),
+                });
+            }
+            let version = meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            let material_id = new_material_id()?;
+            let bytes = SecretBytes::random(meta.length as usize)?;
+            // The new version's material is this key's alone (a snapshot taken earlier shares
+            // only the versions it saw): inline.
+            let sealed = self.seal_material(&u, &material_id, &bytes)?;
+            meta.versions.push(VersionMeta {
+                version,
+                state: VersionState::Rekeying,
+                material_id,
+                created_unix_ms: now_ms(),
+                inline: Some(sealed),
+            });
+            detail = format!("version {version} pending");
+        }
+        txn.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
+        let action = if commit {
+            "rekey-commit"
+        } else {
+            "rekey-begin"
+        };
+        txn.audit(Some(&u), caller, Event::ok(action, &id, detail))?;
+        txn.commit().await?;
+        self.info(&u, meta)
+    }
+
+    /// Turns a replica into an active key (audited).
+    pub async fn promote(&self, caller: &Caller, key_id: &str) -> Result<KeyInfo> {
+        let res = async {
+            let id = parse_key_id(key_id)?;
+            let mut txn = self.write_txn().await;
+            let u = self.unlocked()?;
+            let mut meta = self.live_meta(&u, &id)?;
+            if !meta.replica {
+                return Err(CustodyError::WrongState {
+                    key_id: id,
+                    why: "is not a replica".into(),
+                });
+            }
+            meta.replica = false;
+            txn.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            txn.audit(
+                Some(&u),
+                caller,
+                Event::ok(
+                    "promote",
+                    &id,
+                    format!("replica from {} promoted", meta.origin.from_node),
+                ),
+            )?;
+            txn.commit().await?;
+            self.info(&u, meta)
+        }
+        .await;
+        self.audited(caller, "promote", key_id, res).await
+    }
+}

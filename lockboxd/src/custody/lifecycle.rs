@@ -1,0 +1,381 @@
+//! A lockbox's life: init, open, unseal, seal, clean shutdown, and what `status` reports.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use lockbox_crypto::{
+    AuditEntry, AuditEvent, GENESIS_HASH, HpkeIdentity, Keyring, RecordKind, SecretBytes,
+    SigningIdentity, UnsealMethod, UnsealSecret, Unsealed,
+};
+use lockbox_store::{Batch, Ns, Store, write_file_atomic};
+use tokio::sync::Mutex;
+
+use super::model::{Caller, NodeStatus};
+use super::txn::{Event, WriteState, seal_head};
+use super::{
+    Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_HPKE, NODE_KEY_COUNT, NODE_SIGNING, Unlocked,
+    decode_u64, io_err, now_ms,
+};
+use crate::config::{Config, Policy};
+use crate::error::{CustodyError, Result};
+
+/// Reads the unseal key file (exactly 32 bytes).
+pub fn read_keyfile(path: &Path) -> Result<SecretBytes> {
+    let bytes = SecretBytes::new(std::fs::read(path).map_err(io_err(path))?);
+    if bytes.len() != 32 {
+        return Err(CustodyError::InvalidArgument(format!(
+            "key file {} must hold exactly 32 bytes, found {}",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Creates the keyfile (32 random bytes, mode 0600) unless it exists.
+fn ensure_keyfile(path: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let secret = SecretBytes::random(32)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(secret.expose_secret()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(())
+}
+
+/// Initializes a data dir: keyring (root secret + first KEK), node identities, the first audit
+/// record. Refuses a dir that already has a keyring or a database.
+pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretBytes>) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let keyring_path = config.keyring_path();
+    let db_path = config.db_path();
+    if keyring_path.exists() {
+        return Err(CustodyError::AlreadyInitialized(
+            config.data_dir.display().to_string(),
+        ));
+    }
+    if db_path.exists() {
+        return Err(CustodyError::UnfinishedInit(db_path.display().to_string()));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(io_err(&config.data_dir))?;
+    let argon = lockbox_crypto::Argon2Params {
+        memory_kib: config.unseal.argon2_memory_kib,
+        iterations: config.unseal.argon2_iterations,
+        parallelism: 1,
+    };
+    let (keyring, unsealed) = match policy.method {
+        UnsealMethod::Keyfile => {
+            ensure_keyfile(&config.unseal.keyfile)?;
+            let secret = read_keyfile(&config.unseal.keyfile)?;
+            Keyring::create(UnsealSecret::Keyfile(&secret), argon)?
+        }
+        UnsealMethod::Passphrase => {
+            let pass = passphrase.ok_or_else(|| {
+                CustodyError::InvalidArgument("the passphrase method needs a passphrase".into())
+            })?;
+            if pass.len() < 8 {
+                return Err(CustodyError::InvalidArgument(
+                    "passphrase too short (at least 8 bytes)".into(),
+                ));
+            }
+            Keyring::create(UnsealSecret::Passphrase(&pass), argon)?
+        }
+    };
+    // From here on the store is this call's own: if init fails before the keyring is written,
+    // remove it, so that init can simply be run again (a crash leaves it; see UnfinishedInit).
+    let written = init_store(config, &policy.method, &unsealed, &db_path).await;
+    if let Err(e) = written {
+        if let Err(rm) = std::fs::remove_dir_all(&db_path) {
+            tracing::warn!(error = %rm, "cannot remove the store of a failed init");
+        }
+        return Err(e);
+    }
+    // The keyring goes last: its presence is what "initialized" means.
+    write_file_atomic(&keyring_path, &keyring.encode(), 0o600)?;
+    Ok(())
+}
+
+/// The store's first records: the node's identity keys, the key count, the first audit record
+/// and the sealed audit head, in one durable batch.
+async fn init_store(
+    config: &Config,
+    method: &UnsealMethod,
+    unsealed: &Unsealed,
+    db_path: &Path,
+) -> Result<()> {
+    let store = Store::open(db_path, 16 << 20)?;
+    let signing = SigningIdentity::generate()?;
+    let hpke = HpkeIdentity::generate()?;
+    let kek = unsealed.current_kek();
+    let mut batch = Batch::new();
+    batch.put(
+        Ns::Node,
+        NODE_SIGNING,
+        &kek.seal(
+            RecordKind::NodeSigning,
+            NODE_SIGNING,
+            signing.to_secret().expose_secret(),
+        )?,
+    );
+    batch.put(
+        Ns::Node,
+        NODE_HPKE,
+        &kek.seal(
+            RecordKind::NodeHpke,
+            NODE_HPKE,
+            hpke.to_secret().expose_secret(),
+        )?,
+    );
+    batch.put(Ns::Node, NODE_KEY_COUNT, &0u64.to_be_bytes());
+    let entry = AuditEntry {
+        seq: 1,
+        prev_hash: GENESIS_HASH,
+        event: AuditEvent {
+            time_unix_ms: now_ms(),
+            actor: "lockboxd init".into(),
+            action: "init".into(),
+            key_id: String::new(),
+            outcome: "ok".into(),
+            detail: format!(
+                "node {} unseal {} signing {}",
+                config.node_id,
+                method.as_str(),
+                hex::encode(signing.public_key())
+            ),
+        },
+        checkpoint: None,
+    };
+    batch.put(Ns::Audit, &1u64.to_be_bytes(), &entry.encode());
+    batch.put(
+        Ns::Node,
+        NODE_AUDIT_HEAD,
+        &seal_head(unsealed, 1, &entry.hash())?,
+    );
+    store.commit(batch).await?;
+    store.flush_blocking()?;
+    Ok(())
+}
+
+impl Custody {
+    /// Opens an initialized data dir. The node starts sealed; call [`Custody::unseal`] (the
+    /// daemon does so at once for the keyfile method).
+    pub fn open(config: &Config, policy: &Policy) -> Result<Custody> {
+        let keyring_path = config.keyring_path();
+        let bytes = match std::fs::read(&keyring_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if config.db_path().exists() {
+                    return Err(CustodyError::UnfinishedInit(
+                        config.db_path().display().to_string(),
+                    ));
+                }
+                return Err(CustodyError::NotInitialized(
+                    config.data_dir.display().to_string(),
+                ));
+            }
+            Err(e) => return Err(io_err(&keyring_path)(e)),
+        };
+        let keyring = Keyring::decode(&bytes).map_err(|source| CustodyError::Record {
+            what: "keyring",
+            id: keyring_path.display().to_string(),
+            source,
+        })?;
+        if keyring.method() != policy.method {
+            return Err(CustodyError::InvalidArgument(format!(
+                "the keyring was initialized with unseal method {}, but the config says {}",
+                keyring.method().as_str(),
+                policy.method.as_str()
+            )));
+        }
+        let store = Store::open(&config.db_path(), config.cache_capacity_mb << 20)?;
+        let (audit_seq, audit_hash) = match store.last(Ns::Audit)? {
+            Some((_, bytes)) => {
+                let e = AuditEntry::decode(&bytes).map_err(|source| CustodyError::Record {
+                    what: "audit record",
+                    id: "head".into(),
+                    source,
+                })?;
+                (e.seq, e.hash())
+            }
+            None => (0, GENESIS_HASH),
+        };
+        let ws = WriteState {
+            audit_seq,
+            audit_hash,
+            key_count: decode_u64(store.get(Ns::Node, NODE_KEY_COUNT)?),
+            destroys_since_rotation: decode_u64(store.get(Ns::Node, NODE_DESTROYS)?),
+        };
+        Ok(Custody {
+            node_id: config.node_id.clone(),
+            store,
+            keyring_path,
+            keyfile_path: config.unseal.keyfile.clone(),
+            keyring: RwLock::new(keyring),
+            policy: policy.clone(),
+            unlocked: RwLock::new(None),
+            write: Mutex::new(ws),
+            keys_written: AtomicU64::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    /// Unseals with the configured method's secret: the key file's bytes or a passphrase.
+    /// Idempotent when already unsealed. A wrong secret is audited and changes nothing else.
+    pub async fn unseal(&self, caller: &Caller, secret: UnsealSecret<'_>) -> Result<()> {
+        if self.unlocked().is_ok() {
+            return Ok(());
+        }
+        let keyring = self.keyring();
+        let unsealed = match keyring.unseal(secret) {
+            Ok(u) => u,
+            Err(e) => {
+                let err = CustodyError::Crypto(e);
+                let mut txn = self.write_txn().await;
+                txn.audit(None, caller, Event::refused("unseal", "", err.to_string()))?;
+                txn.commit().await?;
+                return Err(err);
+            }
+        };
+        let signing = self.open_node(&unsealed, RecordKind::NodeSigning, NODE_SIGNING)?;
+        let signing = SigningIdentity::from_secret(&signing)?;
+        let hpke = self.open_node(&unsealed, RecordKind::NodeHpke, NODE_HPKE)?;
+        let hpke = HpkeIdentity::from_secret(&hpke)?;
+        let unlocked = Arc::new(Unlocked {
+            unsealed,
+            signing: Arc::new(signing),
+            hpke: Arc::new(hpke),
+        });
+        let mut txn = self.write_txn().await;
+        self.check_head(&txn.state(), &unlocked)?;
+        self.set_unlocked(Some(unlocked.clone()));
+        let detail = format!("kek {}", keyring.current_kek_id());
+        txn.audit(Some(&unlocked), caller, Event::ok("unseal", "", detail))?;
+        let applied = txn.apply()?;
+        // A rotation interrupted by a crash left two KEKs in the keyring: finish it now, so the
+        // old KEK does not outlive the shredding it was meant to perform.
+        if keyring.kek_ids().len() > 1 {
+            tracing::warn!("resuming an interrupted KEK rotation");
+            let generation = applied.generation();
+            self.rotate_locked(applied.next(), caller, "resumed")
+                .await?;
+            self.store.durable(generation).await?;
+            return Ok(());
+        }
+        applied.durable().await
+    }
+
+    /// The sealed audit head must match the chain's last record: otherwise records were
+    /// appended or removed behind the daemon's back. Entries written while sealed (refused
+    /// unseal attempts) follow the head legitimately and are covered by the next head.
+    pub(super) fn check_head(&self, ws: &WriteState, u: &Unlocked) -> Result<()> {
+        let Some(sealed) = self.store.get(Ns::Node, NODE_AUDIT_HEAD)? else {
+            return Err(CustodyError::Corrupt("audit head record is missing".into()));
+        };
+        let plain = u
+            .unsealed
+            .open(RecordKind::AuditHead, NODE_AUDIT_HEAD, &sealed)
+            .map_err(|source| CustodyError::Record {
+                what: "audit head",
+                id: "audit-head".into(),
+                source,
+            })?;
+        let p = plain.expose_secret();
+        if p.len() != 40 {
+            return Err(CustodyError::Corrupt("audit head has a bad length".into()));
+        }
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&p[..8]);
+        let seq = u64::from_be_bytes(seq);
+        if seq > ws.audit_seq {
+            tracing::error!(
+                head = seq,
+                last = ws.audit_seq,
+                "audit log is shorter than its sealed head: records were removed"
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn open_node(
+        &self,
+        u: &Unsealed,
+        kind: RecordKind,
+        id: &[u8],
+    ) -> Result<SecretBytes> {
+        let sealed = self.store.get(Ns::Node, id)?.ok_or_else(|| {
+            CustodyError::Corrupt(format!(
+                "node record {} is missing",
+                String::from_utf8_lossy(id)
+            ))
+        })?;
+        u.open(kind, id, &sealed)
+            .map_err(|source| CustodyError::Record {
+                what: "node record",
+                id: String::from_utf8_lossy(id).into_owned(),
+                source,
+            })
+    }
+
+    /// Forgets every secret. A checkpoint is signed first so the chain up to the seal is
+    /// covered by the identity key.
+    pub async fn seal(&self, caller: &Caller) -> Result<()> {
+        let mut txn = self.write_txn().await;
+        let Ok(u) = self.unlocked() else {
+            return Ok(());
+        };
+        txn.audit(Some(&u), caller, Event::ok("seal", "", ""))?;
+        txn.checkpoint(&u)?;
+        let applied = txn.apply()?;
+        self.set_unlocked(None);
+        drop(u);
+        applied.durable().await
+    }
+
+    /// Signs a final checkpoint and flushes (clean shutdown).
+    pub async fn shutdown(&self) -> Result<()> {
+        let mut txn = self.write_txn().await;
+        if let Ok(u) = self.unlocked() {
+            txn.checkpoint(&u)?;
+        }
+        // Sealed, the batch is empty and nothing is written; either way the lock is held
+        // until the flush is done, so nothing is written after the final checkpoint.
+        let applied = txn.apply()?;
+        self.store.flush_blocking()?;
+        drop(applied);
+        Ok(())
+    }
+
+    /// The node's status; works sealed.
+    pub async fn status(&self) -> NodeStatus {
+        let ws = *self.write.lock().await;
+        let u = self.unlocked().ok();
+        NodeStatus {
+            node_id: self.node_id.clone(),
+            sealed: u.is_none(),
+            unseal_method: self.policy.method.as_str(),
+            kek_id: self.keyring().current_kek_id(),
+            key_count: ws.key_count,
+            audit_records: ws.audit_seq,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            hpke_public_key: u.as_ref().map(|u| hex::encode(u.hpke.public_key())),
+            signing_public_key: u.as_ref().map(|u| hex::encode(u.signing.public_key())),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Reading keys: releasing material (Unix socket only), describing and listing.
+
+use std::collections::BTreeMap;
+
+use lockbox_store::Ns;
+
+use super::model::{KeyInfo, KeyMeta, Released, VersionState, parse_key_id, ref_id};
+use super::{Custody, Unlocked};
+use crate::config::ClonePolicy;
+use crate::error::{CustodyError, Result};
+
+/// Default and maximum page sizes of `list`.
+const DEFAULT_PAGE: usize = 100;
+
+const MAX_PAGE: usize = 1000;
+
+impl Custody {
+    /// Releases plaintext material (only the Unix socket adapter calls this). `version` 0 means
+    /// the current version.
+    pub fn get(&self, key_id: &str, version: u32) -> Result<Released> {
+        let u = self.unlocked()?;
+        let key_id = parse_key_id(key_id)?;
+        let meta = self.usable_meta(&u, &key_id)?;
+        let want = if version == 0 {
+            meta.current_version
+        } else {
+            version
+        };
+        let v = meta
+            .versions
+            .iter()
+            .find(|v| v.version == want && v.state != VersionState::Destroyed)
+            .ok_or(CustodyError::VersionNotFound {
+                key_id: key_id.clone(),
+                version: want,
+            })?;
+        let material = self.open_version(&u, &key_id, v)?;
+        Ok(Released {
+            key_id,
+            version: want,
+            material,
+        })
+    }
+
+    pub(super) fn info(&self, u: &Unlocked, meta: KeyMeta) -> Result<KeyInfo> {
+        let mut shares = Vec::new();
+        if let Some(v) = meta
+            .versions
+            .iter()
+            .find(|v| v.version == meta.current_version && v.state != VersionState::Destroyed)
+        {
+            let prefix = ref_id(&v.material_id, "");
+            for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
+                let (id, _) = r?;
+                let kid = String::from_utf8_lossy(&id[prefix.len()..]).into_owned();
+                if kid != meta.key_id {
+                    shares.push(kid);
+                }
+            }
+        }
+        let _ = u;
+        Ok(KeyInfo {
+            clone_policy: self.effective_policy(&meta),
+            meta,
+            shares_material_with: shares,
+        })
+    }
+
+    pub(super) fn effective_policy(&self, meta: &KeyMeta) -> ClonePolicy {
+        meta.clone_policy
+            .as_deref()
+            .and_then(ClonePolicy::parse)
+            .unwrap_or(self.policy.clone_policy)
+    }
+
+    /// A key's metadata (destroyed keys included: the tombstone says what happened).
+    pub fn describe(&self, key_id: &str) -> Result<KeyInfo> {
+        let u = self.unlocked()?;
+        let key_id = parse_key_id(key_id)?;
+        let meta = self
+            .load_meta(&u, &key_id)?
+            .ok_or_else(|| CustodyError::KeyNotFound(key_id.clone()))?;
+        self.info(&u, meta)
+    }
+
+    /// One page of keys whose labels include every `labels` pair, in key id order.
+    pub fn list(
+        &self,
+        labels: &BTreeMap<String, String>,
+        page_size: usize,
+        page_token: &str,
+        include_destroyed: bool,
+    ) -> Result<(Vec<KeyInfo>, String)> {
+        let u = self.unlocked()?;
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(parse_key_id(page_token)?)
+        };
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for r in self
+            .store
+            .iter_after(Ns::Keys, after.as_deref().map(str::as_bytes))
+        {
+            let (id, _) = r?;
+            let key_id = String::from_utf8_lossy(&id).into_owned();
+            let Some(meta) = self.load_meta(&u, &key_id)? else {
+                continue;
+            };
+            if (meta.destroyed && !include_destroyed)
+                || !labels.iter().all(|(k, v)| meta.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            if out.len() == page_size {
+                // There is at least one more match: the token resumes after the last returned.
+                next = out
+                    .last()
+                    .map(|i: &KeyInfo| i.meta.key_id.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            out.push(self.info(&u, meta)?);
+        }
+        Ok((out, next))
+    }
+}

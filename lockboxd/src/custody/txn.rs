@@ -1,0 +1,377 @@
+//! The write path, as one type: [`WriteTxn`] owns the writer lock, the batch and the state to
+//! restore, so that every mutation has the same shape and the same guarantees:
+//!
+//! 1. `custody.write_txn().await` takes the writer lock (which orders the audit chain);
+//! 2. the mutation reads and checks under it, and puts its records in the batch;
+//! 3. `txn.audit(..)` adds the audit record (and the sealed head, and a signed checkpoint
+//!    every [`CHECKPOINT_EVERY`] records);
+//! 4. `txn.commit().await` applies the batch, **releases the lock**, then waits until the
+//!    batch is durable (so concurrent writers share one sync).
+//!
+//! Whatever happens in between, the in-memory chain head and counters never run ahead of the
+//! store: a transaction dropped without being applied, or whose apply fails, puts them back
+//! as they were when the lock was taken. Counters (key count, shreds since the last rotation)
+//! are written to the batch once, at apply, when they changed.
+
+use lockbox_crypto::{AuditEntry, AuditEvent, RecordKind, Unsealed, sign_checkpoint};
+use lockbox_store::{Batch, Ns};
+use tokio::sync::MutexGuard;
+
+use super::model::Caller;
+use super::{Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_KEY_COUNT, Unlocked, now_ms};
+use crate::error::{CustodyError, Result};
+
+/// A signed checkpoint every this many audit records bounds what an attacker with write access
+/// to the disk could rewrite undetected while the node is sealed.
+pub(super) const CHECKPOINT_EVERY: u64 = 1000;
+
+/// State owned by the writer lock: the head of the audit chain and the node's counters, as of
+/// the last applied batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriteState {
+    pub(super) audit_seq: u64,
+    pub(super) audit_hash: [u8; 32],
+    pub(super) key_count: u64,
+    pub(super) destroys_since_rotation: u64,
+}
+
+/// What an audit record says happened (the chain fields are the transaction's).
+#[derive(Debug)]
+pub(super) struct Event<'e> {
+    /// The operation, e.g. `create`.
+    pub action: &'e str,
+    /// The key it concerns, or empty.
+    pub key_id: &'e str,
+    /// `ok` or `refused`.
+    pub outcome: &'static str,
+    /// Free text for the reader of the log (never key material).
+    pub detail: String,
+}
+
+impl<'e> Event<'e> {
+    /// A mutation that took effect.
+    pub fn ok(action: &'e str, key_id: &'e str, detail: impl Into<String>) -> Self {
+        Event {
+            action,
+            key_id,
+            outcome: "ok",
+            detail: detail.into(),
+        }
+    }
+
+    /// A request refused (DESIGN.md invariant 5: audited, nothing else changed).
+    pub fn refused(action: &'e str, key_id: &'e str, detail: impl Into<String>) -> Self {
+        Event {
+            action,
+            key_id,
+            outcome: "refused",
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The audit head sealed under the current KEK: what lets `unseal` and `audit verify` notice
+/// a removed or edited tail of the chain.
+pub(super) fn seal_head(unsealed: &Unsealed, seq: u64, hash: &[u8; 32]) -> Result<Vec<u8>> {
+    let mut plain = Vec::with_capacity(40);
+    plain.extend_from_slice(&seq.to_be_bytes());
+    plain.extend_from_slice(hash);
+    Ok(unsealed
+        .current_kek()
+        .seal(RecordKind::AuditHead, NODE_AUDIT_HEAD, &plain)?)
+}
+
+/// One mutation under the writer lock (see the module doc).
+pub(super) struct WriteTxn<'a> {
+    custody: &'a Custody,
+    /// `None` only once applied (moved into [`Applied`]).
+    ws: Option<MutexGuard<'a, WriteState>>,
+    before: WriteState,
+    batch: Batch,
+}
+
+impl Custody {
+    /// Takes the writer lock and starts a transaction.
+    pub(super) async fn write_txn(&self) -> WriteTxn<'_> {
+        WriteTxn::under(self, self.write.lock().await)
+    }
+}
+
+impl<'a> WriteTxn<'a> {
+    fn under(custody: &'a Custody, ws: MutexGuard<'a, WriteState>) -> Self {
+        WriteTxn {
+            custody,
+            before: *ws,
+            ws: Some(ws),
+            batch: Batch::new(),
+        }
+    }
+
+    fn ws(&mut self) -> &mut WriteState {
+        // Infallible: `ws` is only taken by `apply`, which consumes the transaction.
+        self.ws.as_deref_mut().unwrap_or(&mut self.before)
+    }
+
+    /// The state as this transaction has changed it so far.
+    pub fn state(&self) -> WriteState {
+        self.ws.as_deref().copied().unwrap_or(self.before)
+    }
+
+    /// The batch, for helpers that add records to it (`share_out`, `drop_material_refs`).
+    pub fn batch(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
+    /// Puts a record.
+    pub fn put(&mut self, ns: Ns, id: &[u8], value: &[u8]) {
+        self.batch.put(ns, id, value);
+    }
+
+    /// Removes a record.
+    pub fn remove(&mut self, ns: Ns, id: &[u8]) {
+        self.batch.remove(ns, id);
+    }
+
+    /// Counts `n` more live keys.
+    pub fn add_keys(&mut self, n: u64) {
+        let ws = self.ws();
+        ws.key_count = ws.key_count.saturating_add(n);
+    }
+
+    /// Counts `n` fewer live keys.
+    pub fn remove_keys(&mut self, n: u64) {
+        let ws = self.ws();
+        ws.key_count = ws.key_count.saturating_sub(n);
+    }
+
+    /// Counts one shredding operation towards the `shred_rotation` policy.
+    pub fn count_shred(&mut self) {
+        let ws = self.ws();
+        ws.destroys_since_rotation += 1;
+    }
+
+    /// A KEK rotation made every shredding so far final.
+    pub fn reset_shreds(&mut self) {
+        self.ws().destroys_since_rotation = 0;
+    }
+
+    /// Adds an audit record (and, every [`CHECKPOINT_EVERY`] records, a signed checkpoint).
+    /// With the node unsealed the sealed head moves too, which is what lets `audit verify`
+    /// notice a truncated or edited tail. Sealed (a refused unseal), the record follows the
+    /// head and is covered by the next one.
+    pub fn audit(
+        &mut self,
+        unlocked: Option<&Unlocked>,
+        caller: &Caller,
+        event: Event<'_>,
+    ) -> Result<()> {
+        let ws = self.state();
+        let entry = AuditEntry {
+            seq: ws.audit_seq + 1,
+            prev_hash: ws.audit_hash,
+            event: AuditEvent {
+                time_unix_ms: now_ms(),
+                actor: caller.actor.clone(),
+                action: event.action.into(),
+                key_id: event.key_id.into(),
+                outcome: event.outcome.into(),
+                detail: event.detail,
+            },
+            checkpoint: None,
+        };
+        self.push_entry(entry);
+        if let Some(u) = unlocked {
+            if self.state().audit_seq.is_multiple_of(CHECKPOINT_EVERY) {
+                self.push_checkpoint(u);
+            }
+            self.put_head(u)?;
+        }
+        Ok(())
+    }
+
+    /// Signs a checkpoint of the chain so far and moves the sealed head to it (seal, clean
+    /// shutdown, the end of a KEK rotation).
+    pub fn checkpoint(&mut self, u: &Unlocked) -> Result<()> {
+        self.push_checkpoint(u);
+        self.put_head(u)
+    }
+
+    fn put_head(&mut self, u: &Unlocked) -> Result<()> {
+        let ws = self.state();
+        let head = seal_head(&u.unsealed, ws.audit_seq, &ws.audit_hash)?;
+        self.batch.put(Ns::Node, NODE_AUDIT_HEAD, &head);
+        Ok(())
+    }
+
+    fn push_entry(&mut self, entry: AuditEntry) {
+        self.batch
+            .put(Ns::Audit, &entry.seq.to_be_bytes(), &entry.encode());
+        let ws = self.ws();
+        ws.audit_seq = entry.seq;
+        ws.audit_hash = entry.hash();
+    }
+
+    /// Appends a checkpoint entry signing the chain so far with the node's identity key.
+    fn push_checkpoint(&mut self, u: &Unlocked) {
+        let ws = self.state();
+        let seq = ws.audit_seq + 1;
+        let entry = AuditEntry {
+            seq,
+            prev_hash: ws.audit_hash,
+            event: AuditEvent {
+                time_unix_ms: now_ms(),
+                actor: "lockboxd".into(),
+                action: "checkpoint".into(),
+                key_id: String::new(),
+                outcome: "ok".into(),
+                detail: String::new(),
+            },
+            checkpoint: Some(sign_checkpoint(&u.signing, seq, &ws.audit_hash)),
+        };
+        self.push_entry(entry);
+    }
+
+    /// Applies the batch (visible to readers, not yet durable), keeping the lock. On failure
+    /// the state goes back to what it was when the lock was taken.
+    pub fn apply(mut self) -> Result<Applied<'a>> {
+        let now = self.state();
+        if now.key_count != self.before.key_count {
+            self.batch
+                .put(Ns::Node, NODE_KEY_COUNT, &now.key_count.to_be_bytes());
+        }
+        if now.destroys_since_rotation != self.before.destroys_since_rotation {
+            self.batch.put(
+                Ns::Node,
+                NODE_DESTROYS,
+                &now.destroys_since_rotation.to_be_bytes(),
+            );
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let custody = self.custody;
+        let generation = if batch.is_empty() {
+            0
+        } else {
+            let keys = batch.touches(Ns::Keys);
+            // On error `self` drops here and restores the state.
+            let generation = custody.store.apply(batch)?;
+            if keys {
+                custody
+                    .keys_written
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            generation
+        };
+        let ws = self
+            .ws
+            .take()
+            .ok_or_else(|| CustodyError::Corrupt("a write transaction was applied twice".into()))?;
+        Ok(Applied {
+            custody,
+            ws,
+            generation,
+        })
+    }
+
+    /// Applies the batch, releases the lock, and waits until the batch is durable: the
+    /// end of every mutation that answers its caller.
+    pub async fn commit(self) -> Result<()> {
+        self.apply()?.durable().await
+    }
+}
+
+impl Drop for WriteTxn<'_> {
+    fn drop(&mut self) {
+        // Not applied (an error, or a check that found nothing to do): nothing of it reached
+        // the store, so nothing of it stays in memory either.
+        if let Some(ws) = self.ws.as_deref_mut() {
+            *ws = self.before;
+        }
+    }
+}
+
+/// A transaction applied, the writer lock still held: for the few mutations that must do
+/// more under the same lock (a KEK rotation after a shred), or shut down holding it.
+pub(super) struct Applied<'a> {
+    custody: &'a Custody,
+    ws: MutexGuard<'a, WriteState>,
+    generation: u64,
+}
+
+impl<'a> Applied<'a> {
+    /// The state after the batch.
+    pub fn state(&self) -> WriteState {
+        *self.ws
+    }
+
+    /// The store generation to wait on.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Releases the lock, then waits until the batch is durable.
+    pub async fn durable(self) -> Result<()> {
+        let Applied {
+            custody,
+            ws,
+            generation,
+        } = self;
+        drop(ws);
+        Ok(custody.store.durable(generation).await?)
+    }
+
+    /// Waits until the batch is durable, keeping the lock (before a rotation that must not
+    /// run ahead of it).
+    pub async fn durable_locked(&self) -> Result<()> {
+        Ok(self.custody.store.durable(self.generation).await?)
+    }
+
+    /// A new transaction under the same lock.
+    pub fn next(self) -> WriteTxn<'a> {
+        WriteTxn::under(self.custody, self.ws)
+    }
+}
+
+impl Custody {
+    /// Records a refused request (DESIGN.md invariant 5: a refusal changes nothing but gets an
+    /// audit record). Best effort: a failure to audit a refusal is logged, not returned.
+    pub(super) async fn audit_refusal(
+        &self,
+        caller: &Caller,
+        action: &str,
+        key_id: &str,
+        err: &CustodyError,
+    ) {
+        let Ok(u) = self.unlocked() else { return };
+        let mut txn = self.write_txn().await;
+        let detail = err.to_string();
+        let res = match txn.audit(Some(&u), caller, Event::refused(action, key_id, detail)) {
+            Ok(()) => txn.apply(),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(applied) => {
+                if let Err(e) = applied.durable().await {
+                    tracing::error!(error = %e, "cannot flush an audit record");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot audit a refused request"),
+        }
+    }
+
+    /// Runs a mutation and audits it: on success the closure's own batch carries the audit
+    /// record; on refusal a separate "refused" record is written.
+    pub(super) async fn audited<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        key_id: &str,
+        res: Result<T>,
+    ) -> Result<T> {
+        if let Err(e) = &res
+            && !matches!(e, CustodyError::Sealed)
+        {
+            self.audit_refusal(caller, action, key_id, e).await;
+        }
+        res
+    }
+}
