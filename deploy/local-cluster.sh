@@ -44,7 +44,13 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 [ -t 1 ] || say() { printf '\n== %s\n' "$*"; }
 
 say "building lockboxd, lockbox-controller and lockboxctl ($profile; the first build takes a few minutes)"
-cargo build --profile "$profile" -q -p lockboxd -p lockbox-controller -p lockboxctl
+if [ "$profile" = dev ]; then
+  # deploy/test.sh's build (one feature resolution with the tests): after the tests, as in CI,
+  # nothing is compiled again.
+  cargo build -q --workspace --bins --tests
+else
+  cargo build --profile "$profile" -q -p lockboxd -p lockbox-controller -p lockboxctl
+fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 if [ "$profile" = dev ]; then bin="$target/debug"; else bin="$target/$profile"; fi
 

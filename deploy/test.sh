@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The README's test command. The end-to-end tests drive real consumers (tests/tests/consumers.rs:
+# The README's test command. The end-to-end tests drive real consumers (tests/tests/e2e/consumers.rs:
 # qemu-img and qemu-io with qemu's LUKS, cryptsetup LUKS2) and fail, never skip, without them:
 # install whichever is missing (Debian packages qemu-utils, cryptsetup-bin), then run every test.
-# Extra arguments go to `cargo test`, e.g. `./deploy/test.sh --test keys`.
+# Extra arguments go to `cargo test`, e.g. `./deploy/test.sh --test e2e keys::` (the end-to-end
+# tests are one binary, a module per subject).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"   # cryptsetup lives in sbin
@@ -18,4 +19,9 @@ if ((${#need[@]})); then
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
 fi
 echo "== $(qemu-img --version | head -n 1); $(cryptsetup --version)"
+# One build of everything: the daemons' binaries with the tests, in one feature resolution,
+# so `cargo test` below only runs what is built and the harness starts no build of its own.
+cargo build --workspace --bins --tests
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+export LOCKBOX_TEST_BIN_DIR="$target/debug"
 exec cargo test --workspace "$@"

@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use lockbox_crypto::{HpkeIdentity, Keyring, SigningIdentity, UnsealMethod, Unsealed};
 use lockbox_store::Store;
@@ -43,11 +43,11 @@ mod send;
 mod txn;
 
 pub use backup::{ExportedBackup, RestoreSource, Restored};
-pub use grants::{GrantRole, RECEIPT_DOMAIN, StoredReceipt};
+pub use grants::{GrantRole, StoredReceipt};
 pub use lifecycle::{init, read_keyfile};
 pub use model::{
-    AuditReport, AuditView, Caller, CloneMode, Destroyed, KeyInfo, KeyMeta, MovedTo, NodeStatus,
-    Origin, Released, Rotated, VersionMeta, VersionState,
+    AuditReport, AuditView, Caller, CloneMode, Destroyed, KeyInfo, KeyMeta, KeyState, MovedTo,
+    NodeStatus, Origin, OriginKind, Released, Rotated, VersionMeta, VersionState,
 };
 pub use receive::{Incoming, ReceivedKey};
 pub use send::{AsRead, Outgoing, OutgoingVersion};
@@ -92,12 +92,7 @@ impl std::fmt::Debug for Custody {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use lockbox_runtime::now_unix_ms as now_ms;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CustodyError + '_ {
     move |source| CustodyError::Io {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::attest::Attestor;
 use crate::config::ClonePolicy;
-use crate::custody::{self, Caller, CloneMode, Custody, KeyInfo};
+use crate::custody::{self, Caller, CloneMode, Custody, KeyInfo, KeyState};
 use crate::transfer::Transfers;
 
 /// Which local users may talk to the socket.
@@ -135,27 +135,25 @@ fn labels(m: std::collections::HashMap<String, String>) -> BTreeMap<String, Stri
 fn info_to_pb(i: KeyInfo) -> pb::KeyInfo {
     let m = i.meta;
     pb::KeyInfo {
-        state: m.state().into(),
+        state: m.state_name().into(),
         key_id: m.key_id,
         length: m.length,
         labels: m.labels.into_iter().collect(),
         created_unix_ms: m.created_unix_ms,
         origin: Some(pb::Origin {
-            kind: m.origin.kind,
+            kind: m.origin.kind.as_str().into(),
             from_key_id: m.origin.from_key_id,
             from_node: m.origin.from_node,
             grant_id: m.origin.grant_id,
         }),
-        moved_to_node: m
-            .moved_to
-            .as_ref()
-            .map(|t| t.node.clone())
-            .unwrap_or_default(),
-        moved_by_grant: m
-            .moved_to
-            .as_ref()
-            .map(|t| t.grant_id.clone())
-            .unwrap_or_default(),
+        moved_to_node: match &m.state {
+            KeyState::Moved(t) => t.node.clone(),
+            _ => String::new(),
+        },
+        moved_by_grant: match &m.state {
+            KeyState::Moved(t) => t.grant_id.clone(),
+            _ => String::new(),
+        },
         clone_policy: policy_to_pb(i.clone_policy) as i32,
         current_version: m.current_version,
         versions: m

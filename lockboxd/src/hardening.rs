@@ -148,7 +148,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    // The test process itself: `apply` is exercised on real daemons (tests/tests/hardening.rs),
+    // The test process itself: `apply` is exercised on real daemons (tests/tests/e2e/hardening.rs),
     // since it changes the whole process. Here only what reads state without changing it.
     #[test]
     fn current_is_false_before_apply() {

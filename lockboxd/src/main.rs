@@ -15,11 +15,9 @@ use lockboxd::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// EX_CONFIG from sysexits.h: the configuration is wrong.
-const EXIT_CONFIG: u8 = 78;
-/// EX_TEMPFAIL from sysexits.h: the store failed (a journal write or sync); restarting is the
-/// recovery (the unit's `Restart=on-failure` does it), docs/operations.md.
-const EXIT_TEMPFAIL: u8 = 75;
+// EX_TEMPFAIL when the store failed (a journal write or sync): restarting is the recovery
+// (the unit's `Restart=on-failure` does it), docs/operations.md.
+use lockbox_runtime::{EXIT_CONFIG, EXIT_TEMPFAIL};
 
 #[derive(Parser)]
 #[command(name = "lockboxd", version, about = "The lockbox key-custody daemon")]
@@ -58,36 +56,6 @@ fn read_passphrase(file: Option<&PathBuf>) -> anyhow::Result<SecretBytes> {
     Ok(SecretBytes::new(trimmed))
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let (config, policy) = match Config::load(&args.config) {
@@ -97,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(config.log_format == "json");
+    lockbox_runtime::init_tracing(config.log_format == "json");
     // Before the runtime's threads and before any secret is read or generated. `init` is a
     // one-shot run by hand (often in a shell with a small `ulimit -l`): it locks memory when
     // it can but does not insist, even with mlock = "required".
@@ -113,10 +81,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     lockbox_tls::install_default_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match lockbox_runtime::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -141,7 +106,7 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            None => Ok(lockboxd::run(config, policy, shutdown_signal()).await?),
+            None => Ok(lockboxd::run(config, policy, lockbox_runtime::shutdown_signal()).await?),
         }
     });
     match result {

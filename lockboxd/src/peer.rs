@@ -293,7 +293,7 @@ impl Peer for PeerApi {
             }
             next_batch += 1;
             if next_batch == 2 {
-                crate::failpoint("dest-mid-stream");
+                crate::failpoint::hit("dest-mid-stream");
             }
             let sealed = SealedBatch::from_wire(&batch);
             let bctx = BatchContext {
@@ -329,15 +329,18 @@ impl Peer for PeerApi {
                     return Err(fail(e).await);
                 }
                 let labels: BTreeMap<String, String> = meta.labels.into_iter().collect();
-                incoming.push(Incoming::new(
+                match Incoming::new(
                     key_id,
                     version,
                     &meta.version_state,
                     meta.current,
                     labels,
-                    meta.clone_policy,
+                    &meta.clone_policy,
                     material,
-                ));
+                ) {
+                    Ok(k) => incoming.push(k),
+                    Err(e) => return Err(fail(e).await),
+                }
             }
             if to_sealer.send(incoming).is_err() {
                 // The sealer stopped on an error: it is reported below.
@@ -363,7 +366,7 @@ impl Peer for PeerApi {
                 CustodyError::InvalidArgument(format!("the delivery ended without key {missing}"));
             return Err(fail(e).await);
         }
-        crate::failpoint_pause("dest-before-store").await;
+        crate::failpoint::pause("dest-before-store").await;
         match self.custody.receive(&who, &verified, now, keys).await {
             Ok(r) => Ok(Response::new(pb::Receipt {
                 body: r.body,

@@ -46,41 +46,34 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds `lockboxd`, `lockboxctl` and `lockbox-controller` (debug profile) once per test
-/// process and returns their paths. Panics with cargo's output when the build fails.
+/// Where `deploy/test.sh` says the binaries of its own build are: when set, the harness uses
+/// them as they are and starts no build of its own.
+pub const BIN_DIR_VAR: &str = "LOCKBOX_TEST_BIN_DIR";
+
+/// The daemon binaries (debug profile), once per test process. `deploy/test.sh` (and so CI)
+/// builds them with the tests in one `cargo build --workspace --bins --tests` and names the
+/// directory in [`BIN_DIR_VAR`]; a bare `cargo test` falls back to that same build command
+/// here. Panics with cargo's output when the build fails, or when a named binary is missing.
 ///
-/// The build asks for the workspace's tests too (`--workspace --bins --tests`): cargo then
-/// resolves features exactly as `cargo test --workspace` did (dev-dependencies included), so
-/// the binaries link the dependencies that test build already compiled. With `-p lockboxd …`
-/// alone, features resolved differently and ~90 crates were compiled a second time.
+/// The fallback build asks for the workspace's tests too: cargo then resolves features
+/// exactly as `cargo test --workspace` did (dev-dependencies included), so the binaries link
+/// the dependencies that test build already compiled. With `-p lockboxd …` alone, features
+/// resolved differently and ~90 crates were compiled a second time.
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
-    BINARIES.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(&cargo)
-            .args(["build", "--workspace", "--bins", "--tests"])
-            .current_dir(&root)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
-        assert!(
-            out.status.success(),
-            "`cargo build --workspace --bins --tests` failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(t) => {
-                let t = PathBuf::from(t);
-                if t.is_absolute() { t } else { root.join(t) }
-            }
-            None => root.join("target"),
-        };
+    BINARIES.get_or_init(|| match std::env::var_os(BIN_DIR_VAR) {
+        Some(dir) => Binaries::in_dir(&PathBuf::from(dir)),
+        None => build_binaries(),
+    })
+}
+
+impl Binaries {
+    fn in_dir(dir: &Path) -> Binaries {
         let bins = Binaries {
-            lockboxd: target.join("debug").join("lockboxd"),
-            lockboxctl: target.join("debug").join("lockboxctl"),
-            controller: target.join("debug").join("lockbox-controller"),
-            migrate: target.join("debug").join("lockbox-migrate"),
+            lockboxd: dir.join("lockboxd"),
+            lockboxctl: dir.join("lockboxctl"),
+            controller: dir.join("lockbox-controller"),
+            migrate: dir.join("lockbox-migrate"),
         };
         for b in [
             &bins.lockboxd,
@@ -88,10 +81,40 @@ pub fn binaries() -> &'static Binaries {
             &bins.controller,
             &bins.migrate,
         ] {
-            assert!(b.is_file(), "built binary not found at {}", b.display());
+            assert!(
+                b.is_file(),
+                "built binary not found at {} ({BIN_DIR_VAR}={})",
+                b.display(),
+                dir.display()
+            );
         }
         bins
-    })
+    }
+}
+
+/// The fallback of [`binaries`]: builds them as `deploy/test.sh` does.
+fn build_binaries() -> Binaries {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["build", "--workspace", "--bins", "--tests"])
+        .current_dir(&root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cargo:?} build: {e}"));
+    assert!(
+        out.status.success(),
+        "`cargo build --workspace --bins --tests` failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => {
+            let t = PathBuf::from(t);
+            if t.is_absolute() { t } else { root.join(t) }
+        }
+        None => root.join("target"),
+    };
+    Binaries::in_dir(&target.join("debug"))
 }
 
 /// Runs a command to completion with a deadline, capturing stdout and stderr. Panics (after

@@ -6,7 +6,6 @@
 //! its audit record is on disk.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lockbox_crypto::{
     AuditEntry, AuditEvent, ChainSummary, ChainVerifier, GENESIS_HASH, SigningIdentity,
@@ -29,12 +28,7 @@ pub struct AuditLog {
     head: Mutex<(u64, [u8; 32])>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use lockbox_runtime::now_unix_ms as now_ms;
 
 impl AuditLog {
     /// Opens (or creates) the log in `dir`.

@@ -13,8 +13,7 @@ use lockbox_controller::{ControllerConfig, audit::AuditLog, load_signing_key};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// EX_CONFIG from sysexits.h.
-const EXIT_CONFIG: u8 = 78;
+use lockbox_runtime::EXIT_CONFIG;
 
 #[derive(Parser)]
 #[command(
@@ -40,22 +39,6 @@ enum Command {
     AuditVerify,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match ControllerConfig::load(&args.config) {
@@ -65,17 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if config.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    lockbox_runtime::init_tracing(config.log_format == "json");
     lockbox_tls::install_default_provider();
     let result: anyhow::Result<()> = match args.command {
         Some(Command::Init) => lockbox_controller::init(&config)
@@ -101,10 +74,7 @@ fn main() -> ExitCode {
             Ok(())
         })(),
         None => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match lockbox_runtime::runtime() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -112,7 +82,11 @@ fn main() -> ExitCode {
                 }
             };
             runtime
-                .block_on(lockbox_controller::run(config, shutdown_signal(), |_| {}))
+                .block_on(lockbox_controller::run(
+                    config,
+                    lockbox_runtime::shutdown_signal(),
+                    |_| {},
+                ))
                 .map_err(Into::into)
         }
     };

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use lockbox_proto::v1::GrantOp;
+
 /// A grant operation as policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -15,23 +17,33 @@ pub enum Op {
 }
 
 impl Op {
-    /// Parses the config spelling.
-    pub fn parse(s: &str) -> Option<Op> {
-        match s {
-            "copy" => Some(Op::Copy),
-            "move" => Some(Op::Move),
-            "replicate" => Some(Op::Replicate),
-            _ => None,
+    /// The operation a grant body names, if it is one (not `unspecified`).
+    pub fn from_grant_op(op: GrantOp) -> Option<Op> {
+        match op {
+            GrantOp::Copy => Some(Op::Copy),
+            GrantOp::Move => Some(Op::Move),
+            GrantOp::Replicate => Some(Op::Replicate),
+            GrantOp::Unspecified => None,
         }
+    }
+
+    /// The grant body's value for this operation.
+    pub fn grant_op(self) -> GrantOp {
+        match self {
+            Op::Copy => GrantOp::Copy,
+            Op::Move => GrantOp::Move,
+            Op::Replicate => GrantOp::Replicate,
+        }
+    }
+
+    /// Parses the config spelling (the one table of names: `lockbox_crypto::OP_NAMES`).
+    pub fn parse(s: &str) -> Option<Op> {
+        lockbox_crypto::parse_op(s).and_then(Op::from_grant_op)
     }
 
     /// The config spelling.
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Op::Copy => "copy",
-            Op::Move => "move",
-            Op::Replicate => "replicate",
-        }
+        lockbox_crypto::op_name(self.grant_op() as i32)
     }
 }
 

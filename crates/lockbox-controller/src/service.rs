@@ -2,7 +2,7 @@
 //! Who is calling is read once per request from the verified TLS peer certificate.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use lockbox_crypto::SigningIdentity;
 use lockbox_proto::v1 as pb;
@@ -67,18 +67,11 @@ impl ControllerService {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use lockbox_runtime::now_unix_ms as now_ms;
 
 fn op_from_pb(op: i32) -> Option<Op> {
     match pb::GrantOp::try_from(op) {
-        Ok(pb::GrantOp::Copy) => Some(Op::Copy),
-        Ok(pb::GrantOp::Move) => Some(Op::Move),
-        Ok(pb::GrantOp::Replicate) => Some(Op::Replicate),
+        Ok(op) => Op::from_grant_op(op),
         _ => None,
     }
 }

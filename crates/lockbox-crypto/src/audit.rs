@@ -7,7 +7,7 @@
 
 mod chain;
 
-pub use chain::*;
+pub use chain::{AuditChainError, ChainSummary, ChainVerifier};
 
 use sha2::{Digest, Sha256};
 

@@ -34,6 +34,28 @@ pub const MAX_GRANT_TEXT_LEN: usize = 1 << 20;
 /// Base64 characters per line of the text form.
 const TEXT_COLUMNS: usize = 64;
 
+/// The grant operations and their names: one table for the CLI, the controller's policy
+/// file, the audit logs and error messages.
+pub const OP_NAMES: [(GrantOp, &str); 3] = [
+    (GrantOp::Copy, "copy"),
+    (GrantOp::Move, "move"),
+    (GrantOp::Replicate, "replicate"),
+];
+
+/// The name of a grant's `op` field as it travels (an `i32`): `copy`, `move`, `replicate`, or
+/// `unspecified` for anything else (which `verify_grant` refuses).
+pub fn op_name(op: i32) -> &'static str {
+    OP_NAMES
+        .iter()
+        .find(|(o, _)| *o as i32 == op)
+        .map_or("unspecified", |(_, name)| name)
+}
+
+/// Parses an operation name exactly as [`op_name`] writes it.
+pub fn parse_op(name: &str) -> Option<GrantOp> {
+    OP_NAMES.iter().find(|(_, n)| *n == name).map(|(o, _)| *o)
+}
+
 /// Signs the exact body bytes under [`GRANT_DOMAIN`]: `"lockbox/v1/grant" || 0x00 || body`.
 ///
 /// `body` is the output of [`encode_grant_body`] (issuing) or `SignedGrant.body` as received

@@ -14,6 +14,7 @@
 //! - [`grant`]: controller-signed permissions to move keys between lockboxes.
 //! - [`attestation`]: controller-signed statements of a node's public keys.
 //! - [`wrap`]: keys sealed end to end (HPKE) and signed for a transfer between lockboxes.
+//! - [`receipt`]: the destination's signed receipt for a transfer, checked by the source.
 //! - [`backup`]: offline backups sealed to recovery keys (one HPKE stanza per recipient).
 
 pub mod attestation;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod grant;
 pub mod identity;
 pub mod keyring;
+pub mod receipt;
 pub mod seal;
 pub mod secret;
 pub mod trust;
@@ -30,14 +32,45 @@ pub mod wrap;
 
 mod wire;
 
-pub use attestation::*;
-pub use audit::*;
-pub use backup::*;
-pub use error::*;
-pub use grant::*;
-pub use identity::*;
-pub use keyring::*;
-pub use seal::*;
-pub use secret::*;
-pub use trust::*;
-pub use wrap::*;
+// The API other crates use, named here so that a new public item is a decision: everything
+// else stays reachable through its module (`lockbox_crypto::backup::BACKUP_MAGIC`), which is
+// where the SPEC.md constants and the vectors' helpers live.
+pub use attestation::{
+    ATTESTATION_DOMAIN, AttestationContext, AttestationError, HPKE_KEM_X25519, VerifiedAttestation,
+    attest_request_message, check_attestation_claims, decode_attestation_body,
+    encode_attestation_body, sign_attest_request, sign_attestation_body, verify_attest_request,
+    verify_attestation,
+};
+pub use audit::{
+    AuditChainError, AuditEntry, AuditEvent, ChainSummary, ChainVerifier, Checkpoint, GENESIS_HASH,
+    checkpoint_message, sign_checkpoint,
+};
+pub use backup::{
+    BACKUP_MAC_LEN, BACKUP_STANZA_LEN, BackupContents, BackupError, BackupHeader, BackupIdentity,
+    BackupKey, BackupOrigin, BackupRecipient, BackupVersion, BackupVersionState, IDENTITY_PREFIX,
+    MAX_BACKUP_LEN, OpenedBackup, RECIPIENT_PREFIX, check_backup_contents, inspect_backup,
+    open_backup, seal_backup,
+};
+pub use error::{CryptoError, Result};
+pub use grant::{
+    GRANT_DOMAIN, GrantContext, GrantError, GrantSide, SignatureVerdicts, VerifiedGrant,
+    decode_grant_body, encode_grant_body, grant_from_text, grant_to_text, inspect_grant, op_name,
+    parse_op, sign_grant_body, verify_grant,
+};
+pub use identity::{HpkeIdentity, SigningIdentity, verify_signature};
+pub use keyring::{Argon2Params, Keyring, UnsealMethod, UnsealSecret, Unsealed};
+pub use receipt::{
+    MAX_RECEIPT_LEN, RECEIPT_DOMAIN, ReceiptError, ReceiptExpectation, SignedReceipt, sign_receipt,
+    verify_receipt,
+};
+pub use seal::{Kek, RecordKind, SEAL_FINGERPRINT_LEN, seal_fingerprint, sealed_kek_id};
+pub use secret::{SecretBytes, random_array};
+pub use trust::{TrustedControllers, decode_public_key, encode_public_key};
+#[cfg(feature = "test-vectors")]
+pub use wrap::seal_batch_deterministic;
+pub use wrap::{
+    BatchContext, KeyToWrap, MAX_BATCH_KEYS, SUITE_X25519_SHA256_CHACHA20, SealedBatch, SealedKey,
+    TRANSFER_BATCH_DOMAIN, TRANSFER_BATCH_FORMAT, batch_message, key_attributes, open_batch,
+    seal_batch, sign_batch, transfer_info, transfer_key_aad, verify_and_open_batch, verify_batch,
+    wire_key_attributes,
+};

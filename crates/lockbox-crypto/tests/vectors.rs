@@ -5,7 +5,7 @@
 //! vectors store the bytes and check that they open (or fail as named). Audit entries, checkpoints, signatures, grants and attestations
 //! are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared.
 //! Transfer batches are too: their HPKE ephemeral key comes from a fixed seed
-//! (`seal_batch_deterministic`, feature `test-vectors`). To rewrite every file after a
+//! (`seal_batch_deterministic`, feature `test-vectors`); so are transfer receipts. To rewrite every file after a
 //! deliberate format change (and SPEC.md first):
 //! `cargo test -p lockbox-crypto --test vectors -- --ignored regenerate`
 //! (`LOCKBOX_REGENERATE=wrap.json` to rewrite only the files named, comma-separated).
@@ -14,7 +14,10 @@
 use std::path::PathBuf;
 
 use lockbox_crypto::*;
-use lockbox_proto::v1::{AttestationBody, GrantBody, GrantOp, SignedAttestation, SignedGrant};
+use lockbox_proto::v1::{
+    AttestationBody, GrantBody, GrantOp, ReceiptBody, SignedAttestation, SignedGrant,
+    StoredVersions,
+};
 use prost::Message as _;
 use serde_json::{Value, json};
 
@@ -781,6 +784,106 @@ fn wrap_vectors_are_reproducible() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// transfer receipts
+
+fn receipt_fields(b: &ReceiptBody) -> Value {
+    json!({
+        "grant_id": hex::encode(&b.grant_id),
+        "op": b.op().as_str_name(),
+        "source_node": b.source_node,
+        "dest_node": b.dest_node,
+        "key_ids": b.key_ids,
+        "stored_unix_ms": b.stored_unix_ms,
+        "stored": b.stored.iter().map(|s| json!({
+            "key_id": s.key_id,
+            "versions": s.versions,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn receipt_from(f: &Value) -> ReceiptBody {
+    ReceiptBody {
+        grant_id: bytes(&f["grant_id"]),
+        op: GrantOp::from_str_name(str_of(&f["op"])).expect("grant op") as i32,
+        source_node: str_of(&f["source_node"]).into(),
+        dest_node: str_of(&f["dest_node"]).into(),
+        key_ids: strings(&f["key_ids"]),
+        stored_unix_ms: f["stored_unix_ms"].as_u64().unwrap(),
+        stored: f["stored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| StoredVersions {
+                key_id: str_of(&s["key_id"]).into(),
+                versions: s["versions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Runs one `cases` entry of receipt.json: `verify_receipt` with the file's `expectation`.
+fn run_receipt_case(v: &Value, case: &Value) -> std::result::Result<ReceiptBody, ReceiptError> {
+    let e = &v["expectation"];
+    let grant_id: [u8; 16] = bytes(&e["grant_id"]).try_into().unwrap();
+    let key_ids = strings(&e["key_ids"]);
+    let expected = ReceiptExpectation {
+        grant_id: &grant_id,
+        op: GrantOp::from_str_name(str_of(&e["op"])).expect("grant op"),
+        source_node: str_of(&e["source_node"]),
+        dest_node: str_of(&e["dest_node"]),
+        key_ids: &key_ids,
+    };
+    // The oversized body is given by its length: it is refused before any byte is read.
+    let body = match case["body_zeros"].as_u64() {
+        Some(n) => vec![0; usize::try_from(n).unwrap()],
+        None => bytes(&case["body"]),
+    };
+    verify_receipt(
+        &array32(&v["destination"]["public_key"]),
+        &body,
+        &bytes(&case["signature"]),
+        &expected,
+    )
+}
+
+#[test]
+fn receipt_vectors() {
+    let v = load("receipt.json");
+    let dest =
+        SigningIdentity::from_secret(&SecretBytes::new(bytes(&v["destination"]["seed"]))).unwrap();
+    assert_eq!(dest.public_key(), array32(&v["destination"]["public_key"]));
+    for case in v["bodies"].as_array().unwrap() {
+        let body = receipt_from(&case["fields"]);
+        let signed = sign_receipt(&dest, &body).unwrap();
+        assert_eq!(signed.body, bytes(&case["bytes"]));
+        let signed_bytes = [RECEIPT_DOMAIN.as_bytes(), &[0], &signed.body].concat();
+        assert_eq!(signed_bytes, bytes(&case["signed_bytes"]));
+        assert_eq!(signed.signature.to_vec(), bytes(&case["signature"]));
+    }
+
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.iter().filter(|c| c["expect"] != "ok").count() >= 20);
+    for case in cases {
+        let name = str_of(&case["name"]);
+        let r = run_receipt_case(&v, case);
+        check_verdict(case, &r, ReceiptError::code);
+        if let Ok(b) = r {
+            assert_eq!(b, receipt_from(&case["fields"]), "{name}");
+        }
+    }
+}
+
+#[test]
+fn receipt_vectors_are_reproducible() {
+    assert_eq!(load("receipt.json"), gen_receipt());
+}
+
+// ---------------------------------------------------------------------------------------------
 // generation
 
 /// Rewrites every vector file. Run on purpose only (see the module doc).
@@ -795,6 +898,7 @@ fn regenerate() {
         ("grant.json", gen_grant()),
         ("attestation.json", gen_attestation()),
         ("wrap.json", gen_wrap()),
+        ("receipt.json", gen_receipt()),
         ("backup.json", gen_backup()),
     ] {
         if let Ok(only) = std::env::var("LOCKBOX_REGENERATE")
@@ -2909,6 +3013,292 @@ fn gen_wrap() -> Value {
         "batches": batches,
         "cases": cases,
     })
+}
+
+/// The receipt every case edits: node-b received a MOVE of KEY_1 (versions 1, 2) and KEY_2
+/// (version 1) from node-a under the grant of grant.json.
+fn base_receipt_body() -> ReceiptBody {
+    ReceiptBody {
+        grant_id: (0u8..16).collect(),
+        op: GrantOp::Move as i32,
+        source_node: "node-a".into(),
+        dest_node: "node-b".into(),
+        key_ids: vec![KEY_1.into(), KEY_2.into()],
+        stored_unix_ms: GRANT_T0 + 60_000,
+        stored: vec![
+            StoredVersions {
+                key_id: KEY_1.into(),
+                versions: vec![1, 2],
+            },
+            StoredVersions {
+                key_id: KEY_2.into(),
+                versions: vec![1],
+            },
+        ],
+    }
+}
+
+/// A receipt case's body and signature bytes.
+type BodyAndSignature = (Vec<u8>, Vec<u8>);
+
+fn gen_receipt() -> Value {
+    // node-b signs with seed 32 x 0xd2; 32 x 0xd3 is another node's key.
+    let dest = SigningIdentity::from_secret(&SecretBytes::new(vec![0xd2; 32])).unwrap();
+    let other = SigningIdentity::from_secret(&SecretBytes::new(vec![0xd3; 32])).unwrap();
+    let base = base_receipt_body();
+    let signed = sign_receipt(&dest, &base).unwrap();
+    let raw = signed.body.clone();
+    let sig = signed.signature.to_vec();
+    // Bodies the verifier must refuse, encoded without sign_receipt's checks and signed by
+    // the destination, as a faulty or malicious one could.
+    let edit = |f: &dyn Fn(&mut ReceiptBody)| {
+        let mut b = base_receipt_body();
+        f(&mut b);
+        b.encode_to_vec()
+    };
+    let by_dest = |body: Vec<u8>| {
+        let s = dest.sign(RECEIPT_DOMAIN, &body).to_vec();
+        (body, s)
+    };
+    let stored = |key_id: &str, versions: &[u32]| StoredVersions {
+        key_id: key_id.into(),
+        versions: versions.to_vec(),
+    };
+
+    let mut flipped = sig.clone();
+    flipped[10] ^= 0x01;
+    let mut sig65 = sig.clone();
+    sig65.push(0);
+    let mut unknown_field = raw.clone();
+    unknown_field.extend_from_slice(&[0x78, 0x01]); // field 15, varint 1
+    // Field 7 with each version as its own (unpacked) varint field: decodes to the base body.
+    let mut unpacked = edit(&|b| b.stored.clear());
+    for s in &base.stored {
+        let mut entry = vec![0x0a, u8::try_from(s.key_id.len()).unwrap()];
+        entry.extend_from_slice(s.key_id.as_bytes());
+        for &v in &s.versions {
+            entry.extend_from_slice(&[0x10, u8::try_from(v).unwrap()]);
+        }
+        unpacked.extend_from_slice(&[0x3a, u8::try_from(entry.len()).unwrap()]);
+        unpacked.extend_from_slice(&entry);
+    }
+    assert_eq!(ReceiptBody::decode(unpacked.as_slice()).unwrap(), base);
+    let other_key = "0e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+
+    let mut cases: Vec<(&str, BodyAndSignature, &str)> = vec![
+        ("ok_move", (raw.clone(), sig.clone()), "ok"),
+        (
+            "ok_no_stored_list",
+            by_dest(edit(&|b| b.stored.clear())),
+            "ok",
+        ),
+        (
+            "ok_stored_in_another_order",
+            by_dest(edit(&|b| b.stored.reverse())),
+            "ok",
+        ),
+        (
+            "fail_signature_63_bytes",
+            (raw.clone(), sig[..63].to_vec()),
+            "bad_signature_length",
+        ),
+        (
+            "fail_signature_65_bytes",
+            (raw.clone(), sig65),
+            "bad_signature_length",
+        ),
+        (
+            "fail_signature_empty",
+            (raw.clone(), vec![]),
+            "bad_signature_length",
+        ),
+        (
+            "fail_signature_flipped",
+            (raw.clone(), flipped),
+            "bad_signature",
+        ),
+        (
+            "fail_signed_by_another_node",
+            (raw.clone(), other.sign(RECEIPT_DOMAIN, &raw).to_vec()),
+            "bad_signature",
+        ),
+        (
+            "fail_signed_under_grant_domain",
+            (raw.clone(), dest.sign(GRANT_DOMAIN, &raw).to_vec()),
+            "bad_signature",
+        ),
+        (
+            "fail_body_edited_after_signing",
+            (edit(&|b| b.stored[0].versions = vec![1]), sig.clone()),
+            "bad_signature",
+        ),
+        (
+            "fail_body_not_protobuf",
+            by_dest(vec![0xff; 8]),
+            "malformed",
+        ),
+        (
+            "fail_body_unknown_field",
+            by_dest(unknown_field),
+            "malformed",
+        ),
+        (
+            "fail_body_versions_unpacked",
+            by_dest(unpacked),
+            "malformed",
+        ),
+        (
+            "fail_wrong_grant_id",
+            by_dest(edit(&|b| b.grant_id[15] ^= 0xff)),
+            "wrong_grant_id",
+        ),
+        (
+            "fail_grant_id_15_bytes",
+            by_dest(edit(&|b| b.grant_id.truncate(15))),
+            "wrong_grant_id",
+        ),
+        (
+            "fail_wrong_op",
+            by_dest(edit(&|b| b.op = GrantOp::Copy as i32)),
+            "wrong_op",
+        ),
+        (
+            "fail_wrong_source",
+            by_dest(edit(&|b| b.source_node = "node-c".into())),
+            "wrong_source",
+        ),
+        (
+            "fail_wrong_dest",
+            by_dest(edit(&|b| b.dest_node = "node-c".into())),
+            "wrong_destination",
+        ),
+        (
+            "fail_key_ids_missing_one",
+            by_dest(edit(&|b| {
+                b.key_ids.pop();
+                b.stored.pop();
+            })),
+            "wrong_key_ids",
+        ),
+        (
+            "fail_key_ids_reordered",
+            by_dest(edit(&|b| b.key_ids.reverse())),
+            "wrong_key_ids",
+        ),
+        (
+            "fail_key_ids_extra",
+            by_dest(edit(&|b| b.key_ids.push(other_key.into()))),
+            "wrong_key_ids",
+        ),
+        (
+            "fail_stored_key_not_in_grant",
+            by_dest(edit(&|b| b.stored[1] = stored(other_key, &[1]))),
+            "stored_key_not_in_grant",
+        ),
+        (
+            "fail_stored_key_twice",
+            by_dest(edit(&|b| b.stored.push(stored(KEY_1, &[3])))),
+            "stored_key_twice",
+        ),
+        (
+            "fail_stored_key_missing",
+            by_dest(edit(&|b| {
+                b.stored.pop();
+            })),
+            "stored_key_missing",
+        ),
+        (
+            "fail_stored_versions_empty",
+            by_dest(edit(&|b| b.stored[1].versions.clear())),
+            "no_stored_versions",
+        ),
+        (
+            "fail_stored_version_zero",
+            by_dest(edit(&|b| b.stored[0].versions = vec![0, 1])),
+            "stored_version_zero",
+        ),
+        (
+            "fail_stored_versions_unsorted",
+            by_dest(edit(&|b| b.stored[0].versions = vec![2, 1])),
+            "stored_versions_unsorted",
+        ),
+        (
+            "fail_stored_version_repeated",
+            by_dest(edit(&|b| b.stored[0].versions = vec![1, 1])),
+            "stored_versions_unsorted",
+        ),
+    ];
+    // Wrong fields are reported before a bad stored list (SPEC.md step order).
+    cases.push((
+        "fail_wrong_op_and_empty_versions",
+        by_dest(edit(&|b| {
+            b.op = GrantOp::Copy as i32;
+            b.stored[0].versions.clear();
+        })),
+        "wrong_op",
+    ));
+
+    let mut cases: Vec<Value> = cases
+        .into_iter()
+        .map(|(name, (body, signature), expect)| {
+            json!({
+                "name": name,
+                "body": hex::encode(body),
+                "signature": hex::encode(signature),
+                "expect": expect,
+            })
+        })
+        .collect();
+    cases.insert(
+        3,
+        json!({
+            "name": "fail_body_too_large",
+            "body_zeros": MAX_RECEIPT_LEN + 1,
+            "signature": hex::encode([0u8; 64]),
+            "expect": "too_large",
+        }),
+    );
+
+    let mut v = json!({
+        "description": "Transfer receipts (SPEC.md 'Transfer receipts'). bodies: fields, the canonical bytes sign_receipt encodes, the bytes signed (\"lockbox/v1/receipt\" || 0x00 || body) and the destination's signature. cases: verify_receipt(destination public_key, body, signature, expectation); a body given as body_zeros is that many zero bytes; expect is ok (fields: the decoded body) or the ReceiptError code, error its message. The destination node-b signs with Ed25519 seed 32 x 0xd2; another node's seed is 32 x 0xd3.",
+        "destination": {
+            "node": "node-b",
+            "seed": hex::encode([0xd2; 32]),
+            "public_key": hex::encode(dest.public_key()),
+        },
+        "expectation": {
+            "grant_id": hex::encode(&base.grant_id),
+            "op": base.op().as_str_name(),
+            "source_node": base.source_node,
+            "dest_node": base.dest_node,
+            "key_ids": base.key_ids,
+        },
+        "bodies": [{
+            "fields": receipt_fields(&base),
+            "bytes": hex::encode(&raw),
+            "signed_bytes": hex::encode([RECEIPT_DOMAIN.as_bytes(), &[0], &raw].concat()),
+            "signature": hex::encode(&sig),
+        }],
+    });
+    let settled: Vec<Value> = cases
+        .into_iter()
+        .map(|mut case| {
+            let name = str_of(&case["name"]).to_string();
+            match run_receipt_case(&v, &case) {
+                Ok(b) => {
+                    assert_eq!(case["expect"], "ok", "generating {name}");
+                    case["fields"] = receipt_fields(&b);
+                }
+                Err(e) => {
+                    assert_eq!(case["expect"], e.code(), "generating {name}: {e}");
+                    case["error"] = json!(e.to_string());
+                }
+            }
+            case
+        })
+        .collect();
+    v["cases"] = json!(settled);
+    v
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -215,15 +215,6 @@ pub enum OpArg {
     Replicate,
 }
 
-fn op_name(op: i32) -> &'static str {
-    match pb::GrantOp::try_from(op) {
-        Ok(pb::GrantOp::Copy) => "copy",
-        Ok(pb::GrantOp::Move) => "move",
-        Ok(pb::GrantOp::Replicate) => "replicate",
-        _ => "unspecified",
-    }
-}
-
 /// Reads a grant file (printable armor).
 pub fn read_grant(path: &PathBuf) -> Result<pb::SignedGrant> {
     let text =
@@ -374,11 +365,12 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
                         valid: r.is_ok(),
                     })
                     .collect();
-                let shape = json::GrantInspected::new(&body, op_name(body.op), checks);
+                let shape =
+                    json::GrantInspected::new(&body, lockbox_crypto::op_name(body.op), checks);
                 outln!("{}", serde_json::to_string(&shape)?);
             } else {
                 outln!("grant:      {}", hex::encode(&body.grant_id));
-                outln!("op:         {}", op_name(body.op));
+                outln!("op:         {}", lockbox_crypto::op_name(body.op));
                 outln!("from -> to: {} -> {}", body.source_node, body.dest_node);
                 outln!("keys:       {}", body.key_ids.join(" "));
                 outln!(
@@ -410,7 +402,7 @@ fn output_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>, json_out: bool) 
             }
             None => GrantOutput::Text(lockbox_crypto::grant_to_text(grant)),
         };
-        let shape = json::GrantIssued::new(&body, op_name(body.op), grant, output);
+        let shape = json::GrantIssued::new(&body, lockbox_crypto::op_name(body.op), grant, output);
         outln!("{}", serde_json::to_string(&shape)?);
         Ok(())
     } else {

@@ -9,8 +9,8 @@ use lockbox_crypto::SecretBytes;
 use lockbox_store::Ns;
 
 use super::model::{
-    Caller, KeyMeta, Origin, VersionMeta, VersionState, new_material_id, parse_key_id, ref_id,
-    validate_labels,
+    Caller, KeyMeta, KeyState, Origin, OriginKind, VersionMeta, VersionState, new_material_id,
+    parse_key_id, ref_id, validate_labels,
 };
 use super::txn::Event;
 use super::{Custody, Unlocked, now_ms};
@@ -56,13 +56,6 @@ pub struct Restored {
     pub skipped: Vec<String>,
 }
 
-const ORIGIN_KINDS: [&str; 5] = [
-    "created",
-    "snapshot",
-    "clone-same-key",
-    "clone-new-key",
-    "received",
-];
 /// Longest free-text field of a restored key (origin node, grant id).
 const MAX_FIELD_LEN: usize = 255;
 
@@ -91,6 +84,31 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 /// The daemon's own rules for a key being restored, beyond the format's (which
 /// `check_backup_contents` applies): canonical UUIDs, label syntax, known origin and policy,
 /// one material length of 32 or 64 bytes per key.
+/// A restored key's origin kind, parsed strictly.
+fn origin_kind(k: &BackupKey) -> Result<OriginKind> {
+    OriginKind::parse(&k.origin.kind).ok_or_else(|| {
+        CustodyError::InvalidArgument(format!(
+            "backup key {}: unknown origin {:?}",
+            k.key_id, k.origin.kind
+        ))
+    })
+}
+
+/// A restored key's own clone policy (empty: the node's), parsed strictly.
+fn clone_policy(k: &BackupKey) -> Result<Option<ClonePolicy>> {
+    if k.clone_policy.is_empty() {
+        return Ok(None);
+    }
+    ClonePolicy::parse(&k.clone_policy)
+        .map(Some)
+        .ok_or_else(|| {
+            CustodyError::InvalidArgument(format!(
+                "backup key {}: unknown clone policy {:?}",
+                k.key_id, k.clone_policy
+            ))
+        })
+}
+
 fn check_restored_key(k: &BackupKey, materials: &[SecretBytes]) -> Result<()> {
     let bad =
         |why: String| CustodyError::InvalidArgument(format!("backup key {}: {why}", k.key_id));
@@ -104,18 +122,14 @@ fn check_restored_key(k: &BackupKey, materials: &[SecretBytes]) -> Result<()> {
         CustodyError::InvalidArgument(m) => bad(m),
         other => other,
     })?;
-    if !ORIGIN_KINDS.contains(&k.origin.kind.as_str()) {
-        return Err(bad(format!("unknown origin {:?}", k.origin.kind)));
-    }
+    origin_kind(k)?;
     if !k.origin.from_key_id.is_empty() && parse_key_id(&k.origin.from_key_id).is_err() {
         return Err(bad("origin key id is not a UUID".into()));
     }
     if k.origin.from_node.len() > MAX_FIELD_LEN || k.origin.grant_id.len() > MAX_FIELD_LEN {
         return Err(bad("origin node or grant id too long".into()));
     }
-    if !k.clone_policy.is_empty() && ClonePolicy::parse(&k.clone_policy).is_none() {
-        return Err(bad(format!("unknown clone policy {:?}", k.clone_policy)));
-    }
+    clone_policy(k)?;
     let mut length = None;
     for v in &k.versions {
         let n = materials
@@ -213,8 +227,7 @@ impl Custody {
             let Some(meta) = self.load_meta(u, &key_id)? else {
                 continue;
             };
-            if meta.destroyed
-                || meta.moved_to.is_some()
+            if meta.state.is_tombstone()
                 || !labels.iter().all(|(k, v)| meta.labels.get(k) == Some(v))
             {
                 continue;
@@ -247,13 +260,16 @@ impl Custody {
                 labels: meta.labels,
                 created_unix_ms: meta.created_unix_ms,
                 origin: BackupOrigin {
-                    kind: meta.origin.kind,
+                    kind: meta.origin.kind.as_str().to_string(),
                     from_key_id: meta.origin.from_key_id,
                     from_node: meta.origin.from_node,
                     grant_id: meta.origin.grant_id,
                 },
-                clone_policy: meta.clone_policy.unwrap_or_default(),
-                replica: meta.replica,
+                clone_policy: meta
+                    .clone_policy
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default(),
+                replica: meta.state == KeyState::Replica,
                 current_version: meta.current_version,
                 versions,
             });
@@ -307,13 +323,16 @@ impl Custody {
                 key_id: k.key_id.clone(),
                 why: why.to_string(),
             };
-            if meta.moved_to.is_some() {
-                return Err(conflict(
-                    "is a moved tombstone here (the key lives elsewhere)",
-                ));
-            }
-            if meta.destroyed {
-                return Err(conflict("is destroyed here (key ids are never reused)"));
+            match meta.state {
+                KeyState::Moved(_) => {
+                    return Err(conflict(
+                        "is a moved tombstone here (the key lives elsewhere)",
+                    ));
+                }
+                KeyState::Destroyed => {
+                    return Err(conflict("is destroyed here (key ids are never reused)"));
+                }
+                KeyState::Active | KeyState::Replica => {}
             }
             let live: Vec<&VersionMeta> = meta
                 .versions
@@ -392,21 +411,23 @@ impl Custody {
                 .unwrap_or(32);
             let meta = KeyMeta {
                 key_id: k.key_id.clone(),
-                destroyed: false,
+                state: if k.replica {
+                    KeyState::Replica
+                } else {
+                    KeyState::Active
+                },
                 length,
                 labels: k.labels.clone(),
                 created_unix_ms: k.created_unix_ms,
                 origin: Origin {
-                    kind: k.origin.kind.clone(),
+                    kind: origin_kind(k)?,
                     from_key_id: k.origin.from_key_id.clone(),
                     from_node: k.origin.from_node.clone(),
                     grant_id: k.origin.grant_id.clone(),
                 },
-                clone_policy: (!k.clone_policy.is_empty()).then(|| k.clone_policy.clone()),
+                clone_policy: clone_policy(k)?,
                 current_version: k.current_version,
                 versions,
-                replica: k.replica,
-                moved_to: None,
             };
             txn.put(Ns::Keys, k.key_id.as_bytes(), &self.seal_meta(&u, &meta)?);
             txn.add_keys(1);

@@ -3,7 +3,7 @@
 use lockbox_store::{Batch, Ns};
 
 use super::Custody;
-use super::model::{Caller, Destroyed, KeyMeta, VersionMeta, parse_key_id, ref_id};
+use super::model::{Caller, Destroyed, KeyMeta, KeyState, VersionMeta, parse_key_id, ref_id};
 use super::txn::Event;
 use crate::error::{CustodyError, Result};
 
@@ -39,7 +39,7 @@ impl Custody {
                         let kid = String::from_utf8_lossy(&rid[prefix.len()..]).into_owned();
                         if seen.insert(kid.clone())
                             && let Some(m) = self.load_meta(&u, &kid)?
-                            && !m.destroyed
+                            && !m.state.is_tombstone()
                         {
                             victims.push(m);
                         }
@@ -51,7 +51,7 @@ impl Custody {
         let shredded = self.drop_material_refs(&victims, txn.batch())?;
         let mut ids = Vec::new();
         for mut m in victims {
-            m.destroyed = true;
+            m.state = KeyState::Destroyed;
             m.versions.iter_mut().for_each(VersionMeta::shred);
             txn.put(Ns::Keys, m.key_id.as_bytes(), &self.seal_meta(&u, &m)?);
             txn.remove_keys(1);

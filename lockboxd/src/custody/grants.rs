@@ -11,9 +11,6 @@ use super::txn::Event;
 use super::{Custody, now_ms};
 use crate::error::{CustodyError, Result};
 
-/// Domain of the destination's receipt signature.
-pub const RECEIPT_DOMAIN: &str = "lockbox/v1/receipt";
-
 /// Which end of a grant this node was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -67,15 +64,6 @@ pub(super) fn put_grant_record(
         .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?;
     batch.put(Ns::Grants, &grant_key(&grant.grant_id, role), &bytes);
     Ok(())
-}
-
-pub(super) fn op_name(op: i32) -> &'static str {
-    match pb::GrantOp::try_from(op) {
-        Ok(pb::GrantOp::Copy) => "copy",
-        Ok(pb::GrantOp::Move) => "move",
-        Ok(pb::GrantOp::Replicate) => "replicate",
-        _ => "unknown-op",
-    }
 }
 
 impl Custody {

@@ -7,8 +7,8 @@ use lockbox_crypto::SecretBytes;
 use lockbox_store::Ns;
 
 use super::model::{
-    Caller, CloneMode, KeyInfo, KeyMeta, Origin, VersionMeta, VersionState, new_material_id,
-    parse_key_id, ref_id, validate_labels,
+    Caller, CloneMode, KeyInfo, KeyMeta, KeyState, Origin, OriginKind, VersionMeta, VersionState,
+    new_material_id, parse_key_id, ref_id, validate_labels,
 };
 use super::txn::Event;
 use super::{Custody, now_ms};
@@ -71,17 +71,17 @@ impl Custody {
         let now = now_ms();
         let mut meta = KeyMeta {
             key_id: key_id.clone(),
-            destroyed: false,
+            state: KeyState::Active,
             length,
             labels,
             created_unix_ms: now,
             origin: Origin {
-                kind: "created".into(),
+                kind: OriginKind::Created,
                 from_key_id: String::new(),
                 from_node: String::new(),
                 grant_id: String::new(),
             },
-            clone_policy: clone_policy.map(|p| p.as_str().to_string()),
+            clone_policy,
             current_version: 1,
             versions: vec![VersionMeta {
                 version: 1,
@@ -90,8 +90,6 @@ impl Custody {
                 created_unix_ms: now,
                 inline: Some(sealed_material),
             }],
-            replica: false,
-            moved_to: None,
         };
         let sealed_meta = self.seal_meta(&u, &meta)?;
 
@@ -115,7 +113,7 @@ impl Custody {
         let u = u_now;
         if given && let Some(existing) = self.load_meta(&u, &key_id)? {
             drop(txn);
-            if existing.destroyed {
+            if existing.state.is_tombstone() {
                 return Err(CustodyError::KeyDestroyed(key_id));
             }
             let same = existing.length == meta.length
@@ -148,7 +146,13 @@ impl Custody {
         labels: BTreeMap<String, String>,
     ) -> Result<String> {
         let res = self
-            .derive(caller, key_id, labels, "snapshot", DeriveMaterial::Share)
+            .derive(
+                caller,
+                key_id,
+                labels,
+                OriginKind::Snapshot,
+                DeriveMaterial::Share,
+            )
             .await;
         self.audited(caller, "snapshot", key_id, res).await
     }
@@ -199,12 +203,24 @@ impl Custody {
         }
         match mode {
             CloneMode::SameKey => {
-                self.derive(caller, &id, labels, "clone-same-key", DeriveMaterial::Share)
-                    .await
+                self.derive(
+                    caller,
+                    &id,
+                    labels,
+                    OriginKind::CloneSameKey,
+                    DeriveMaterial::Share,
+                )
+                .await
             }
             CloneMode::NewKey => {
-                self.derive(caller, &id, labels, "clone-new-key", DeriveMaterial::Fresh)
-                    .await
+                self.derive(
+                    caller,
+                    &id,
+                    labels,
+                    OriginKind::CloneNewKey,
+                    DeriveMaterial::Fresh,
+                )
+                .await
             }
         }
     }
@@ -214,7 +230,7 @@ impl Custody {
         caller: &Caller,
         key_id: &str,
         labels: BTreeMap<String, String>,
-        kind: &str,
+        kind: OriginKind,
         material: DeriveMaterial,
     ) -> Result<String> {
         let source_id = parse_key_id(key_id)?;
@@ -273,28 +289,26 @@ impl Custody {
         };
         let meta = KeyMeta {
             key_id: new_id.clone(),
-            destroyed: false,
+            state: KeyState::Active,
             length: src.length,
             labels: merged,
             created_unix_ms: now,
             origin: Origin {
-                kind: kind.into(),
+                kind,
                 from_key_id: source_id.clone(),
                 from_node: String::new(),
                 grant_id: String::new(),
             },
-            clone_policy: src.clone_policy.clone(),
+            clone_policy: src.clone_policy,
             current_version,
             versions,
-            replica: false,
-            moved_to: None,
         };
         txn.put(Ns::Keys, new_id.as_bytes(), &self.seal_meta(&u, &meta)?);
         txn.add_keys(1);
         txn.audit(
             Some(&u),
             caller,
-            Event::ok(kind, &new_id, format!("from {source_id}")),
+            Event::ok(kind.as_str(), &new_id, format!("from {source_id}")),
         )?;
         txn.commit().await?;
         Ok(new_id)
@@ -392,13 +406,13 @@ impl Custody {
             let mut txn = self.write_txn().await;
             let u = self.unlocked()?;
             let mut meta = self.live_meta(&u, &id)?;
-            if !meta.replica {
+            if meta.state != KeyState::Replica {
                 return Err(CustodyError::WrongState {
                     key_id: id,
                     why: "is not a replica".into(),
                 });
             }
-            meta.replica = false;
+            meta.state = KeyState::Active;
             txn.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
             txn.audit(
                 Some(&u),

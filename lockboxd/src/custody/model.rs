@@ -103,11 +103,54 @@ impl VersionMeta {
     }
 }
 
+/// How a key id came to be: recorded in its metadata and shown by `key describe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OriginKind {
+    /// Fresh material made here.
+    Created,
+    /// A snapshot of another key id (same material).
+    Snapshot,
+    /// A clone sharing the source's material.
+    CloneSameKey,
+    /// A clone with fresh material.
+    CloneNewKey,
+    /// Received from a peer under a grant.
+    Received,
+}
+
+impl OriginKind {
+    /// Every kind, for messages that list them.
+    pub const ALL: [OriginKind; 5] = [
+        OriginKind::Created,
+        OriginKind::Snapshot,
+        OriginKind::CloneSameKey,
+        OriginKind::CloneNewKey,
+        OriginKind::Received,
+    ];
+
+    /// The name on disk, on the wire and in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginKind::Created => "created",
+            OriginKind::Snapshot => "snapshot",
+            OriginKind::CloneSameKey => "clone-same-key",
+            OriginKind::CloneNewKey => "clone-new-key",
+            OriginKind::Received => "received",
+        }
+    }
+
+    /// Parses a name exactly as [`OriginKind::as_str`] writes it; anything else is `None`.
+    pub fn parse(s: &str) -> Option<OriginKind> {
+        OriginKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// Where a key came from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Origin {
-    /// created | snapshot | clone-same-key | clone-new-key
-    pub kind: String,
+    /// How it came to be.
+    pub kind: OriginKind,
     /// The source key id, empty for `created`.
     pub from_key_id: String,
     /// For `received`: the node it came from.
@@ -127,14 +170,38 @@ pub struct MovedTo {
     pub grant_id: String,
 }
 
+/// Where a key id stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// Usable: released, snapshotted, cloned, sent.
+    Active,
+    /// A standing backup from a REPLICATE grant: not released until promoted.
+    Replica,
+    /// Destroyed: the record stays as a tombstone, so the id is never reused.
+    Destroyed,
+    /// Taken elsewhere by a MOVE: a tombstone naming where (the id may come back).
+    Moved(MovedTo),
+}
+
+impl KeyState {
+    /// Destroyed or moved away: the record holds no material.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self, KeyState::Destroyed | KeyState::Moved(_))
+    }
+}
+
 /// A key id's metadata. Sealed at rest like material (labels may name tenants), and the seal
 /// binds it to its key id, so metadata cannot be swapped between keys.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Stored as JSON in the shape of [`KeyMetaRecord`] (the shape every release has written);
+/// reading it back is strict: an unknown origin, clone policy or version state is corruption.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "KeyMetaRecord")]
 pub struct KeyMeta {
     /// The key id (UUID text).
     pub key_id: String,
-    /// True once destroyed: the record stays as a tombstone so the id is never reused.
-    pub destroyed: bool,
+    /// Where it stands.
+    pub state: KeyState,
     /// Material length in bytes (32 or 64).
     pub length: u32,
     /// Free-form labels (volume, pool, tenant...).
@@ -144,36 +211,118 @@ pub struct KeyMeta {
     /// Provenance.
     pub origin: Origin,
     /// Per-key clone policy; `None` follows the node's config.
-    pub clone_policy: Option<String>,
+    pub clone_policy: Option<ClonePolicy>,
     /// The version `get` returns by default.
     pub current_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionMeta>,
-    /// A standing backup from a REPLICATE grant: not released until promoted.
+}
+
+/// The stored shape of [`KeyMeta`]: the state as three fields, names as text.
+#[derive(Deserialize)]
+struct KeyMetaRecord {
+    key_id: String,
+    destroyed: bool,
+    length: u32,
+    labels: BTreeMap<String, String>,
+    created_unix_ms: u64,
+    origin: Origin,
+    clone_policy: Option<String>,
+    current_version: u32,
+    versions: Vec<VersionMeta>,
     #[serde(default)]
-    pub replica: bool,
-    /// Set when a MOVE took the key elsewhere (the record is then a tombstone).
+    replica: bool,
     #[serde(default)]
-    pub moved_to: Option<MovedTo>,
+    moved_to: Option<MovedTo>,
+}
+
+/// [`KeyMetaRecord`] borrowed, for writing without a copy.
+#[derive(Serialize)]
+struct KeyMetaRecordRef<'a> {
+    key_id: &'a str,
+    destroyed: bool,
+    length: u32,
+    labels: &'a BTreeMap<String, String>,
+    created_unix_ms: u64,
+    origin: &'a Origin,
+    clone_policy: Option<&'static str>,
+    current_version: u32,
+    versions: &'a [VersionMeta],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    replica: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moved_to: Option<&'a MovedTo>,
+}
+
+impl TryFrom<KeyMetaRecord> for KeyMeta {
+    type Error = String;
+
+    fn try_from(r: KeyMetaRecord) -> std::result::Result<KeyMeta, String> {
+        let state = match (r.moved_to, r.destroyed, r.replica) {
+            (Some(to), _, _) => KeyState::Moved(to),
+            (None, true, _) => KeyState::Destroyed,
+            (None, false, true) => KeyState::Replica,
+            (None, false, false) => KeyState::Active,
+        };
+        let clone_policy = match r.clone_policy.as_deref() {
+            None => None,
+            Some(p) => {
+                Some(ClonePolicy::parse(p).ok_or_else(|| format!("unknown clone policy {p:?}"))?)
+            }
+        };
+        Ok(KeyMeta {
+            key_id: r.key_id,
+            state,
+            length: r.length,
+            labels: r.labels,
+            created_unix_ms: r.created_unix_ms,
+            origin: r.origin,
+            clone_policy,
+            current_version: r.current_version,
+            versions: r.versions,
+        })
+    }
+}
+
+impl Serialize for KeyMeta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        KeyMetaRecordRef {
+            key_id: &self.key_id,
+            destroyed: self.state.is_tombstone(),
+            length: self.length,
+            labels: &self.labels,
+            created_unix_ms: self.created_unix_ms,
+            origin: &self.origin,
+            clone_policy: self.clone_policy.map(|p| p.as_str()),
+            current_version: self.current_version,
+            versions: &self.versions,
+            replica: self.state == KeyState::Replica,
+            moved_to: match &self.state {
+                KeyState::Moved(to) => Some(to),
+                _ => None,
+            },
+        }
+        .serialize(s)
+    }
 }
 
 impl KeyMeta {
-    /// The key-level state: destroyed, rekeying (a new version pending) or active.
-    pub fn state(&self) -> &'static str {
-        if self.moved_to.is_some() {
-            "moved"
-        } else if self.destroyed {
-            "destroyed"
-        } else if self.replica {
-            "replica"
-        } else if self
-            .versions
-            .iter()
-            .any(|v| v.state == VersionState::Rekeying)
-        {
-            "rekeying"
-        } else {
-            "active"
+    /// The key-level state as the API names it: moved, destroyed, replica, rekeying (a new
+    /// version pending) or active.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            KeyState::Moved(_) => "moved",
+            KeyState::Destroyed => "destroyed",
+            KeyState::Replica => "replica",
+            KeyState::Active
+                if self
+                    .versions
+                    .iter()
+                    .any(|v| v.state == VersionState::Rekeying) =>
+            {
+                "rekeying"
+            }
+            KeyState::Active => "active",
         }
     }
 
@@ -292,23 +441,35 @@ pub struct AuditView {
     pub hash: String,
 }
 
+/// Text from outside (a peer, a file, a caller) as an error or audit record quotes it: at most
+/// [`QUOTE_MAX`] characters, escaped, in double quotes, with the size of what was cut. An error
+/// never carries a whole hostile input (a 20 MB label name once went into the audit log).
+pub(crate) fn quote(s: &str) -> String {
+    let mut chars = s.char_indices();
+    match chars.nth(QUOTE_MAX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} more bytes)", &s[..cut], s.len() - cut),
+    }
+}
+
+/// Longest prefix of outside text an error quotes.
+pub(crate) const QUOTE_MAX: usize = 64;
+
 /// Refuses a key that has been moved away or destroyed (`live_meta`'s check).
 pub(super) fn check_live(key_id: &str, meta: &KeyMeta) -> Result<()> {
-    if let Some(m) = &meta.moved_to {
-        return Err(CustodyError::WrongState {
+    match &meta.state {
+        KeyState::Moved(m) => Err(CustodyError::WrongState {
             key_id: key_id.into(),
             why: format!("moved to {} by grant {}", m.node, m.grant_id),
-        });
+        }),
+        KeyState::Destroyed => Err(CustodyError::KeyDestroyed(key_id.into())),
+        KeyState::Active | KeyState::Replica => Ok(()),
     }
-    if meta.destroyed {
-        return Err(CustodyError::KeyDestroyed(key_id.into()));
-    }
-    Ok(())
 }
 
 /// Refuses a replica (`usable_meta`'s extra check).
 pub(super) fn check_not_replica(key_id: &str, meta: &KeyMeta) -> Result<()> {
-    if meta.replica {
+    if meta.state == KeyState::Replica {
         return Err(CustodyError::WrongState {
             key_id: key_id.into(),
             why: "is a replica (a standing backup): promote it first with `lockboxctl key promote`"
@@ -406,5 +567,90 @@ mod tests {
         let prefix = u64::from_str_radix(&ids[0][..16], 16).unwrap();
         assert!((prefix >> 16).abs_diff(now_ms()) < 60_000, "{}", ids[0]);
         assert_ne!(ids[0][16..], ids[1][16..]);
+    }
+
+    /// What every earlier release wrote: the state as `destroyed`/`replica`/`moved_to`.
+    fn old_record(destroyed: bool, replica: bool, moved_to: &str, policy: &str) -> String {
+        format!(
+            r#"{{"key_id":"k","destroyed":{destroyed},"length":32,"labels":{{"vol":"a"}},
+            "created_unix_ms":7,"origin":{{"kind":"snapshot","from_key_id":"s","from_node":"",
+            "grant_id":""}},"clone_policy":{policy},"current_version":1,"versions":[
+            {{"version":1,"state":"active","material_id":"m","created_unix_ms":7}}],
+            "replica":{replica},"moved_to":{moved_to}}}"#
+        )
+    }
+
+    #[test]
+    fn key_records_of_earlier_releases_read_as_states_and_write_back_the_same_shape() {
+        let moved = r#"{"node":"b","grant_id":"g"}"#;
+        let cases = [
+            (false, false, "null", KeyState::Active),
+            (false, true, "null", KeyState::Replica),
+            (true, false, "null", KeyState::Destroyed),
+            (true, true, "null", KeyState::Destroyed),
+            (
+                true,
+                false,
+                moved,
+                KeyState::Moved(MovedTo {
+                    node: "b".into(),
+                    grant_id: "g".into(),
+                }),
+            ),
+        ];
+        for (destroyed, replica, moved_to, want) in cases {
+            let json = old_record(destroyed, replica, moved_to, r#""new-key""#);
+            let meta: KeyMeta = serde_json::from_str(&json).unwrap();
+            assert_eq!(meta.state, want, "{json}");
+            assert_eq!(meta.clone_policy, Some(ClonePolicy::NewKey));
+            assert_eq!(meta.origin.kind, OriginKind::Snapshot);
+            // Written back, it reads as the same thing, and in the fields an older release
+            // reads (a downgrade keeps working).
+            let written = serde_json::to_value(&meta).unwrap();
+            assert_eq!(written["destroyed"], serde_json::json!(want.is_tombstone()));
+            let again: KeyMeta = serde_json::from_value(written).unwrap();
+            assert_eq!(again.state, want);
+        }
+        let none: KeyMeta =
+            serde_json::from_str(&old_record(false, false, "null", "null")).unwrap();
+        assert_eq!(none.clone_policy, None);
+    }
+
+    #[test]
+    fn a_key_record_with_an_unknown_name_is_refused_not_defaulted() {
+        let bad_policy = old_record(false, false, "null", r#""anything-goes""#);
+        let e = serde_json::from_str::<KeyMeta>(&bad_policy).unwrap_err();
+        assert!(e.to_string().contains("anything-goes"), "{e}");
+        let bad_origin = old_record(false, false, "null", "null").replace("snapshot", "forged");
+        assert!(serde_json::from_str::<KeyMeta>(&bad_origin).is_err());
+        let bad_state = old_record(false, false, "null", "null").replace("active", "gone");
+        assert!(serde_json::from_str::<KeyMeta>(&bad_state).is_err());
+    }
+
+    #[test]
+    fn origin_kinds_parse_exactly_what_they_write() {
+        for k in OriginKind::ALL {
+            assert_eq!(OriginKind::parse(k.as_str()), Some(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("{:?}", k.as_str()));
+        }
+        assert_eq!(OriginKind::parse("Created"), None);
+        assert_eq!(OriginKind::parse(""), None);
+    }
+
+    #[test]
+    fn quote_cuts_long_hostile_text_and_escapes_it() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(20 << 20);
+        let q = quote(&long);
+        assert!(q.len() < 120, "{q}");
+        assert!(
+            q.ends_with(&format!("({} more bytes)", (20 << 20) - QUOTE_MAX)),
+            "{q}"
+        );
+        // Cut on a character boundary.
+        let wide = "é".repeat(100);
+        assert!(quote(&wide).starts_with(&format!("{:?}", "é".repeat(QUOTE_MAX))));
     }
 }

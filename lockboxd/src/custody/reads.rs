@@ -67,10 +67,7 @@ impl Custody {
     }
 
     pub(super) fn effective_policy(&self, meta: &KeyMeta) -> ClonePolicy {
-        meta.clone_policy
-            .as_deref()
-            .and_then(ClonePolicy::parse)
-            .unwrap_or(self.policy.clone_policy)
+        meta.clone_policy.unwrap_or(self.policy.clone_policy)
     }
 
     /// A key's metadata (destroyed keys included: the tombstone says what happened).
@@ -112,7 +109,7 @@ impl Custody {
             let Some(meta) = self.load_meta(&u, &key_id)? else {
                 continue;
             };
-            if (meta.destroyed && !include_destroyed)
+            if (meta.state.is_tombstone() && !include_destroyed)
                 || !labels.iter().all(|(k, v)| meta.labels.get(k) == Some(v))
             {
                 continue;

@@ -7,16 +7,17 @@ use std::sync::Arc;
 use lockbox_crypto::{BatchContext, SealedBatch, SecretBytes, VerifiedGrant};
 use lockbox_proto::v1 as pb;
 use lockbox_store::Ns;
-use prost::Message;
 
-use super::grants::{GrantRole, RECEIPT_DOMAIN, StoredReceipt, op_name, put_grant_record};
+use super::grants::{GrantRole, StoredReceipt, put_grant_record};
 use super::model::{
-    Caller, KeyMeta, Origin, VersionMeta, VersionState, new_material_id, parse_key_id,
-    validate_labels,
+    Caller, KeyMeta, KeyState, Origin, OriginKind, VersionMeta, VersionState, new_material_id,
+    parse_key_id, validate_labels,
 };
 use super::txn::Event;
 use super::{Custody, Unlocked};
+use crate::config::ClonePolicy;
 use crate::error::{CustodyError, Result};
+use lockbox_crypto::op_name;
 
 /// One received key with every version, checked and sealed for this node as soon as its
 /// versions were all in, while the rest of the delivery was still streaming
@@ -47,8 +48,8 @@ pub struct Incoming {
     pub current: bool,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// Per-key clone policy.
-    pub clone_policy: Option<String>,
+    /// Per-key clone policy (`None`: the node's).
+    pub clone_policy: Option<ClonePolicy>,
     /// The plaintext, zeroized on drop.
     pub material: SecretBytes,
 }
@@ -70,40 +71,84 @@ fn check_versions(key_id: &str, versions: &[Incoming]) -> Result<()> {
             return Err(bad("versions of different lengths".into()));
         }
     }
-    if versions.iter().filter(|v| v.current).count() != 1 {
-        return Err(bad("exactly one version must be current".into()));
+    let mut current = versions.iter().filter(|v| v.current);
+    match (current.next(), current.next()) {
+        (Some(c), None) if c.state == VersionState::Active => {}
+        (Some(c), None) => {
+            return Err(bad(format!(
+                "current version {} is {}, not active",
+                c.version,
+                c.state.as_str()
+            )));
+        }
+        _ => return Err(bad("exactly one version must be current".into())),
+    }
+    if versions
+        .iter()
+        .filter(|v| v.state == VersionState::Rekeying)
+        .count()
+        > 1
+    {
+        return Err(bad("more than one version is pending a rekey".into()));
+    }
+    if let Some(v) = versions
+        .iter()
+        .find(|v| v.labels != first.labels || v.clone_policy != first.clone_policy)
+    {
+        return Err(bad(format!(
+            "version {} carries other labels or another clone policy than version {}",
+            v.version, first.version
+        )));
     }
     Ok(())
 }
 
-fn parse_state(s: &str) -> VersionState {
+/// A version state as a source sends it. Only the states a sent version can have are taken:
+/// a destroyed version has no material to send, and anything else is not ours.
+fn parse_state(key_id: &str, version: u32, s: &str) -> Result<VersionState> {
     match s {
-        "rekeying" => VersionState::Rekeying,
-        "retired" => VersionState::Retired,
-        _ => VersionState::Active,
+        "active" => Ok(VersionState::Active),
+        "rekeying" => Ok(VersionState::Rekeying),
+        "retired" => Ok(VersionState::Retired),
+        other => Err(CustodyError::InvalidArgument(format!(
+            "received key {key_id} version {version}: state {} is not one a source sends \
+             (active, rekeying, retired)",
+            crate::custody::model::quote(other)
+        ))),
     }
 }
 
 impl Incoming {
-    /// Builds an incoming key from its wire metadata.
+    /// Builds an incoming key from its wire metadata, parsing every field strictly: an
+    /// unknown state or clone policy refuses the delivery by name.
     pub fn new(
         key_id: String,
         version: u32,
         state: &str,
         current: bool,
         labels: BTreeMap<String, String>,
-        clone_policy: String,
+        clone_policy: &str,
         material: SecretBytes,
-    ) -> Incoming {
-        Incoming {
+    ) -> Result<Incoming> {
+        let state = parse_state(&key_id, version, state)?;
+        let clone_policy = match clone_policy {
+            "" => None,
+            p => Some(ClonePolicy::parse(p).ok_or_else(|| {
+                CustodyError::InvalidArgument(format!(
+                    "received key {key_id}: unknown clone policy {} (deny, same-key, new-key)",
+                    crate::custody::model::quote(p)
+                ))
+            })?),
+        };
+        Ok(Incoming {
             key_id,
             version,
-            state: parse_state(state),
+            state,
             current,
             labels,
-            clone_policy: (!clone_policy.is_empty()).then_some(clone_policy),
+            clone_policy,
             material,
-        }
+        })
     }
 }
 
@@ -131,7 +176,9 @@ impl Custody {
         let Some(meta) = self.load_meta(u, key_id)? else {
             return Ok(None);
         };
-        if meta.moved_to.is_some() || (replicate && meta.replica && !meta.destroyed) {
+        if matches!(meta.state, KeyState::Moved(_))
+            || (replicate && meta.state == KeyState::Replica)
+        {
             return Ok(Some(meta));
         }
         Err(CustodyError::AlreadyExists(key_id.to_string()))
@@ -229,21 +276,23 @@ impl Custody {
         }
         let meta = KeyMeta {
             key_id: id.to_string(),
-            destroyed: false,
+            state: if replica {
+                KeyState::Replica
+            } else {
+                KeyState::Active
+            },
             length,
             labels,
             created_unix_ms: now,
             origin: Origin {
-                kind: "received".into(),
+                kind: OriginKind::Received,
                 from_key_id: String::new(),
                 from_node: grant.body.source_node.clone(),
                 grant_id: hex::encode(grant.grant_id),
             },
-            clone_policy: first.clone_policy.clone(),
+            clone_policy: first.clone_policy,
             current_version,
             versions: metas,
-            replica,
-            moved_to: None,
         };
         self.seal_meta(u, &meta)
     }
@@ -296,7 +345,9 @@ impl Custody {
             if let Some(old) = &replaced {
                 self.drop_material_refs(std::slice::from_ref(old), txn.batch())?;
             }
-            let counted = replaced.as_ref().is_some_and(|m| m.moved_to.is_none());
+            let counted = replaced
+                .as_ref()
+                .is_some_and(|m| !matches!(m.state, KeyState::Moved(_)));
             if !counted {
                 txn.add_keys(1);
             }
@@ -309,19 +360,22 @@ impl Custody {
         for (key_id, sealed) in &metas {
             txn.put(Ns::Keys, key_id.as_bytes(), sealed);
         }
-        let body = pb::ReceiptBody {
-            grant_id: grant.grant_id.to_vec(),
-            op: grant.body.op,
-            source_node: grant.body.source_node.clone(),
-            dest_node: grant.body.dest_node.clone(),
-            key_ids: grant.body.key_ids.clone(),
-            stored_unix_ms: now,
-            stored,
-        }
-        .encode_to_vec();
+        let signed = lockbox_crypto::sign_receipt(
+            &u.signing,
+            &pb::ReceiptBody {
+                grant_id: grant.grant_id.to_vec(),
+                op: grant.body.op,
+                source_node: grant.body.source_node.clone(),
+                dest_node: grant.body.dest_node.clone(),
+                key_ids: grant.body.key_ids.clone(),
+                stored_unix_ms: now,
+                stored,
+            },
+        )
+        .map_err(|e| CustodyError::Transfer(format!("signing the receipt: {e}")))?;
         let receipt = StoredReceipt {
-            signature: u.signing.sign(RECEIPT_DOMAIN, &body).to_vec(),
-            body,
+            body: signed.body,
+            signature: signed.signature.to_vec(),
         };
         put_grant_record(txn.batch(), grant, GrantRole::Destination, receipt.clone())?;
         txn.audit(

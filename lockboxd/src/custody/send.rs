@@ -10,13 +10,14 @@ use lockbox_store::Ns;
 use prost::Message;
 
 use super::Custody;
-use super::grants::{GrantRole, StoredReceipt, op_name, put_grant_record};
+use super::grants::{GrantRole, StoredReceipt, put_grant_record};
 use super::model::{
-    Caller, KeyMeta, MovedTo, VersionMeta, VersionState, check_live, check_not_replica,
+    Caller, KeyMeta, KeyState, MovedTo, VersionMeta, VersionState, check_live, check_not_replica,
     parse_key_id,
 };
 use super::txn::Event;
 use crate::error::{CustodyError, Result};
+use lockbox_crypto::op_name;
 
 /// One version of a key on its way out.
 pub struct OutgoingVersion {
@@ -282,8 +283,7 @@ impl Custody {
             }
             let mut tombstones = victims;
             for m in tombstones.iter_mut() {
-                m.destroyed = true;
-                m.moved_to = Some(MovedTo {
+                m.state = KeyState::Moved(MovedTo {
                     node: grant.body.dest_node.clone(),
                     grant_id: grant_hex.clone(),
                 });

@@ -939,3 +939,15 @@ mod props {
         }
     }
 }
+
+#[test]
+fn op_names_round_trip_and_anything_else_is_unspecified() {
+    for (op, name) in OP_NAMES {
+        assert_eq!(op_name(op as i32), name);
+        assert_eq!(parse_op(name), Some(op));
+    }
+    assert_eq!(op_name(GrantOp::Unspecified as i32), "unspecified");
+    assert_eq!(op_name(99), "unspecified");
+    assert_eq!(parse_op("unspecified"), None);
+    assert_eq!(parse_op("Move"), None);
+}

@@ -18,8 +18,7 @@ use lockbox_tests::cluster::{
 use lockbox_tests::rogue::{Rogue, RogueError, RogueKey};
 use prost::Message as _;
 
-/// Signature domain of the destination's receipt (lockboxd `custody::RECEIPT_DOMAIN`).
-const RECEIPT_DOMAIN: &str = "lockbox/v1/receipt";
+use lockbox_crypto::RECEIPT_DOMAIN;
 
 /// A cluster with host-b and a rogue that holds host-a's certificate and an attestation of its
 /// own key pairs from the cluster's controller.
@@ -312,6 +311,46 @@ fn metadata_beside_the_sealed_keys_is_signed_and_old_signature_formats_are_refus
     assert_eq!(d["clone_policy"], "new-key", "{d}");
     assert_eq!(s.b().key_bytes(&keys[0].key_id), keys[0].material);
     assert_refusals_audited(s.b(), &[n, "is signed in format 0"]);
+}
+
+#[test]
+fn received_attributes_are_parsed_strictly_even_when_signed() {
+    // A hostile source signs what it sends: the signature says who sent it, not that it makes
+    // sense. Every attribute is parsed strictly; an unknown value refuses the delivery by name
+    // (it was once stored: "destroyed" as active, "anything-goes" as the default policy).
+    let s = Scene::start(ClusterOptions::default());
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    type Change = fn(&mut pb::WrappedKey);
+    let changes: [(&str, Change); 5] = [
+        ("state \"destroyed\" is not one a source sends", |k| {
+            k.version_state = "destroyed".into()
+        }),
+        ("state \"\" is not one a source sends", |k| {
+            k.version_state = String::new()
+        }),
+        ("unknown clone policy \"anything-goes\"", |k| {
+            k.clone_policy = "anything-goes".into()
+        }),
+        ("current version 1 is retired, not active", |k| {
+            k.version_state = "retired".into()
+        }),
+        ("more bytes)", |k| k.clone_policy = "x".repeat(10_000)),
+    ];
+    for (needle, change) in changes {
+        let mut b = s.batch(&grant, &keys);
+        change(&mut b.keys[0]);
+        s.rogue.resign(&grant, &mut b);
+        let e = assert_refused(s.deliver(&grant, vec![b]), needle);
+        assert_eq!(e.code, tonic::Code::InvalidArgument, "{needle}: {e}");
+        assert!(
+            e.message.len() < 1024,
+            "the refusal quotes a short prefix: {e}"
+        );
+        assert_untouched(s.b(), 0, &keys);
+    }
+    // The same grant, delivered as it should be, still works: nothing was consumed.
+    s.deliver_correctly(&grant, &keys);
 }
 
 #[test]

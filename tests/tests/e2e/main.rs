@@ -1,0 +1,21 @@
+//! The end-to-end tests: real `lockboxd`, `lockbox-controller` and `lockboxctl` processes,
+//! real TLS, real store files, real consumers (qemu-img, cryptsetup). One test binary, one
+//! module per subject: linking sixteen binaries of this size took longer than running some of
+//! them. Run one subject with `./deploy/test.sh --test e2e keys::`, one test by its name.
+
+mod audit;
+mod backup;
+mod config;
+mod consumers;
+mod controller;
+mod crash;
+mod disk_full;
+mod durability;
+mod hardening;
+mod keys;
+mod migrate;
+mod seal;
+mod shred;
+mod transfer;
+mod transfer_adversarial;
+mod transfer_crash;
