@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The largest `clock_skew` accepted: beyond it, the tolerance would keep an expired grant or
+/// attestation valid for longer than either is usually issued for.
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Errors from reading the configuration. The daemon exits with code 78 (EX_CONFIG) on any.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -398,6 +402,7 @@ impl Config {
             }
         };
         let mut controllers = lockbox_crypto::TrustedControllers::new();
+        let mut seen_keys = std::collections::BTreeMap::new();
         for (i, c) in cfg.controllers.iter().enumerate() {
             let public = lockbox_crypto::decode_public_key(&c.public_key).map_err(|e| {
                 invalid(
@@ -405,6 +410,18 @@ impl Config {
                     format!("controllers[{i}] ({}): {e}", c.key_id),
                 )
             })?;
+            // One controller under two key ids would count twice towards grant_threshold.
+            if let Some(other) = seen_keys.insert(public, c.key_id.clone()) {
+                return Err(invalid(
+                    "controllers.public_key",
+                    format!(
+                        "controllers[{i}] ({}) has the same public key as {other}: one \
+                         controller under two key ids would count twice towards \
+                         grant_threshold",
+                        c.key_id
+                    ),
+                ));
+            }
             if controllers.get(&c.key_id).is_some() {
                 return Err(invalid(
                     "controllers.key_id",
@@ -444,6 +461,17 @@ impl Config {
                 format!("{:?} is not a duration ({e})", cfg.clock_skew),
             )
         })?;
+        if clock_skew > MAX_CLOCK_SKEW {
+            return Err(invalid(
+                "clock_skew",
+                format!(
+                    "{} is more than {}: a skew that large keeps expired grants and \
+                     attestations valid",
+                    cfg.clock_skew,
+                    humantime::format_duration(MAX_CLOCK_SKEW)
+                ),
+            ));
+        }
         if let Some(l) = &cfg.peer_listen {
             if l.parse::<std::net::SocketAddr>().is_err() {
                 return Err(invalid(
@@ -567,5 +595,54 @@ mod tests {
     fn batched_rotation_parses() {
         let (_, p) = parse("version = 1\nnode_id = \"a\"\n[keys]\nshred_rotation = 10\n").unwrap();
         assert_eq!(p.shred_rotation, ShredRotation::Every(10));
+    }
+
+    fn public_key() -> String {
+        let id = lockbox_crypto::SigningIdentity::generate().unwrap();
+        lockbox_crypto::encode_public_key(&id.public_key())
+    }
+
+    thread_local! {
+        static KEY_A: String = public_key();
+    }
+
+    /// Two `[[controllers]]` blocks for the same public key (or the same key id).
+    fn two_controllers(key_b: &str, id_b: &str, extra: &str) -> String {
+        let key = KEY_A.with(|k| k.clone());
+        let key_b = if key_b.is_empty() {
+            key.clone()
+        } else {
+            key_b.to_string()
+        };
+        format!(
+            "version = 1\nnode_id = \"a\"\ngrant_threshold = 2\n{extra}\n[tls]\ncert = \"c\"\n\
+             key = \"k\"\nca = \"ca\"\n[[controllers]]\nkey_id = \"ctl-1\"\n\
+             public_key = \"{key}\"\nurl = \"https://c1:7400\"\n[[controllers]]\n\
+             key_id = \"{id_b}\"\npublic_key = \"{key_b}\"\nurl = \"https://c2:7400\"\n"
+        )
+    }
+
+    #[test]
+    fn configs_that_weaken_checks_are_refused_by_field() {
+        // One controller under two key ids with a threshold of two: one signer would do.
+        let e = parse(&two_controllers("", "ctl-2", "")).unwrap_err();
+        assert!(e.to_string().contains("controllers.public_key"), "{e}");
+        assert!(e.to_string().contains("same public key as ctl-1"), "{e}");
+        let e = parse(&two_controllers("", "ctl-1", "")).unwrap_err();
+        assert!(e.to_string().contains("controllers"), "{e}");
+        // Two distinct controllers are fine.
+        let other = public_key();
+        parse(&two_controllers(&other, "ctl-2", "")).unwrap();
+        // A clock skew that keeps expired grants valid for years.
+        for skew in ["10years", "11m", "1day"] {
+            let e = parse(&two_controllers(
+                &other,
+                "ctl-2",
+                &format!("clock_skew = \"{skew}\""),
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("clock_skew"), "{skew}: {e}");
+        }
+        parse(&two_controllers(&other, "ctl-2", "clock_skew = \"10m\"")).unwrap();
     }
 }

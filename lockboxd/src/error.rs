@@ -103,6 +103,17 @@ pub enum CustodyError {
     /// A backup, recipient or identity was refused (the message names the check).
     #[error(transparent)]
     Backup(#[from] lockbox_crypto::BackupError),
+    /// A grant id this node already completed, presented with another body: not a retry (a
+    /// retry carries the very same signed body), so it is refused, never answered with the
+    /// stored receipt.
+    #[error(
+        "grant {grant_id} was already completed here with a different grant body: refused (a \
+         retry carries the same body; another body under a used grant id is forged or reissued)"
+    )]
+    GrantIdReused {
+        /// The grant id (hex).
+        grant_id: String,
+    },
     /// A restore would overwrite or contradict a key here; nothing was imported.
     #[error("restore refused, nothing imported: key {key_id} {why}")]
     RestoreConflict {
@@ -134,6 +145,7 @@ impl From<CustodyError> for tonic::Status {
             }
             CustodyError::Grant(_) => Code::PermissionDenied,
             CustodyError::Transfer(_) => Code::Aborted,
+            CustodyError::GrantIdReused { .. } => Code::PermissionDenied,
             CustodyError::Crypto(CryptoError::WrongUnsealSecret)
             | CustodyError::Crypto(CryptoError::UnsealMethodMismatch { .. })
             | CustodyError::Crypto(CryptoError::BadLength { .. }) => Code::InvalidArgument,

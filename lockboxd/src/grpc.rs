@@ -519,9 +519,11 @@ fn restore_key_from_pb(k: pb::RestoreKey) -> Result<lockbox_crypto::BackupKey, S
                 "retired" => S::Retired,
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "invalid argument: key {} version {}: state {other:?} is not active, \
+                        "invalid argument: key {} version {}: state {} is not active, \
                          rekeying or retired",
-                        k.key_id, v.version
+                        crate::custody::quote(&k.key_id),
+                        v.version,
+                        crate::custody::quote(other)
                     )));
                 }
             };

@@ -217,7 +217,7 @@ pub async fn run(
         ))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20),
-        authorize(access),
+        authorize(access.clone()),
     );
 
     let sealed = custody.status().await.sealed;
@@ -274,7 +274,12 @@ pub async fn run(
     };
     let served = tonic::transport::Server::builder()
         .layer(settle::SettleLayer::new(store))
-        .add_service(health_service)
+        // Health answers only the callers every other method answers (allowed_uids/gids):
+        // whether a node is sealed or failing is not for any local user.
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            health_service,
+            authorize(access.clone()),
+        ))
         .add_service(api)
         .serve_with_incoming_shutdown(accept::unix_incoming(listener), stop)
         .await;

@@ -181,7 +181,7 @@ impl Peer for PeerApi {
         };
         if let Some(r) = self
             .custody
-            .grant_record(&verified.grant_id, crate::custody::GrantRole::Destination)
+            .grant_record(&verified, crate::custody::GrantRole::Destination)
             .map_err(Status::from)?
         {
             return Ok(Response::new(pb::Receipt {
@@ -218,7 +218,7 @@ impl Peer for PeerApi {
             // one is a retry and gets the same receipt.
             if let Ok(Some(r)) = self
                 .custody
-                .grant_record(&verified.grant_id, crate::custody::GrantRole::Destination)
+                .grant_record(&verified, crate::custody::GrantRole::Destination)
             {
                 return Ok(Response::new(pb::Receipt {
                     body: r.body,

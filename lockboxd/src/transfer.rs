@@ -167,10 +167,7 @@ impl Transfers {
     ) -> Result<TransferOutcome, CustodyError> {
         let verified = self.custody.verify_grant(grant, GrantSide::Source, None)?;
         let grant_hex = hex::encode(verified.grant_id);
-        if let Some(r) = self
-            .custody
-            .grant_record(&verified.grant_id, GrantRole::Source)?
-        {
+        if let Some(r) = self.custody.grant_record(&verified, GrantRole::Source)? {
             // The record may be a concurrent run's, applied but not yet durable: say
             // "completed" only once it is (the stream's messages pass no response gate).
             self.custody.store().settled().await?;

@@ -219,6 +219,28 @@ impl Controller {
         }
     }
 
+    /// This controller's signing key, read from its key file: for tests that play a
+    /// compromised controller (signing bodies it would never issue).
+    pub fn signing_identity(&self) -> lockbox_crypto::SigningIdentity {
+        let seed = lockbox_crypto::SecretBytes::new(
+            fs::read(self.dir.path().join("signing.key")).unwrap(),
+        );
+        lockbox_crypto::SigningIdentity::from_secret(&seed).unwrap()
+    }
+
+    /// Makes this controller cosign grants issued by `others` (their `[[controllers]]`
+    /// blocks join its config) and restarts it.
+    pub fn trust(&mut self, others: &[&Controller]) {
+        let mut text = fs::read_to_string(&self.config).unwrap();
+        for o in others {
+            text.push('\n');
+            text.push_str(&o.block);
+        }
+        fs::write(&self.config, text).unwrap();
+        self.stop();
+        self.spawn();
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -331,11 +353,15 @@ impl Cluster {
         let extra_top = options.extra_top.as_str();
         let pki = Pki::new(TRUST_DOMAIN);
         let controller = Controller::start(&pki, "ctl-1", &open_policy(), "1h");
-        let extra_controllers: Vec<Controller> = options
+        let mut extra_controllers: Vec<Controller> = options
             .extra_controllers
             .iter()
             .map(|(key_id, ttl)| Controller::start(&pki, key_id, &open_policy(), ttl))
             .collect();
+        // The extra controllers cosign what the first one issues.
+        for c in &mut extra_controllers {
+            c.trust(&[&controller]);
+        }
         let mut blocks = controller.block.clone();
         for c in &extra_controllers {
             blocks.push('\n');

@@ -31,6 +31,19 @@ struct Raw {
     tls: RawTls,
     #[serde(default)]
     policy: Vec<RawRule>,
+    /// The other controllers whose grants this one may cosign (their `init` blocks).
+    #[serde(default)]
+    controllers: Vec<RawController>,
+}
+
+/// One `[[controllers]]` block, as `lockbox-controller init` prints it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawController {
+    key_id: String,
+    public_key: String,
+    #[serde(default)]
+    url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +117,9 @@ pub struct ControllerConfig {
     pub tls: lockbox_tls::TlsFiles,
     /// Grant policy, in file order.
     pub policy: Vec<Rule>,
+    /// The other controllers whose grants this one cosigns (M-of-N): a cosign adds a
+    /// signature only to a grant that already carries a valid one of theirs.
+    pub cosign_from: lockbox_crypto::TrustedControllers,
 }
 
 fn invalid(path: &Path, field: String, message: String) -> ControllerError {
@@ -169,12 +185,56 @@ impl ControllerConfig {
                 format!("{:?} is not an address:port", raw.listen),
             )
         })?;
-        if raw.trust_domain.is_empty() || raw.trust_domain.contains('/') {
+        if let Err(why) = lockbox_tls::check_trust_domain(&raw.trust_domain) {
             return Err(invalid(
                 path,
                 "trust_domain".into(),
-                "must be a non-empty domain name".into(),
+                format!(
+                    "{:?} is not a SPIFFE trust domain ({why})",
+                    raw.trust_domain.chars().take(64).collect::<String>()
+                ),
             ));
+        }
+        let mut cosign_from = lockbox_crypto::TrustedControllers::new();
+        let mut seen_keys = std::collections::BTreeMap::new();
+        for (i, c) in raw.controllers.iter().enumerate() {
+            let f = |name: &str| format!("controllers[{i}].{name}");
+            let public = lockbox_crypto::decode_public_key(&c.public_key)
+                .map_err(|e| invalid(path, f("public_key"), e.to_string()))?;
+            if c.key_id == raw.key_id {
+                return Err(invalid(
+                    path,
+                    f("key_id"),
+                    format!("{:?} is this controller's own key id", c.key_id),
+                ));
+            }
+            if cosign_from.get(&c.key_id).is_some() {
+                return Err(invalid(
+                    path,
+                    f("key_id"),
+                    format!("controller key id {:?} appears twice", c.key_id),
+                ));
+            }
+            if let Some(other) = seen_keys.insert(public, c.key_id.clone()) {
+                return Err(invalid(
+                    path,
+                    f("public_key"),
+                    format!(
+                        "the same public key as controller {other:?}: one controller under two \
+                         key ids"
+                    ),
+                ));
+            }
+            if let Some(url) = &c.url
+                && !url.starts_with("https://")
+            {
+                return Err(invalid(
+                    path,
+                    f("url"),
+                    format!("{url:?} must start with https://"),
+                ));
+            }
+            cosign_from.insert(c.key_id.clone(), public);
         }
         if !matches!(raw.log_format.as_str(), "text" | "json") {
             return Err(invalid(
@@ -225,6 +285,7 @@ impl ControllerConfig {
                 ca: raw.tls.ca,
             },
             policy,
+            cosign_from,
         })
     }
 }
@@ -272,5 +333,52 @@ ca = "ca"
             .unwrap_err()
             .to_string();
         assert!(e.contains("policy[0].max_ttl"), "{e}");
+    }
+
+    #[test]
+    fn trust_domain_and_cosign_controllers_are_checked() {
+        for bad in ["Example.org", "example.org/x", "", "ex ample"] {
+            let text = BASE.replace("example.org", bad);
+            let e = ControllerConfig::parse(&text, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("trust_domain"), "{bad:?}: {e}");
+        }
+        let key = || {
+            let id = lockbox_crypto::SigningIdentity::generate().unwrap();
+            lockbox_crypto::encode_public_key(&id.public_key())
+        };
+        let (k1, k2) = (key(), key());
+        let block = |id: &str, key: &str| {
+            format!(
+                "\n[[controllers]]\nkey_id = \"{id}\"\npublic_key = \"{key}\"\nurl = \"https://x:1\"\n"
+            )
+        };
+        let ok = format!("{BASE}{}{}", block("ctl-2", &k1), block("ctl-3", &k2));
+        let c = ControllerConfig::parse(&ok, Path::new("t")).unwrap();
+        assert_eq!(c.cosign_from.len(), 2);
+        for (text, field) in [
+            (
+                format!("{BASE}{}", block("ctl-1", &k1)),
+                "controllers[0].key_id",
+            ),
+            (
+                format!("{BASE}{}{}", block("ctl-2", &k1), block("ctl-3", &k1)),
+                "controllers[1].public_key",
+            ),
+            (
+                format!("{BASE}{}{}", block("ctl-2", &k1), block("ctl-2", &k2)),
+                "controllers[1].key_id",
+            ),
+            (
+                format!("{BASE}{}", block("ctl-2", "nope")),
+                "controllers[0].public_key",
+            ),
+        ] {
+            let e = ControllerConfig::parse(&text, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 }

@@ -69,6 +69,10 @@ impl ControllerService {
 
 use lockbox_runtime::now_unix_ms as now_ms;
 
+/// How far in the future a grant's `not_before` may be when it is cosigned (clock skew
+/// between controllers).
+const COSIGN_SKEW_MS: u64 = 60_000;
+
 fn op_from_pb(op: i32) -> Option<Op> {
     match pb::GrantOp::try_from(op) {
         Ok(op) => Op::from_grant_op(op),
@@ -275,14 +279,19 @@ impl ControllerService {
             )));
         }
         let mut grant = grant.ok_or_else(|| Status::invalid_argument("no grant given"))?;
-        let body = pb::GrantBody::decode(grant.body.as_slice())
-            .map_err(|e| Status::invalid_argument(format!("malformed grant: {e}")))?;
-        // Validation as at issue time: the body must be one this controller would sign.
-        lockbox_crypto::encode_grant_body(&body)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if grant.signatures.len() > lockbox_crypto::trust::MAX_SIGNATURES {
+            return Err(Status::invalid_argument(format!(
+                "grant carries {} signatures, more than {}",
+                grant.signatures.len(),
+                lockbox_crypto::trust::MAX_SIGNATURES
+            )));
+        }
+        // Strictly, as verifiers decode it: canonical encoding, every field bounded.
+        let body = lockbox_crypto::decode_grant_body(&grant.body)
+            .map_err(|e| Status::invalid_argument(format!("grant refused: {e}")))?;
         if body.trust_domain != self.config.trust_domain {
             return Err(Status::permission_denied(format!(
-                "grant is for trust domain {}, not {}",
+                "grant is for trust domain {:?}, not {}",
                 body.trust_domain, self.config.trust_domain
             )));
         }
@@ -296,9 +305,67 @@ impl ControllerService {
                 self.config.key_id
             )));
         }
+        // A cosign adds a signature to a grant another controller issued, never to a body
+        // someone built: one of its signatures must verify under a controller this one trusts
+        // (`[[controllers]]` in its config), and be the issuer's.
+        let issuer = grant
+            .signatures
+            .iter()
+            .find(|s| {
+                self.config
+                    .cosign_from
+                    .get(&s.key_id)
+                    .is_some_and(|public| {
+                        lockbox_crypto::verify_signature(
+                            public,
+                            lockbox_crypto::GRANT_DOMAIN,
+                            &grant.body,
+                            &s.signature,
+                        )
+                        .is_ok()
+                    })
+            })
+            .ok_or_else(|| {
+                Status::permission_denied(if self.config.cosign_from.is_empty() {
+                    "this controller cosigns only grants issued by the controllers in its \
+                     [[controllers]] config, and it has none"
+                        .to_string()
+                } else {
+                    "the grant carries no valid signature of a controller this one trusts \
+                     (a cosign adds a signature to a grant another controller issued)"
+                        .to_string()
+                })
+            })?;
+        if body.issuer_key_id != issuer.key_id {
+            return Err(Status::permission_denied(format!(
+                "the grant names issuer {:?} but is signed by {}",
+                body.issuer_key_id.chars().take(64).collect::<String>(),
+                issuer.key_id
+            )));
+        }
+        // Every check of IssueGrant, as if this controller issued it.
+        validate_request(
+            &body.key_ids,
+            &body.source_node,
+            &body.dest_node,
+            &body.reason,
+        )?;
+        match lockbox_tls::SpiffeId::parse(&body.requested_by) {
+            Ok(id) if id.trust_domain == self.config.trust_domain => {}
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "requested_by {:?} is not a SPIFFE id of trust domain {}",
+                    body.requested_by.chars().take(64).collect::<String>(),
+                    self.config.trust_domain
+                )));
+            }
+        }
         let now = now_ms();
         if body.expires_unix_ms <= now {
             return Err(Status::failed_precondition("grant expired"));
+        }
+        if body.not_before_unix_ms > now.saturating_add(COSIGN_SKEW_MS) {
+            return Err(Status::failed_precondition("grant is not valid yet"));
         }
         let op = op_from_pb(body.op)
             .ok_or_else(|| Status::invalid_argument("op must be copy, move or replicate"))?;

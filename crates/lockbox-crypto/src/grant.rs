@@ -13,6 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use lockbox_proto::v1::{GrantBody, GrantOp, Signature, SignedGrant};
 use prost::Message as _;
+use sha2::{Digest, Sha256};
 
 use crate::error::{CryptoError, Result};
 use crate::identity::SigningIdentity;
@@ -31,6 +32,14 @@ pub const GRANT_TEXT_BEGIN: &str = "-----BEGIN LOCKBOX GRANT-----";
 pub const GRANT_TEXT_END: &str = "-----END LOCKBOX GRANT-----";
 /// Longest grant text [`grant_from_text`] reads (1 MiB), so a pasted file cannot exhaust memory.
 pub const MAX_GRANT_TEXT_LEN: usize = 1 << 20;
+/// Longest `reason` a grant carries (audit text; `IssueGrant` refuses longer).
+pub const MAX_GRANT_REASON_LEN: usize = 1024;
+/// Longest `requested_by` (a SPIFFE id, 2048 bytes at most by the SPIFFE spec).
+pub const MAX_GRANT_REQUESTER_LEN: usize = 2048;
+/// Longest node name, key id and issuer key id in a grant.
+pub const MAX_GRANT_NAME_LEN: usize = 128;
+/// Longest trust domain (SPIFFE: 255 bytes).
+pub const MAX_GRANT_TRUST_DOMAIN_LEN: usize = 255;
 /// Base64 characters per line of the text form.
 const TEXT_COLUMNS: usize = 64;
 
@@ -133,6 +142,10 @@ pub struct VerifiedGrant {
     pub body: GrantBody,
     /// `body.grant_id`, as the array the consumed-grant store is keyed by.
     pub grant_id: [u8; 16],
+    /// SHA-256 of the signed body bytes: what a node records with a grant it completed, so a
+    /// retry is answered with the stored receipt only for the very same body (another body
+    /// under a used grant id is refused, not mistaken for a retry).
+    pub body_sha256: [u8; 32],
     /// Key ids of the controllers counted towards the threshold, one per distinct controller,
     /// in signature order.
     pub valid_signers: Vec<String>,
@@ -303,6 +316,7 @@ pub fn verify_grant(
     Ok(VerifiedGrant {
         body,
         grant_id,
+        body_sha256: Sha256::digest(&signed.body).into(),
         valid_signers,
     })
 }
@@ -509,6 +523,26 @@ fn validate(body: &GrantBody) -> std::result::Result<(), Invalid> {
     }
     if body.source_node == body.dest_node {
         return Err(invalid!("source and destination are the same node"));
+    }
+    // Every field bounded, so that a body no controller would issue (a 3 MB reason, a
+    // megabyte "node name") is refused by verifiers too, not only by the issuing controller.
+    if body.source_node.len() > MAX_GRANT_NAME_LEN || body.dest_node.len() > MAX_GRANT_NAME_LEN {
+        return Err(invalid!("node name longer than 128 bytes"));
+    }
+    if body.key_ids.iter().any(|k| k.len() > MAX_GRANT_NAME_LEN) {
+        return Err(invalid!("key id longer than 128 bytes"));
+    }
+    if body.reason.len() > MAX_GRANT_REASON_LEN {
+        return Err(invalid!("reason longer than 1024 bytes"));
+    }
+    if body.requested_by.len() > MAX_GRANT_REQUESTER_LEN {
+        return Err(invalid!("requested_by longer than 2048 bytes"));
+    }
+    if body.issuer_key_id.len() > MAX_GRANT_NAME_LEN {
+        return Err(invalid!("issuer key id longer than 128 bytes"));
+    }
+    if body.trust_domain.len() > MAX_GRANT_TRUST_DOMAIN_LEN {
+        return Err(invalid!("trust domain longer than 255 bytes"));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ pub use client::{ClientTls, Expect, error_chain, find_tls_error};
 pub use error::TlsError;
 pub use files::{TlsFiles, load_own_cert};
 pub use server::{ReloadableServerConfig, peer_spiffe_id, peer_spki_sha256, reload_on_sighup};
-pub use spiffe::{Role, SpiffeId, spiffe_id_of_cert, spki_sha256};
+pub use spiffe::{Role, SpiffeId, check_trust_domain, spiffe_id_of_cert, spki_sha256};
 
 use std::sync::Arc;
 

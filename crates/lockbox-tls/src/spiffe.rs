@@ -152,7 +152,7 @@ impl FromStr for SpiffeId {
 
 /// Checks a trust domain name against the SPIFFE charset (lowercase only: the spec says
 /// implementations must compare lowercase, and refusing other cases avoids two spellings).
-pub(crate) fn check_trust_domain(td: &str) -> Result<(), &'static str> {
+pub fn check_trust_domain(td: &str) -> Result<(), &'static str> {
     if td.is_empty() {
         return Err("empty trust domain");
     }

@@ -1,26 +1,63 @@
 //! Reading and verifying the audit chain (writing it is `txn`'s).
 
-use lockbox_crypto::{AuditEntry, ChainVerifier, RecordKind};
+use lockbox_crypto::{AuditEntry, AuditEvent, ChainVerifier, RecordKind};
 use lockbox_store::Ns;
 
 use super::model::{AuditReport, AuditView};
+use super::txn::{MAX_AUDIT_DETAIL, MAX_AUDIT_KEY_ID, bounded};
 use super::{Custody, NODE_AUDIT_HEAD, decode_u64};
 use crate::error::{CustodyError, Result};
 
+/// The most records one `audit tail` returns (each at most a few KiB).
+pub const MAX_TAIL: usize = 10_000;
+
 impl Custody {
-    /// The newest `n` audit records, oldest first.
+    /// The newest `n` audit records (at most [`MAX_TAIL`]), oldest first.
+    ///
+    /// Survives any record: text fields are cut to their caps on the way out (records of
+    /// earlier releases were not capped), and a record that does not decode is shown as such,
+    /// with its sequence number, instead of failing the whole tail (`audit verify` names it).
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditView>> {
         self.unlocked()?;
         let mut out = Vec::new();
-        for r in self.store.iter_rev(Ns::Audit).take(n) {
+        for r in self.store.iter_rev(Ns::Audit).take(n.min(MAX_TAIL)) {
             let (id, bytes) = r?;
-            let entry = AuditEntry::decode(&bytes).map_err(|source| CustodyError::Record {
-                what: "audit record",
-                id: decode_u64(Some(id)).to_string(),
-                source,
-            })?;
-            let hash = hex::encode(entry.hash());
-            out.push(AuditView { entry, hash });
+            let seq = decode_u64(Some(id));
+            let view = match AuditEntry::decode(&bytes) {
+                Ok(mut entry) => {
+                    let hash = hex::encode(entry.hash());
+                    let e = &mut entry.event;
+                    e.actor = bounded(&e.actor, MAX_AUDIT_KEY_ID * 4);
+                    e.action = bounded(&e.action, MAX_AUDIT_KEY_ID);
+                    e.key_id = bounded(&e.key_id, MAX_AUDIT_KEY_ID);
+                    e.outcome = bounded(&e.outcome, MAX_AUDIT_KEY_ID);
+                    e.detail = bounded(&e.detail, MAX_AUDIT_DETAIL);
+                    AuditView { entry, hash }
+                }
+                Err(e) => AuditView {
+                    entry: AuditEntry {
+                        seq,
+                        prev_hash: [0; 32],
+                        event: AuditEvent {
+                            time_unix_ms: 0,
+                            actor: String::new(),
+                            action: "undecodable".into(),
+                            key_id: String::new(),
+                            outcome: "error".into(),
+                            detail: bounded(
+                                &format!(
+                                    "record {seq} ({} bytes) does not decode: {e}",
+                                    bytes.len()
+                                ),
+                                MAX_AUDIT_DETAIL,
+                            ),
+                        },
+                        checkpoint: None,
+                    },
+                    hash: String::new(),
+                },
+            };
+            out.push(view);
         }
         out.reverse();
         Ok(out)

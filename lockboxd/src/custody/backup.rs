@@ -9,8 +9,8 @@ use lockbox_crypto::SecretBytes;
 use lockbox_store::Ns;
 
 use super::model::{
-    Caller, KeyMeta, KeyState, Origin, OriginKind, VersionMeta, VersionState, new_material_id,
-    parse_key_id, ref_id, validate_labels,
+    Caller, KeyMeta, KeyState, Material, Origin, OriginKind, VersionMeta, VersionState,
+    new_material_id, parse_key_id, quote, ref_id, validate_labels,
 };
 use super::txn::Event;
 use super::{Custody, Unlocked, now_ms};
@@ -88,8 +88,9 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 fn origin_kind(k: &BackupKey) -> Result<OriginKind> {
     OriginKind::parse(&k.origin.kind).ok_or_else(|| {
         CustodyError::InvalidArgument(format!(
-            "backup key {}: unknown origin {:?}",
-            k.key_id, k.origin.kind
+            "backup key {}: unknown origin {}",
+            quote(&k.key_id),
+            quote(&k.origin.kind)
         ))
     })
 }
@@ -103,8 +104,9 @@ fn clone_policy(k: &BackupKey) -> Result<Option<ClonePolicy>> {
         .map(Some)
         .ok_or_else(|| {
             CustodyError::InvalidArgument(format!(
-                "backup key {}: unknown clone policy {:?}",
-                k.key_id, k.clone_policy
+                "backup key {}: unknown clone policy {}",
+                quote(&k.key_id),
+                quote(&k.clone_policy)
             ))
         })
 }
@@ -114,8 +116,8 @@ fn check_restored_key(k: &BackupKey, materials: &[SecretBytes]) -> Result<()> {
         |why: String| CustodyError::InvalidArgument(format!("backup key {}: {why}", k.key_id));
     if parse_key_id(&k.key_id).ok().as_deref() != Some(k.key_id.as_str()) {
         return Err(CustodyError::InvalidArgument(format!(
-            "backup key id {:?} is not a canonical UUID",
-            k.key_id
+            "backup key id {} is not a canonical UUID",
+            quote(&k.key_id)
         )));
     }
     validate_labels(&k.labels).map_err(|e| match e {
@@ -234,17 +236,18 @@ impl Custody {
             }
             let mut versions = Vec::new();
             for v in &meta.versions {
-                let Some(state) = to_backup_state(v.state) else {
+                let (Some(state), Some(material_id)) = (to_backup_state(v.state), v.material.id())
+                else {
                     continue;
                 };
-                let material = match index.get(&v.material_id) {
+                let material = match index.get(material_id) {
                     Some(&i) => i,
                     None => {
                         let i = u32::try_from(contents.materials.len()).map_err(|_| {
                             CustodyError::InvalidArgument("too many materials to back up".into())
                         })?;
                         contents.materials.push(self.open_version(u, &key_id, v)?);
-                        index.insert(v.material_id.clone(), i);
+                        index.insert(material_id.to_string(), i);
                         i
                     }
                 };
@@ -352,8 +355,8 @@ impl Custody {
                     return Err(conflict("exists here with different material"));
                 }
                 if let std::collections::hash_map::Entry::Vacant(e) = here.entry(theirs.material) {
-                    e.insert(mine.material_id.clone());
-                    if mine.inline.is_some() {
+                    e.insert(mine.material.id().unwrap_or_default().to_string());
+                    if matches!(mine.material, Material::Inline { .. }) {
                         inline_here.insert(theirs.material, k.key_id.clone());
                     }
                 }
@@ -372,17 +375,17 @@ impl Custody {
             let mut versions = Vec::with_capacity(k.versions.len());
             for v in &k.versions {
                 let bytes = &contents.materials[v.material as usize];
-                let (material_id, inline) = if let Some(id) = here.get(&v.material) {
+                let material = if let Some(id) = here.get(&v.material) {
                     if let Some(owner) = inline_here.get(&v.material) {
                         share_out.insert(owner.clone());
                     }
-                    (id.clone(), None)
+                    Material::Shared { id: id.clone() }
                 } else if let Some(id) = created.get(&v.material) {
-                    (id.clone(), None)
+                    Material::Shared { id: id.clone() }
                 } else if uses.get(&v.material) == Some(&1) {
                     let id = new_material_id()?;
                     let sealed = self.seal_material(&u, &id, bytes)?;
-                    (id, Some(sealed))
+                    Material::Inline { id, sealed }
                 } else {
                     let id = new_material_id()?;
                     txn.put(
@@ -391,17 +394,16 @@ impl Custody {
                         &self.seal_material(&u, &id, bytes)?,
                     );
                     created.insert(v.material, id.clone());
-                    (id, None)
+                    Material::Shared { id }
                 };
-                if inline.is_none() {
-                    txn.put(Ns::MaterialRefs, &ref_id(&material_id, &k.key_id), b"");
+                if let Material::Shared { id } = &material {
+                    txn.put(Ns::MaterialRefs, &ref_id(id, &k.key_id), b"");
                 }
                 versions.push(VersionMeta {
                     version: v.version,
                     state: from_backup_state(v.state),
-                    material_id,
                     created_unix_ms: v.created_unix_ms,
-                    inline,
+                    material,
                 });
             }
             let length = k

@@ -32,10 +32,15 @@ pub struct StoredReceipt {
     pub signature: Vec<u8>,
 }
 
+/// What a node keeps of a grant it completed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GrantRecord {
     role: GrantRole,
     expires_unix_ms: u64,
+    /// Hex SHA-256 of the grant's signed body: a retry must carry the same body. Absent in
+    /// records of earlier releases (they expire and are pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_sha256: Option<String>,
     receipt: StoredReceipt,
 }
 
@@ -58,6 +63,7 @@ pub(super) fn put_grant_record(
     let record = GrantRecord {
         role,
         expires_unix_ms: grant.body.expires_unix_ms,
+        body_sha256: Some(hex::encode(grant.body_sha256)),
         receipt,
     };
     let bytes = serde_json::to_vec(&record)
@@ -103,17 +109,28 @@ impl Custody {
     }
 
     /// What this node recorded for a grant in `role`, if anything: a completed grant answers
-    /// a retry with the same receipt instead of running again.
+    /// a retry with the same receipt instead of running again. Looked up by grant id **and**
+    /// body: the same id with another body is refused ([`CustodyError::GrantIdReused`]).
     pub fn grant_record(
         &self,
-        grant_id: &[u8; 16],
+        grant: &VerifiedGrant,
         role: GrantRole,
     ) -> Result<Option<StoredReceipt>> {
-        let Some(bytes) = self.store.get(Ns::Grants, &grant_key(grant_id, role))? else {
+        let Some(bytes) = self
+            .store
+            .get(Ns::Grants, &grant_key(&grant.grant_id, role))?
+        else {
             return Ok(None);
         };
         let rec: GrantRecord = serde_json::from_slice(&bytes)
             .map_err(|e| CustodyError::Corrupt(format!("grant record: {e}")))?;
+        if let Some(recorded) = &rec.body_sha256
+            && *recorded != hex::encode(grant.body_sha256)
+        {
+            return Err(CustodyError::GrantIdReused {
+                grant_id: hex::encode(grant.grant_id),
+            });
+        }
         Ok(Some(rec.receipt))
     }
 
@@ -200,7 +217,7 @@ impl Custody {
         for k in &verified.body.key_ids {
             if parse_key_id(k)? != *k {
                 return Err(CustodyError::Grant(lockbox_crypto::GrantError::Malformed(
-                    format!("key id {k:?} is not in canonical form"),
+                    format!("key id {} is not in canonical form", super::model::quote(k)),
                 )));
             }
         }
@@ -241,6 +258,7 @@ mod tests {
         let record = GrantRecord {
             role: GrantRole::Destination,
             expires_unix_ms: 42,
+            body_sha256: None,
             receipt: StoredReceipt {
                 body: (0..=255u8).collect(),
                 signature: vec![7; 64],

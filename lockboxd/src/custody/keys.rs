@@ -7,8 +7,8 @@ use lockbox_crypto::SecretBytes;
 use lockbox_store::Ns;
 
 use super::model::{
-    Caller, CloneMode, KeyInfo, KeyMeta, KeyState, Origin, OriginKind, VersionMeta, VersionState,
-    new_material_id, parse_key_id, ref_id, validate_labels,
+    Caller, CloneMode, KeyInfo, KeyMeta, KeyState, Material, Origin, OriginKind, VersionMeta,
+    VersionState, new_material_id, parse_key_id, ref_id, validate_labels,
 };
 use super::txn::Event;
 use super::{Custody, now_ms};
@@ -83,13 +83,13 @@ impl Custody {
             },
             clone_policy,
             current_version: 1,
-            versions: vec![VersionMeta {
-                version: 1,
-                state: VersionState::Active,
-                material_id: material_id.clone(),
-                created_unix_ms: now,
-                inline: Some(sealed_material),
-            }],
+            versions: vec![VersionMeta::inline(
+                1,
+                VersionState::Active,
+                now,
+                material_id,
+                sealed_material,
+            )],
         };
         let sealed_meta = self.seal_meta(&u, &meta)?;
 
@@ -103,9 +103,9 @@ impl Custody {
             // Opened with the state it was sealed under (a finished rotation dropped that KEK
             // from the current one).
             for v in meta.versions.iter_mut() {
-                if let Some(sealed) = v.inline.take() {
-                    let plain = self.open_sealed_material(&u, &key_id, &v.material_id, &sealed)?;
-                    v.inline = Some(self.seal_material(&u_now, &v.material_id, &plain)?);
+                if let Material::Inline { id, sealed } = &mut v.material {
+                    let plain = self.open_sealed_material(&u, &key_id, id, sealed)?;
+                    *sealed = self.seal_material(&u_now, id, &plain)?;
                 }
             }
             self.seal_meta(&u_now, &meta)?
@@ -261,12 +261,15 @@ impl Custody {
                     .iter()
                     .filter(|v| v.readable())
                     .map(|v| VersionMeta {
-                        inline: None,
+                        material: match v.material.id() {
+                            Some(id) => Material::Shared { id: id.to_string() },
+                            None => Material::Shredded,
+                        },
                         ..v.clone()
                     })
                     .collect();
-                for v in &vs {
-                    txn.put(Ns::MaterialRefs, &ref_id(&v.material_id, &new_id), b"");
+                for id in vs.iter().filter_map(VersionMeta::shared_material) {
+                    txn.put(Ns::MaterialRefs, &ref_id(id, &new_id), b"");
                 }
                 vs
             }
@@ -274,13 +277,13 @@ impl Custody {
                 let material_id = new_material_id()?;
                 let bytes = SecretBytes::random(src.length as usize)?;
                 let sealed = self.seal_material(&u, &material_id, &bytes)?;
-                vec![VersionMeta {
-                    version: 1,
-                    state: VersionState::Active,
+                vec![VersionMeta::inline(
+                    1,
+                    VersionState::Active,
+                    now,
                     material_id,
-                    created_unix_ms: now,
-                    inline: Some(sealed),
-                }]
+                    sealed,
+                )]
             }
         };
         let current_version = match material {
@@ -379,13 +382,13 @@ impl Custody {
             // The new version's material is this key's alone (a snapshot taken earlier shares
             // only the versions it saw): inline.
             let sealed = self.seal_material(&u, &material_id, &bytes)?;
-            meta.versions.push(VersionMeta {
+            meta.versions.push(VersionMeta::inline(
                 version,
-                state: VersionState::Rekeying,
+                VersionState::Rekeying,
+                now_ms(),
                 material_id,
-                created_unix_ms: now_ms(),
-                inline: Some(sealed),
-            });
+                sealed,
+            ));
             detail = format!("version {version} pending");
         }
         txn.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);

@@ -55,35 +55,153 @@ impl VersionState {
     }
 }
 
-/// One version of a key: its material, held in the key's own record while this key alone
-/// uses it, or a pointer to a shared material record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where a version's material is held. The material is sealed with its id (32 hex digits) as
+/// associated data wherever it is held, so moving it between the key's record and a shared
+/// record is a copy of the same sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Material {
+    /// Sealed in the key's own record (like a material record: kind `material`, this id),
+    /// while no other key id uses it. A create, a rekey or a received key then writes one
+    /// record instead of three (metadata, material, reference), and a MOVE or destroy removes
+    /// it by rewriting that one record.
+    Inline {
+        /// The material id.
+        id: String,
+        /// The sealed material.
+        sealed: Vec<u8>,
+    },
+    /// In the shared material record `id`, which a snapshot or a same-key clone refers to
+    /// too (records written before inline material existed are all of this form).
+    Shared {
+        /// The material id.
+        id: String,
+    },
+    /// Destroyed: the version holds nothing and points nowhere.
+    Shredded,
+}
+
+impl Material {
+    /// The material id, unless shredded.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Material::Inline { id, .. } | Material::Shared { id } => Some(id),
+            Material::Shredded => None,
+        }
+    }
+}
+
+/// One version of a key and where its material is.
+///
+/// Stored as JSON in the shape of `VersionRecord` (`material_id`, empty once destroyed, and
+/// `inline`); reading is strict: a destroyed version that still names material, or a readable
+/// one that names none, is corruption.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "VersionRecord")]
 pub struct VersionMeta {
     /// 1, 2, ...
     pub version: u32,
     /// Its state.
     pub state: VersionState,
-    /// Hex id of its material (empty once destroyed). The material is sealed with this id
-    /// as associated data wherever it is held, so moving it between the key's record and a
-    /// shared record is a copy of the same sealed bytes.
-    pub material_id: String,
     /// When it was made.
     pub created_unix_ms: u64,
-    /// The material sealed under the KEK (like a material record: kind `material`, this
-    /// version's material id), when no other key id uses it. A create, a rekey or a received
-    /// key then writes one record instead of three (metadata, material, reference), and a
-    /// MOVE or destroy removes it by rewriting that one record. `None` for a version whose
-    /// material lives in the shared record `material_id` (a snapshot or a same-key clone
-    /// moved it there; records written before this field existed are all of that form).
+    /// Its material (`Shredded` exactly when the state is destroyed).
+    pub material: Material,
+}
+
+/// The stored shape of [`VersionMeta`].
+#[derive(Serialize, Deserialize)]
+struct VersionRecord {
+    version: u32,
+    state: VersionState,
+    material_id: String,
+    created_unix_ms: u64,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "crate::json_bytes::option"
     )]
-    pub inline: Option<Vec<u8>>,
+    inline: Option<Vec<u8>>,
+}
+
+impl TryFrom<VersionRecord> for VersionMeta {
+    type Error = String;
+
+    fn try_from(r: VersionRecord) -> std::result::Result<VersionMeta, String> {
+        let material = match (r.state, r.material_id.is_empty(), r.inline) {
+            (VersionState::Destroyed, true, None) => Material::Shredded,
+            (VersionState::Destroyed, _, _) => {
+                return Err(format!(
+                    "destroyed version {} still names material",
+                    r.version
+                ));
+            }
+            (_, true, _) => return Err(format!("version {} names no material", r.version)),
+            (_, false, Some(sealed)) => Material::Inline {
+                id: r.material_id,
+                sealed,
+            },
+            (_, false, None) => Material::Shared { id: r.material_id },
+        };
+        Ok(VersionMeta {
+            version: r.version,
+            state: r.state,
+            created_unix_ms: r.created_unix_ms,
+            material,
+        })
+    }
+}
+
+impl Serialize for VersionMeta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Ref<'a> {
+            version: u32,
+            state: VersionState,
+            material_id: &'a str,
+            created_unix_ms: u64,
+            #[serde(skip_serializing_if = "Option::is_none", serialize_with = "sealed")]
+            inline: Option<&'a [u8]>,
+        }
+        fn sealed<S: serde::Serializer>(
+            b: &Option<&[u8]>,
+            s: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            match b {
+                Some(b) => crate::json_bytes::serialize(b, s),
+                None => s.serialize_none(),
+            }
+        }
+        Ref {
+            version: self.version,
+            state: self.state,
+            material_id: self.material.id().unwrap_or(""),
+            created_unix_ms: self.created_unix_ms,
+            inline: match &self.material {
+                Material::Inline { sealed, .. } => Some(sealed.as_slice()),
+                _ => None,
+            },
+        }
+        .serialize(s)
+    }
 }
 
 impl VersionMeta {
+    /// A new version whose material is sealed inline.
+    pub(super) fn inline(
+        version: u32,
+        state: VersionState,
+        now: u64,
+        id: String,
+        sealed: Vec<u8>,
+    ) -> Self {
+        VersionMeta {
+            version,
+            state,
+            created_unix_ms: now,
+            material: Material::Inline { id, sealed },
+        }
+    }
+
     /// Whether the version still has material (any state but destroyed).
     pub(super) fn readable(&self) -> bool {
         self.state != VersionState::Destroyed
@@ -91,15 +209,17 @@ impl VersionMeta {
 
     /// The shared material record this version refers to, if it has one.
     pub(super) fn shared_material(&self) -> Option<&str> {
-        (self.readable() && self.inline.is_none()).then_some(self.material_id.as_str())
+        match &self.material {
+            Material::Shared { id } => Some(id),
+            _ => None,
+        }
     }
 
     /// Marks the version destroyed and forgets where its material was: what a destroy or a
     /// MOVE leaves in the tombstone.
     pub(super) fn shred(&mut self) {
         self.state = VersionState::Destroyed;
-        self.material_id.clear();
-        self.inline = None;
+        self.material = Material::Shredded;
     }
 }
 
@@ -338,7 +458,7 @@ impl KeyMeta {
     pub(super) fn holds_inline(&self) -> bool {
         self.versions
             .iter()
-            .any(|v| v.readable() && v.inline.is_some())
+            .any(|v| matches!(v.material, Material::Inline { .. }))
     }
 }
 
@@ -482,7 +602,7 @@ pub(super) fn check_not_replica(key_id: &str, meta: &KeyMeta) -> Result<()> {
 pub(super) fn parse_key_id(id: &str) -> Result<String> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.hyphenated().to_string())
-        .map_err(|_| CustodyError::InvalidArgument(format!("key id {id:?} is not a UUID")))
+        .map_err(|_| CustodyError::InvalidArgument(format!("key id {} is not a UUID", quote(id))))
 }
 
 pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
@@ -498,12 +618,14 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'));
         if !key_ok {
             return Err(CustodyError::InvalidArgument(format!(
-                "label name {k:?} must be 1-128 characters of letters, digits, - _ . / :"
+                "label name {} must be 1-128 characters of letters, digits, - _ . / :",
+                quote(k)
             )));
         }
         if v.len() > 1024 || v.chars().any(char::is_control) {
             return Err(CustodyError::InvalidArgument(format!(
-                "label {k}: value must be at most 1024 printable characters"
+                "label {}: value must be at most 1024 printable characters",
+                quote(k)
             )));
         }
     }
@@ -652,5 +774,41 @@ mod tests {
         // Cut on a character boundary.
         let wide = "é".repeat(100);
         assert!(quote(&wide).starts_with(&format!("{:?}", "é".repeat(QUOTE_MAX))));
+    }
+
+    #[test]
+    fn versions_read_where_their_material_is_and_refuse_contradictions() {
+        let v = |json: &str| serde_json::from_str::<VersionMeta>(json);
+        let shared =
+            v(r#"{"version":1,"state":"active","material_id":"m","created_unix_ms":1}"#).unwrap();
+        assert_eq!(shared.material, Material::Shared { id: "m".into() });
+        let inline = v(
+            r#"{"version":2,"state":"retired","material_id":"n","created_unix_ms":1,"inline":"AQI="}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            inline.material,
+            Material::Inline {
+                id: "n".into(),
+                sealed: vec![1, 2]
+            }
+        );
+        let gone =
+            v(r#"{"version":3,"state":"destroyed","material_id":"","created_unix_ms":1}"#).unwrap();
+        assert_eq!(gone.material, Material::Shredded);
+        // Written back in the same shape.
+        for meta in [shared, inline, gone] {
+            let again: VersionMeta =
+                serde_json::from_str(&serde_json::to_string(&meta).unwrap()).unwrap();
+            assert_eq!(again.material, meta.material);
+        }
+        // A destroyed version still naming material, or a live one naming none, is corrupt.
+        for bad in [
+            r#"{"version":1,"state":"destroyed","material_id":"m","created_unix_ms":1}"#,
+            r#"{"version":1,"state":"destroyed","material_id":"","created_unix_ms":1,"inline":"AQI="}"#,
+            r#"{"version":1,"state":"active","material_id":"","created_unix_ms":1}"#,
+        ] {
+            assert!(v(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -44,12 +44,13 @@ impl Custody {
 
     pub(super) fn info(&self, u: &Unlocked, meta: KeyMeta) -> Result<KeyInfo> {
         let mut shares = Vec::new();
-        if let Some(v) = meta
+        if let Some(material_id) = meta
             .versions
             .iter()
-            .find(|v| v.version == meta.current_version && v.state != VersionState::Destroyed)
+            .find(|v| v.version == meta.current_version)
+            .and_then(|v| v.material.id())
         {
-            let prefix = ref_id(&v.material_id, "");
+            let prefix = ref_id(material_id, "");
             for r in self.store.scan_prefix(Ns::MaterialRefs, &prefix) {
                 let (id, _) = r?;
                 let kid = String::from_utf8_lossy(&id[prefix.len()..]).into_owned();

@@ -10,8 +10,8 @@ use lockbox_store::Ns;
 
 use super::grants::{GrantRole, StoredReceipt, put_grant_record};
 use super::model::{
-    Caller, KeyMeta, KeyState, Origin, OriginKind, VersionMeta, VersionState, new_material_id,
-    parse_key_id, validate_labels,
+    Caller, KeyMeta, KeyState, Material, Origin, OriginKind, VersionMeta, VersionState,
+    new_material_id, parse_key_id, validate_labels,
 };
 use super::txn::Event;
 use super::{Custody, Unlocked};
@@ -226,9 +226,9 @@ impl Custody {
     ) -> Result<Vec<u8>> {
         let mut meta = self.open_meta(old, &key.key_id, &key.sealed_meta)?;
         for v in meta.versions.iter_mut() {
-            if let Some(sealed) = v.inline.take() {
-                let plain = self.open_sealed_material(old, &key.key_id, &v.material_id, &sealed)?;
-                v.inline = Some(self.seal_material(u, &v.material_id, &plain)?);
+            if let Material::Inline { id, sealed } = &mut v.material {
+                let plain = self.open_sealed_material(old, &key.key_id, id, sealed)?;
+                *sealed = self.seal_material(u, id, &plain)?;
             }
         }
         self.seal_meta(u, &meta)
@@ -266,13 +266,13 @@ impl Custody {
         for v in versions {
             let material_id = new_material_id()?;
             let sealed = self.seal_material(u, &material_id, &v.material)?;
-            metas.push(VersionMeta {
-                version: v.version,
-                state: v.state,
+            metas.push(VersionMeta::inline(
+                v.version,
+                v.state,
+                now,
                 material_id,
-                created_unix_ms: now,
-                inline: Some(sealed),
-            });
+                sealed,
+            ));
         }
         let meta = KeyMeta {
             key_id: id.to_string(),
@@ -312,7 +312,7 @@ impl Custody {
     ) -> Result<StoredReceipt> {
         let mut txn = self.write_txn().await;
         let u = self.unlocked()?;
-        if let Some(r) = self.grant_record(&grant.grant_id, GrantRole::Destination)? {
+        if let Some(r) = self.grant_record(grant, GrantRole::Destination)? {
             return Ok(r);
         }
         let grant_hex = hex::encode(grant.grant_id);

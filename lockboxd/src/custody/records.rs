@@ -4,7 +4,7 @@
 use lockbox_crypto::{RecordKind, SecretBytes};
 use lockbox_store::{Batch, Ns};
 
-use super::model::{KeyMeta, VersionMeta, check_live, check_not_replica, ref_id};
+use super::model::{KeyMeta, Material, VersionMeta, check_live, check_not_replica, ref_id};
 use super::{Custody, Unlocked};
 use crate::error::{CustodyError, Result};
 
@@ -67,19 +67,19 @@ impl Custody {
     /// material too, and dropping the old KEK leaves nothing of the record unreadable.
     pub(super) fn seal_meta(&self, u: &Unlocked, meta: &KeyMeta) -> Result<Vec<u8>> {
         let current = u.unsealed.current_kek();
-        let stale = |v: &VersionMeta| {
-            v.inline
-                .as_deref()
-                .is_some_and(|b| lockbox_crypto::sealed_kek_id(b).ok() != Some(current.id()))
+        let stale = |v: &VersionMeta| match &v.material {
+            Material::Inline { sealed, .. } => {
+                lockbox_crypto::sealed_kek_id(sealed).ok() != Some(current.id())
+            }
+            _ => false,
         };
         let resealed;
         let meta = if meta.versions.iter().any(stale) {
             let mut m = meta.clone();
             for v in m.versions.iter_mut().filter(|v| stale(v)) {
-                if let Some(sealed) = v.inline.take() {
-                    let plain =
-                        self.open_sealed_material(u, &meta.key_id, &v.material_id, &sealed)?;
-                    v.inline = Some(self.seal_material(u, &v.material_id, &plain)?);
+                if let Material::Inline { id, sealed } = &mut v.material {
+                    let plain = self.open_sealed_material(u, &meta.key_id, id, sealed)?;
+                    *sealed = self.seal_material(u, id, &plain)?;
                 }
             }
             resealed = m;
@@ -137,14 +137,22 @@ impl Custody {
         key_id: &str,
         v: &VersionMeta,
     ) -> Result<SecretBytes> {
-        if let Some(sealed) = &v.inline {
-            return self.open_sealed_material(u, key_id, &v.material_id, sealed);
+        match &v.material {
+            Material::Inline { id, sealed } => self.open_sealed_material(u, key_id, id, sealed),
+            Material::Shared { id } => {
+                let sealed = self
+                    .store
+                    .get(Ns::Materials, id.as_bytes())?
+                    .ok_or_else(|| {
+                        CustodyError::Corrupt(format!("material of key {key_id} is missing"))
+                    })?;
+                self.open_sealed_material(u, key_id, id, &sealed)
+            }
+            Material::Shredded => Err(CustodyError::VersionNotFound {
+                key_id: key_id.to_string(),
+                version: v.version,
+            }),
         }
-        let sealed = self
-            .store
-            .get(Ns::Materials, v.material_id.as_bytes())?
-            .ok_or_else(|| CustodyError::Corrupt(format!("material of key {key_id} is missing")))?;
-        self.open_sealed_material(u, key_id, &v.material_id, &sealed)
     }
 
     /// Moves every inline material of `meta` to a shared record (with this key's reference
@@ -158,18 +166,21 @@ impl Custody {
         batch: &mut Batch,
     ) -> Result<()> {
         let current = u.unsealed.current_kek().id();
-        for v in meta.versions.iter_mut().filter(|v| v.readable()) {
-            let Some(sealed) = v.inline.take() else {
+        for v in meta.versions.iter_mut() {
+            let Material::Inline { id, sealed } = &v.material else {
                 continue;
             };
-            let sealed = if lockbox_crypto::sealed_kek_id(&sealed)? == current {
+            let resealed;
+            let sealed = if lockbox_crypto::sealed_kek_id(sealed)? == current {
                 sealed
             } else {
-                let plain = self.open_sealed_material(u, &meta.key_id, &v.material_id, &sealed)?;
-                self.seal_material(u, &v.material_id, &plain)?
+                let plain = self.open_sealed_material(u, &meta.key_id, id, sealed)?;
+                resealed = self.seal_material(u, id, &plain)?;
+                &resealed
             };
-            batch.put(Ns::Materials, v.material_id.as_bytes(), &sealed);
-            batch.put(Ns::MaterialRefs, &ref_id(&v.material_id, &meta.key_id), b"");
+            batch.put(Ns::Materials, id.as_bytes(), sealed);
+            batch.put(Ns::MaterialRefs, &ref_id(id, &meta.key_id), b"");
+            v.material = Material::Shared { id: id.clone() };
         }
         Ok(())
     }

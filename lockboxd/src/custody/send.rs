@@ -157,8 +157,8 @@ impl Custody {
         let mut wanted: Vec<(&str, usize, usize)> = Vec::with_capacity(metas.len());
         for (k, (_, (_, meta))) in metas.iter().enumerate() {
             for (i, v) in meta.versions.iter().enumerate() {
-                if v.state != VersionState::Destroyed {
-                    wanted.push((v.material_id.as_str(), k, i));
+                if let Some(id) = v.material.id() {
+                    wanted.push((id, k, i));
                 }
             }
         }
@@ -218,10 +218,7 @@ impl Custody {
     ) -> Result<bool> {
         let mut txn = self.write_txn().await;
         let mut u = self.unlocked()?;
-        if self
-            .grant_record(&grant.grant_id, GrantRole::Source)?
-            .is_some()
-        {
+        if self.grant_record(grant, GrantRole::Source)?.is_some() {
             return Ok(false);
         }
         let grant_hex = hex::encode(grant.grant_id);

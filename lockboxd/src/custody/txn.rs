@@ -21,6 +21,44 @@ use super::model::Caller;
 use super::{Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_KEY_COUNT, Unlocked, now_ms};
 use crate::error::{CustodyError, Result};
 
+/// The most an audit record's detail holds (bytes): a refusal quotes short prefixes of what
+/// it refused, and whatever a caller sends, no record grows past this.
+pub(super) const MAX_AUDIT_DETAIL: usize = 1024;
+
+/// The most a key id field of an audit record holds (a key id is 36 bytes; a refused
+/// request's may be anything).
+pub(super) const MAX_AUDIT_KEY_ID: usize = 64;
+
+/// `s` as an audit record keeps it: control characters escaped (a log reader's terminal is
+/// not the caller's to drive), cut to about `max` bytes on a character boundary, saying how
+/// much was cut.
+pub(super) fn bounded(s: &str, max: usize) -> String {
+    // Where the text is cut if it does not fit: room is left for the note saying so.
+    let budget = max.saturating_sub(32);
+    let mut cut = None;
+    let mut out = String::with_capacity(s.len().min(max + 16));
+    for (i, c) in s.char_indices() {
+        if cut.is_none() && out.len() >= budget {
+            cut = Some((out.len(), i));
+        }
+        if out.len() > max {
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if out.len() <= max {
+        return out;
+    }
+    let (len, at) = cut.unwrap_or((out.len(), s.len()));
+    out.truncate(len);
+    out.push_str(&format!("… ({} more bytes)", s.len() - at));
+    out
+}
+
 /// A signed checkpoint every this many audit records bounds what an attacker with write access
 /// to the disk could rewrite undetected while the node is sealed.
 pub(super) const CHECKPOINT_EVERY: u64 = 1000;
@@ -173,9 +211,9 @@ impl<'a> WriteTxn<'a> {
                 time_unix_ms: now_ms(),
                 actor: caller.actor.clone(),
                 action: event.action.into(),
-                key_id: event.key_id.into(),
+                key_id: bounded(event.key_id, MAX_AUDIT_KEY_ID),
                 outcome: event.outcome.into(),
-                detail: event.detail,
+                detail: bounded(&event.detail, MAX_AUDIT_DETAIL),
             },
             checkpoint: None,
         };
@@ -373,5 +411,31 @@ impl Custody {
             self.audit_refusal(caller, action, key_id, e).await;
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_escapes_control_characters_and_cuts_long_text() {
+        assert_eq!(bounded("create ok", 64), "create ok");
+        assert_eq!(bounded("a\u{1b}[31mb\n", 64), "a\\u{1b}[31mb\\n");
+        let long = "é".repeat(10_000);
+        let b = bounded(&long, MAX_AUDIT_DETAIL);
+        assert!(b.len() <= MAX_AUDIT_DETAIL + 32, "{}", b.len());
+        assert!(b.ends_with("more bytes)"), "{b}");
+        // Short text that only grows by escaping is kept whole, and text that fits stays whole.
+        assert_eq!(bounded("\t", 64), "\\t");
+        let uuid = "8d19909b-21b6-428c-943e-d5dfc880254d";
+        assert_eq!(bounded(uuid, MAX_AUDIT_KEY_ID), uuid);
+        let exactly = "k".repeat(MAX_AUDIT_KEY_ID);
+        assert_eq!(bounded(&exactly, MAX_AUDIT_KEY_ID), exactly);
+        let over = bounded(&"k".repeat(MAX_AUDIT_KEY_ID + 1), MAX_AUDIT_KEY_ID);
+        assert!(
+            over.len() <= MAX_AUDIT_KEY_ID + 4 && over.ends_with("more bytes)"),
+            "{over}"
+        );
     }
 }

@@ -167,3 +167,44 @@ fn audit_verify_detects_a_value_forged_from_another_record() {
     });
     assert_eq!(seq, TARGET + 2, "{stderr}");
 }
+
+/// A refused request is audited with a short, escaped prefix of what it refused, never the
+/// whole input: one 100 KB label name once went into the log whole (a 20 MB one added 274 MB
+/// on disk and broke `audit tail`).
+#[test]
+fn refusals_quote_a_short_prefix_and_every_record_is_capped() {
+    let node = Node::keyfile();
+    let huge = "x".repeat(100_000);
+    let label = format!("{huge}=v");
+    let err = node.ctl_err(&["key", "create", "--label", &label]);
+    assert!(err.contains("label name"), "{}", &err[..err.len().min(300)]);
+    assert!(
+        err.len() < 1024,
+        "the error quotes a prefix: {} bytes",
+        err.len()
+    );
+    let bad_id = format!("{huge}\u{1b}[31m");
+    let err = node.ctl_err(&["key", "describe", &bad_id]);
+    assert!(
+        err.contains("is not a UUID"),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+    assert!(err.len() < 1024, "{} bytes", err.len());
+    assert!(!err.contains('\u{1b}'), "escaped: {err:?}");
+    node.ctl_err(&["key", "destroy", &bad_id]);
+
+    let tail = node.ctl_json(&["audit", "tail", "-n", "5"]);
+    let records = tail["records"].as_array().unwrap();
+    let refused: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{tail}");
+    for r in refused {
+        let size = r.to_string().len();
+        assert!(size < 2048, "an audit record of {size} bytes: {r}");
+        assert!(!r["detail"].as_str().unwrap().contains('\u{1b}'), "{r}");
+    }
+    assert_verifies(&node);
+}

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
 use std::time::Duration;
 
 use lockbox_tests::cluster::{Controller, Pki, TRUST_DOMAIN, lockboxctl};
@@ -207,8 +208,8 @@ fn certificates_from_another_ca_fail_the_handshake() {
 fn two_of_three_controllers_must_sign() {
     let pki = Pki::new(TRUST_DOMAIN);
     let c1 = Controller::start(&pki, "ctl-1", &policy(), "24h");
-    let c2 = Controller::start(&pki, "ctl-2", &policy(), "24h");
-    let c3 = Controller::start(&pki, "ctl-3", &policy(), "24h");
+    let mut c2 = Controller::start(&pki, "ctl-2", &policy(), "24h");
+    let mut c3 = Controller::start(&pki, "ctl-3", &policy(), "24h");
     let node = lockbox_with_controllers(&pki, "host-a", &[&c1, &c2, &c3], 2);
     let key = node.create_key(&[]);
     let cinder = pki.issue("orchestrator", "cinder");
@@ -236,8 +237,53 @@ fn two_of_three_controllers_must_sign() {
     ));
     assert!(!out.status.success(), "{}", describe_output(&out));
 
-    // A cosign by a second controller makes it acceptable.
+    // A controller cosigns only grants of the controllers it trusts: ctl-2 does not know
+    // ctl-1 yet.
     let two = dir.path().join("two.grant");
+    let cosign_at = |c: &Controller, from: &Path, to: &Path| {
+        lockboxctl(&args(
+            &[
+                "grant",
+                "cosign",
+                from.to_str().unwrap(),
+                "-o",
+                to.to_str().unwrap(),
+            ],
+            cinder.ctl_flags(&c.url),
+        ))
+    };
+    let out = cosign_at(&c2, &one, &two);
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[[controllers]]"),
+        "{}",
+        describe_output(&out)
+    );
+    c2.trust(&[&c1]);
+    c3.trust(&[&c1]);
+
+    // A body nobody issued (an orchestrator's own, unsigned or signed by a key no controller
+    // has) is not cosigned, whatever it says.
+    let mut forged =
+        lockbox_crypto::grant_from_text(&std::fs::read_to_string(&one).unwrap()).unwrap();
+    let mut body = lockbox_crypto::decode_grant_body(&forged.body).unwrap();
+    body.grant_id = vec![9; 16];
+    body.requested_by = "spiffe://example.org/admin/mallory".into();
+    forged.body = lockbox_crypto::encode_grant_body(&body).unwrap();
+    let forged_path = dir.path().join("forged.grant");
+    for signatures in [Vec::new(), forged.signatures.clone()] {
+        forged.signatures = signatures;
+        std::fs::write(&forged_path, lockbox_crypto::grant_to_text(&forged)).unwrap();
+        let out = cosign_at(&c2, &forged_path, &two);
+        assert!(!out.status.success(), "{}", describe_output(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no valid signature of a controller"),
+            "{}",
+            describe_output(&out)
+        );
+    }
+
+    // A cosign by a second controller makes it acceptable.
     let out = lockboxctl(&args(
         &[
             "grant",

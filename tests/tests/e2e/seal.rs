@@ -135,6 +135,10 @@ fn caller_uid_not_allowed_is_refused() {
     let out = node.ctl_plain(&["key", "get", &id, "--format", "raw"]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "no material to a refused caller");
+    // Health too: whether a node is sealed or failing is not for every local user.
+    let e = health(&node.socket()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("not allowed"), "{e}");
 
     // Allowed again: the refused calls changed nothing.
     node.stop();
@@ -143,6 +147,33 @@ fn caller_uid_not_allowed_is_refused() {
     node.spawn_ready();
     assert_eq!(node.key_bytes(&id), bytes);
     assert_eq!(node.status()["key_count"], json!(1));
+    assert_eq!(
+        health(&node.socket()).unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+/// A `grpc.health.v1` check on the Unix socket, as a monitoring agent makes it.
+fn health(
+    socket: &std::path::Path,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok(reply.into_inner().status())
+    })
 }
 
 fn material_ids(node: &Node) -> BTreeSet<Vec<u8>> {

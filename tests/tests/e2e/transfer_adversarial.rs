@@ -354,6 +354,39 @@ fn received_attributes_are_parsed_strictly_even_when_signed() {
 }
 
 #[test]
+fn a_used_grant_id_under_another_body_is_refused_not_answered_with_the_old_receipt() {
+    // A completed grant answers its retries with the stored receipt, but only a retry: the very
+    // same signed body. A different body under a used grant id (a compromised controller's, or
+    // one a cosign bug let through) once got "already completed; same receipt" while the key
+    // never moved.
+    let s = Scene::start(ClusterOptions::default());
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    let receipt = s.deliver_correctly(&grant, &keys);
+    // The exact retry still gets the same receipt.
+    let again = s
+        .deliver(&grant, vec![s.batch(&grant, &keys)])
+        .unwrap_or_else(|e| panic!("a retry was refused: {e}"));
+    assert_eq!(again.body, receipt.body);
+
+    // Same grant id, another body (a COPY of another key), validly signed by the controller.
+    let other = vec![RogueKey::random()];
+    let mut body = lockbox_crypto::decode_grant_body(&grant.body).unwrap();
+    body.op = pb::GrantOp::Copy as i32;
+    body.key_ids = other.iter().map(|k| k.key_id.clone()).collect();
+    let bytes = lockbox_crypto::encode_grant_body(&body).unwrap();
+    let signer = s.c.controller.signing_identity();
+    let forged = pb::SignedGrant {
+        signatures: vec![lockbox_crypto::sign_grant_body(&signer, "ctl-1", &bytes)],
+        body: bytes,
+    };
+    let n = "was already completed here with a different grant body";
+    let e = assert_refused(s.deliver(&forged, vec![s.batch(&forged, &other)]), n);
+    assert_eq!(e.code, tonic::Code::PermissionDenied, "{e}");
+    assert_untouched(s.b(), 1, &other);
+}
+
+#[test]
 fn a_replayed_grant_returns_the_stored_receipt_and_stores_nothing() {
     let s = Scene::start(ClusterOptions::default());
     let keys = vec![RogueKey::random(), RogueKey::random()];

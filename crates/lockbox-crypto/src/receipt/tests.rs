@@ -118,6 +118,7 @@ fn expectation_for_grant_takes_every_field_from_the_grant() {
             ..Default::default()
         },
         grant_id: GRANT_ID,
+        body_sha256: [0; 32],
         valid_signers: vec!["ctl-1".into()],
     };
     let e = ReceiptExpectation::for_grant(&grant);
