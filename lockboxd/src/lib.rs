@@ -120,7 +120,7 @@ async fn start_peer_api(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tracing::info!(%addr, "peer API listening");
     let handle = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = lockbox_runtime::server(PEER_REQUEST_TIMEOUT)
             .layer(settle::SettleLayer::new(store))
             .add_service(service)
             .serve_with_incoming_shutdown(tls.incoming(listener), async {
@@ -133,6 +133,12 @@ async fn start_peer_api(
     });
     Ok((handle, stop_tx))
 }
+
+/// The longest a peer request may take, a whole delivery included: an evacuation of a large
+/// lockbox streams for minutes; a source that stalls is cut off after this.
+const PEER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// The longest a request on the Unix socket may take (a backup of a large lockbox included).
+const LOCAL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// How often expired grant records are swept (also once at start-up).
 const GRANT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -272,7 +278,7 @@ pub async fn run(
             }
         }
     };
-    let served = tonic::transport::Server::builder()
+    let served = lockbox_runtime::server(LOCAL_REQUEST_TIMEOUT)
         .layer(settle::SettleLayer::new(store))
         // Health answers only the callers every other method answers (allowed_uids/gids):
         // whether a node is sealed or failing is not for any local user.

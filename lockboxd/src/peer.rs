@@ -38,6 +38,13 @@ pub struct PeerApi {
 
 /// Source attestations remembered at once (about one per peer node; renewed ones replace).
 const ATTESTATION_MEMO: usize = 64;
+/// Most versions of one key a delivery may carry (a key gains one per rekey; hundreds is
+/// already far beyond any real key's history).
+pub const MAX_VERSIONS_PER_KEY: usize = 256;
+/// Most bytes (sealed material and attributes) one delivery may bring, all batches together:
+/// what the destination holds until the delivery is stored. A 1,000,000-key evacuation with
+/// short labels is about 150 MB.
+pub const MAX_DELIVERY_BYTES: u64 = 1 << 30;
 
 impl PeerApi {
     /// Builds the service.
@@ -230,6 +237,9 @@ impl Peer for PeerApi {
 
         let wanted: BTreeSet<&str> = verified.body.key_ids.iter().map(String::as_str).collect();
         let mut received: BTreeSet<(String, u32)> = BTreeSet::new();
+        let mut versions_of: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::new();
+        let mut delivered_bytes = 0u64;
         // A large delivery's keys go to a sealing thread as soon as each batch is opened and
         // checked, so the per-key sealing runs while later batches stream in. A small one (a
         // volume's key: latency matters, not throughput) is sealed here at its end, without
@@ -295,6 +305,27 @@ impl Peer for PeerApi {
             if next_batch == 2 {
                 crate::failpoint::hit("dest-mid-stream");
             }
+            // Bounded before anything of the batch is opened or kept.
+            delivered_bytes += batch
+                .keys
+                .iter()
+                .map(|k| {
+                    let labels: usize = k.labels.iter().map(|(n, v)| n.len() + v.len()).sum();
+                    (k.ciphertext.len()
+                        + k.key_id.len()
+                        + labels
+                        + k.clone_policy.len()
+                        + k.version_state.len()) as u64
+                })
+                .sum::<u64>();
+            if delivered_bytes > MAX_DELIVERY_BYTES {
+                let e = CustodyError::InvalidArgument(format!(
+                    "the delivery is larger than {} MiB (batch {}): refused",
+                    MAX_DELIVERY_BYTES >> 20,
+                    batch.batch
+                ));
+                return Err(fail(e).await);
+            }
             let sealed = SealedBatch::from_wire(&batch);
             let bctx = BatchContext {
                 grant_id: &verified.grant_id,
@@ -325,6 +356,14 @@ impl Peer for PeerApi {
                 if !received.insert((key_id.clone(), version)) {
                     let e = CustodyError::InvalidArgument(format!(
                         "key {key_id} version {version} sent twice"
+                    ));
+                    return Err(fail(e).await);
+                }
+                let count = versions_of.entry(key_id.clone()).or_default();
+                *count += 1;
+                if *count > MAX_VERSIONS_PER_KEY {
+                    let e = CustodyError::InvalidArgument(format!(
+                        "key {key_id}: more than {MAX_VERSIONS_PER_KEY} versions in one delivery"
                     ));
                     return Err(fail(e).await);
                 }

@@ -155,7 +155,8 @@ pub async fn run(
         .max_encoding_message_size(64 << 20);
     tracing::info!(key_id = %config.key_id, %addr, "ready");
     ready(addr);
-    let served = tonic::transport::Server::builder()
+    // Every request to a controller is a small signing job.
+    let served = lockbox_runtime::server(std::time::Duration::from_secs(30))
         .add_service(server)
         .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
         .await;

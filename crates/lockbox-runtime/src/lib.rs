@@ -63,3 +63,38 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Most concurrent HTTP/2 streams (and requests in service) per connection: an evacuation
+/// uses a handful; a client opening thousands to make the daemon buffer each is refused.
+pub const MAX_CONCURRENT_STREAMS: u32 = 64;
+/// Largest HTTP/2 header list a server accepts (gRPC metadata is small).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// HTTP/2 flow-control windows: how much a client may send ahead of what the handler has
+/// read, per stream and per connection. Large enough for a transfer batch in flight.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+/// HTTP/2 pings on idle connections, and how long an answer may take: a peer that vanished
+/// (power loss, partition) stops holding a connection within a minute.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A gRPC server with the limits every lockbox server applies (the Unix socket, the peer API,
+/// the controller): bounded streams per connection, header list, frame size and windows,
+/// keepalive pings, and `request_timeout` for the whole of any one request (a stalled or
+/// trickling client cannot hold a handler forever). The message size limits are set per
+/// service, sized to what the service receives.
+pub fn server(request_timeout: std::time::Duration) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
+        .max_frame_size(16 * 1024)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .timeout(request_timeout)
+}

@@ -21,6 +21,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many handshakes run at once; beyond it we stop accepting (back-pressure in
 /// the kernel's listen queue) instead of growing without bound under a connection flood.
 const MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// At most this many handshakes from one client address run at once: a flood of idle
+/// connections from one host cannot take the handshake slots authenticated peers need.
+const MAX_HANDSHAKES_PER_ADDR: usize = 16;
 /// Established streams waiting for the server to take them.
 const ESTABLISHED_QUEUE: usize = 64;
 /// Pause after a failed accept (EMFILE and friends) so the loop does not spin.
@@ -149,20 +152,52 @@ impl ReloadableServerConfig {
 
 type Established = Result<TlsStream<TcpStream>, std::io::Error>;
 
+/// Handshakes in progress per client address; an entry leaves with its last handshake.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// One handshake slot of one address, released on drop.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    addr: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for `addr`, unless it already holds [`MAX_HANDSHAKES_PER_ADDR`].
+    fn take(self: &Arc<Self>, addr: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = t.entry(addr).or_default();
+        if *n >= MAX_HANDSHAKES_PER_ADDR {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = t.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.addr);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     config: Arc<ReloadableServerConfig>,
     listener: TcpListener,
     tx: mpsc::Sender<Established>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let per_address = Arc::new(PerAddress::default());
     loop {
-        let permit = tokio::select! {
-            () = tx.closed() => return,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return, // the semaphore is never closed
-            },
-        };
         let accepted = tokio::select! {
             () = tx.closed() => return,
             accepted = listener.accept() => accepted,
@@ -175,6 +210,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        // An address over its share is closed at once, before it takes a global slot: the
+        // other addresses' handshakes go on.
+        let Some(slot) = per_address.take(peer.ip()) else {
+            tracing::debug!(%peer, "tls listener: too many handshakes from this address");
+            drop(tcp);
+            continue;
+        };
+        let permit = tokio::select! {
+            () = tx.closed() => return,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return, // the semaphore is never closed
+            },
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "tls listener: setting TCP_NODELAY failed");
         }
@@ -182,6 +231,7 @@ async fn accept_loop(
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     // Err only if the server is gone; the connection is then dropped.

@@ -131,6 +131,9 @@ impl Incoming {
         material: SecretBytes,
     ) -> Result<Incoming> {
         let state = parse_state(&key_id, version, state)?;
+        // As at create, checked as each version arrives (before a delivery keeps anything).
+        validate_labels(&labels)
+            .map_err(|e| CustodyError::InvalidArgument(format!("received key {key_id}: {e}")))?;
         let clone_policy = match clone_policy {
             "" => None,
             p => Some(ClonePolicy::parse(p).ok_or_else(|| {
