@@ -159,6 +159,12 @@ impl Attestor {
             .custody
             .attest_request(client_tls.trust_domain(), &spki)
             .map_err(|e| e.to_string())?;
+        let request = pb::AttestRequest {
+            hpke_public_key: request.hpke_public_key.to_vec(),
+            hpke_kem_id: request.hpke_kem_id,
+            signing_public_key: request.signing_public_key.to_vec(),
+            proof: request.proof,
+        };
         let mut errors = Vec::new();
         for c in &self.controllers {
             let expect = Expect::role(Role::Controller);

@@ -67,6 +67,20 @@ struct Unlocked {
     hpke: Arc<HpkeIdentity>,
 }
 
+/// What a node asks a controller to attest: its public keys and a proof that it holds the
+/// signing key (SPEC.md "Attestation request").
+#[derive(Debug, Clone)]
+pub struct AttestRequest {
+    /// X25519 HPKE public key.
+    pub hpke_public_key: [u8; 32],
+    /// HPKE KEM id of that key.
+    pub hpke_kem_id: u32,
+    /// Ed25519 signing public key.
+    pub signing_public_key: [u8; 32],
+    /// Signature by the signing key over the request message.
+    pub proof: Vec<u8>,
+}
+
 /// The custody service of one lockbox.
 pub struct Custody {
     node_id: String,
@@ -177,11 +191,12 @@ impl Custody {
 
     /// An attestation request with proof of possession of our signing key, bound to the TLS
     /// key we call the controller with (so a stolen request is useless from another TLS key).
+    /// The adapter (`attest.rs`) puts it on the wire.
     pub fn attest_request(
         &self,
         trust_domain: &str,
         tls_spki_sha256: &[u8; 32],
-    ) -> Result<lockbox_proto::v1::AttestRequest> {
+    ) -> Result<AttestRequest> {
         let u = self.unlocked()?;
         let hpke = u.hpke.public_key();
         let signing = u.signing.public_key();
@@ -193,10 +208,10 @@ impl Custody {
             &signing,
             tls_spki_sha256,
         );
-        Ok(lockbox_proto::v1::AttestRequest {
-            hpke_public_key: hpke.to_vec(),
+        Ok(AttestRequest {
+            hpke_public_key: hpke,
             hpke_kem_id: lockbox_crypto::HPKE_KEM_X25519,
-            signing_public_key: signing.to_vec(),
+            signing_public_key: signing,
             proof: lockbox_crypto::sign_attest_request(&u.signing, &msg),
         })
     }

@@ -151,6 +151,13 @@ pub struct VerifiedGrant {
     pub valid_signers: Vec<String>,
 }
 
+impl VerifiedGrant {
+    /// The grant's operation (`verify_grant` refuses any other value, so never unspecified).
+    pub fn op(&self) -> GrantOp {
+        GrantOp::try_from(self.body.op).unwrap_or(GrantOp::Unspecified)
+    }
+}
+
 /// Why a grant was refused; each variant is one check of SPEC.md "Grant verification".
 ///
 /// Messages are lowercase and name the check; key ids from the grant are escaped and

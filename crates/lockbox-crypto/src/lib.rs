@@ -59,6 +59,10 @@ pub use grant::{
 };
 pub use identity::{HpkeIdentity, SigningIdentity, verify_signature};
 pub use keyring::{Argon2Params, Keyring, UnsealMethod, UnsealSecret, Unsealed};
+/// The signed formats this crate checks, as the daemon's domain sees them: grants and
+/// receipts are protobuf messages signed as their exact bytes (SPEC.md), so these message
+/// types are their representation; the RPC services stay in `lockbox-proto`'s "services".
+pub use lockbox_proto::v1::{GrantBody, GrantOp, ReceiptBody, SignedGrant, StoredVersions};
 pub use receipt::{
     MAX_RECEIPT_LEN, RECEIPT_DOMAIN, ReceiptError, ReceiptExpectation, SignedReceipt, sign_receipt,
     verify_receipt,

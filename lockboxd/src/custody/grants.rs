@@ -1,8 +1,7 @@
 //! Grants at either end of a transfer: verifying them, and the records that make a completed
 //! grant answer its retries with the same receipt.
 
-use lockbox_crypto::{GrantSide, VerifiedGrant};
-use lockbox_proto::v1 as pb;
+use lockbox_crypto::{GrantSide, SignedGrant, VerifiedGrant};
 use lockbox_store::{Batch, Ns};
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +77,7 @@ impl Custody {
     /// Consumes nothing.
     pub fn verify_grant_as_source(
         &self,
-        signed: &lockbox_proto::v1::SignedGrant,
+        signed: &SignedGrant,
     ) -> Result<lockbox_crypto::VerifiedGrant> {
         let u = self.unlocked()?;
         if self.policy.controllers.is_empty() {
@@ -188,7 +187,7 @@ impl Custody {
     /// Key existence is the caller's business: it differs between a first run and a retry.
     pub fn verify_grant(
         &self,
-        signed: &pb::SignedGrant,
+        signed: &SignedGrant,
         side: GrantSide,
         peer_node: Option<&str>,
     ) -> Result<VerifiedGrant> {

@@ -96,7 +96,7 @@ impl Material {
 /// `inline`); reading is strict: a destroyed version that still names material, or a readable
 /// one that names none, is corruption.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "VersionRecord")]
+#[serde(try_from = "stored::VersionRecord")]
 pub struct VersionMeta {
     /// 1, 2, ...
     pub version: u32,
@@ -106,83 +106,6 @@ pub struct VersionMeta {
     pub created_unix_ms: u64,
     /// Its material (`Shredded` exactly when the state is destroyed).
     pub material: Material,
-}
-
-/// The stored shape of [`VersionMeta`].
-#[derive(Serialize, Deserialize)]
-struct VersionRecord {
-    version: u32,
-    state: VersionState,
-    material_id: String,
-    created_unix_ms: u64,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::json_bytes::option"
-    )]
-    inline: Option<Vec<u8>>,
-}
-
-impl TryFrom<VersionRecord> for VersionMeta {
-    type Error = String;
-
-    fn try_from(r: VersionRecord) -> std::result::Result<VersionMeta, String> {
-        let material = match (r.state, r.material_id.is_empty(), r.inline) {
-            (VersionState::Destroyed, true, None) => Material::Shredded,
-            (VersionState::Destroyed, _, _) => {
-                return Err(format!(
-                    "destroyed version {} still names material",
-                    r.version
-                ));
-            }
-            (_, true, _) => return Err(format!("version {} names no material", r.version)),
-            (_, false, Some(sealed)) => Material::Inline {
-                id: r.material_id,
-                sealed,
-            },
-            (_, false, None) => Material::Shared { id: r.material_id },
-        };
-        Ok(VersionMeta {
-            version: r.version,
-            state: r.state,
-            created_unix_ms: r.created_unix_ms,
-            material,
-        })
-    }
-}
-
-impl Serialize for VersionMeta {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Ref<'a> {
-            version: u32,
-            state: VersionState,
-            material_id: &'a str,
-            created_unix_ms: u64,
-            #[serde(skip_serializing_if = "Option::is_none", serialize_with = "sealed")]
-            inline: Option<&'a [u8]>,
-        }
-        fn sealed<S: serde::Serializer>(
-            b: &Option<&[u8]>,
-            s: S,
-        ) -> std::result::Result<S::Ok, S::Error> {
-            match b {
-                Some(b) => crate::json_bytes::serialize(b, s),
-                None => s.serialize_none(),
-            }
-        }
-        Ref {
-            version: self.version,
-            state: self.state,
-            material_id: self.material.id().unwrap_or(""),
-            created_unix_ms: self.created_unix_ms,
-            inline: match &self.material {
-                Material::Inline { sealed, .. } => Some(sealed.as_slice()),
-                _ => None,
-            },
-        }
-        .serialize(s)
-    }
 }
 
 impl VersionMeta {
@@ -316,7 +239,7 @@ impl KeyState {
 /// Stored as JSON in the shape of [`KeyMetaRecord`] (the shape every release has written);
 /// reading it back is strict: an unknown origin, clone policy or version state is corruption.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "KeyMetaRecord")]
+#[serde(try_from = "stored::KeyMetaRecord")]
 pub struct KeyMeta {
     /// The key id (UUID text).
     pub key_id: String,
@@ -336,94 +259,6 @@ pub struct KeyMeta {
     pub current_version: u32,
     /// Every version, oldest first.
     pub versions: Vec<VersionMeta>,
-}
-
-/// The stored shape of [`KeyMeta`]: the state as three fields, names as text.
-#[derive(Deserialize)]
-struct KeyMetaRecord {
-    key_id: String,
-    destroyed: bool,
-    length: u32,
-    labels: BTreeMap<String, String>,
-    created_unix_ms: u64,
-    origin: Origin,
-    clone_policy: Option<String>,
-    current_version: u32,
-    versions: Vec<VersionMeta>,
-    #[serde(default)]
-    replica: bool,
-    #[serde(default)]
-    moved_to: Option<MovedTo>,
-}
-
-/// [`KeyMetaRecord`] borrowed, for writing without a copy.
-#[derive(Serialize)]
-struct KeyMetaRecordRef<'a> {
-    key_id: &'a str,
-    destroyed: bool,
-    length: u32,
-    labels: &'a BTreeMap<String, String>,
-    created_unix_ms: u64,
-    origin: &'a Origin,
-    clone_policy: Option<&'static str>,
-    current_version: u32,
-    versions: &'a [VersionMeta],
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    replica: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    moved_to: Option<&'a MovedTo>,
-}
-
-impl TryFrom<KeyMetaRecord> for KeyMeta {
-    type Error = String;
-
-    fn try_from(r: KeyMetaRecord) -> std::result::Result<KeyMeta, String> {
-        let state = match (r.moved_to, r.destroyed, r.replica) {
-            (Some(to), _, _) => KeyState::Moved(to),
-            (None, true, _) => KeyState::Destroyed,
-            (None, false, true) => KeyState::Replica,
-            (None, false, false) => KeyState::Active,
-        };
-        let clone_policy = match r.clone_policy.as_deref() {
-            None => None,
-            Some(p) => {
-                Some(ClonePolicy::parse(p).ok_or_else(|| format!("unknown clone policy {p:?}"))?)
-            }
-        };
-        Ok(KeyMeta {
-            key_id: r.key_id,
-            state,
-            length: r.length,
-            labels: r.labels,
-            created_unix_ms: r.created_unix_ms,
-            origin: r.origin,
-            clone_policy,
-            current_version: r.current_version,
-            versions: r.versions,
-        })
-    }
-}
-
-impl Serialize for KeyMeta {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        KeyMetaRecordRef {
-            key_id: &self.key_id,
-            destroyed: self.state.is_tombstone(),
-            length: self.length,
-            labels: &self.labels,
-            created_unix_ms: self.created_unix_ms,
-            origin: &self.origin,
-            clone_policy: self.clone_policy.map(|p| p.as_str()),
-            current_version: self.current_version,
-            versions: &self.versions,
-            replica: self.state == KeyState::Replica,
-            moved_to: match &self.state {
-                KeyState::Moved(to) => Some(to),
-                _ => None,
-            },
-        }
-        .serialize(s)
-    }
 }
 
 impl KeyMeta {
@@ -665,150 +500,7 @@ pub(super) fn ref_id(material_id: &str, key_id: &str) -> Vec<u8> {
     v
 }
 
+mod stored;
+
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn material_ids_are_hex_unique_and_increase_within_a_process() {
-        let ids: Vec<String> = (0..10_000).map(|_| new_material_id().unwrap()).collect();
-        for id in &ids {
-            assert_eq!(id.len(), 32, "{id}");
-            assert!(
-                id.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "{id}"
-            );
-        }
-        // Strictly increasing as text (what sled orders by), so also all distinct.
-        for pair in ids.windows(2) {
-            assert!(pair[0] < pair[1], "{} then {}", pair[0], pair[1]);
-        }
-        // The time-ordered half starts with the clock (ms << 16), the rest is random.
-        let prefix = u64::from_str_radix(&ids[0][..16], 16).unwrap();
-        assert!((prefix >> 16).abs_diff(now_ms()) < 60_000, "{}", ids[0]);
-        assert_ne!(ids[0][16..], ids[1][16..]);
-    }
-
-    /// What every earlier release wrote: the state as `destroyed`/`replica`/`moved_to`.
-    fn old_record(destroyed: bool, replica: bool, moved_to: &str, policy: &str) -> String {
-        format!(
-            r#"{{"key_id":"k","destroyed":{destroyed},"length":32,"labels":{{"vol":"a"}},
-            "created_unix_ms":7,"origin":{{"kind":"snapshot","from_key_id":"s","from_node":"",
-            "grant_id":""}},"clone_policy":{policy},"current_version":1,"versions":[
-            {{"version":1,"state":"active","material_id":"m","created_unix_ms":7}}],
-            "replica":{replica},"moved_to":{moved_to}}}"#
-        )
-    }
-
-    #[test]
-    fn key_records_of_earlier_releases_read_as_states_and_write_back_the_same_shape() {
-        let moved = r#"{"node":"b","grant_id":"g"}"#;
-        let cases = [
-            (false, false, "null", KeyState::Active),
-            (false, true, "null", KeyState::Replica),
-            (true, false, "null", KeyState::Destroyed),
-            (true, true, "null", KeyState::Destroyed),
-            (
-                true,
-                false,
-                moved,
-                KeyState::Moved(MovedTo {
-                    node: "b".into(),
-                    grant_id: "g".into(),
-                }),
-            ),
-        ];
-        for (destroyed, replica, moved_to, want) in cases {
-            let json = old_record(destroyed, replica, moved_to, r#""new-key""#);
-            let meta: KeyMeta = serde_json::from_str(&json).unwrap();
-            assert_eq!(meta.state, want, "{json}");
-            assert_eq!(meta.clone_policy, Some(ClonePolicy::NewKey));
-            assert_eq!(meta.origin.kind, OriginKind::Snapshot);
-            // Written back, it reads as the same thing, and in the fields an older release
-            // reads (a downgrade keeps working).
-            let written = serde_json::to_value(&meta).unwrap();
-            assert_eq!(written["destroyed"], serde_json::json!(want.is_tombstone()));
-            let again: KeyMeta = serde_json::from_value(written).unwrap();
-            assert_eq!(again.state, want);
-        }
-        let none: KeyMeta =
-            serde_json::from_str(&old_record(false, false, "null", "null")).unwrap();
-        assert_eq!(none.clone_policy, None);
-    }
-
-    #[test]
-    fn a_key_record_with_an_unknown_name_is_refused_not_defaulted() {
-        let bad_policy = old_record(false, false, "null", r#""anything-goes""#);
-        let e = serde_json::from_str::<KeyMeta>(&bad_policy).unwrap_err();
-        assert!(e.to_string().contains("anything-goes"), "{e}");
-        let bad_origin = old_record(false, false, "null", "null").replace("snapshot", "forged");
-        assert!(serde_json::from_str::<KeyMeta>(&bad_origin).is_err());
-        let bad_state = old_record(false, false, "null", "null").replace("active", "gone");
-        assert!(serde_json::from_str::<KeyMeta>(&bad_state).is_err());
-    }
-
-    #[test]
-    fn origin_kinds_parse_exactly_what_they_write() {
-        for k in OriginKind::ALL {
-            assert_eq!(OriginKind::parse(k.as_str()), Some(k));
-            let json = serde_json::to_string(&k).unwrap();
-            assert_eq!(json, format!("{:?}", k.as_str()));
-        }
-        assert_eq!(OriginKind::parse("Created"), None);
-        assert_eq!(OriginKind::parse(""), None);
-    }
-
-    #[test]
-    fn quote_cuts_long_hostile_text_and_escapes_it() {
-        assert_eq!(quote("abc"), "\"abc\"");
-        assert_eq!(quote("a\nb"), "\"a\\nb\"");
-        let long = "x".repeat(20 << 20);
-        let q = quote(&long);
-        assert!(q.len() < 120, "{q}");
-        assert!(
-            q.ends_with(&format!("({} more bytes)", (20 << 20) - QUOTE_MAX)),
-            "{q}"
-        );
-        // Cut on a character boundary.
-        let wide = "é".repeat(100);
-        assert!(quote(&wide).starts_with(&format!("{:?}", "é".repeat(QUOTE_MAX))));
-    }
-
-    #[test]
-    fn versions_read_where_their_material_is_and_refuse_contradictions() {
-        let v = |json: &str| serde_json::from_str::<VersionMeta>(json);
-        let shared =
-            v(r#"{"version":1,"state":"active","material_id":"m","created_unix_ms":1}"#).unwrap();
-        assert_eq!(shared.material, Material::Shared { id: "m".into() });
-        let inline = v(
-            r#"{"version":2,"state":"retired","material_id":"n","created_unix_ms":1,"inline":"AQI="}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            inline.material,
-            Material::Inline {
-                id: "n".into(),
-                sealed: vec![1, 2]
-            }
-        );
-        let gone =
-            v(r#"{"version":3,"state":"destroyed","material_id":"","created_unix_ms":1}"#).unwrap();
-        assert_eq!(gone.material, Material::Shredded);
-        // Written back in the same shape.
-        for meta in [shared, inline, gone] {
-            let again: VersionMeta =
-                serde_json::from_str(&serde_json::to_string(&meta).unwrap()).unwrap();
-            assert_eq!(again.material, meta.material);
-        }
-        // A destroyed version still naming material, or a live one naming none, is corrupt.
-        for bad in [
-            r#"{"version":1,"state":"destroyed","material_id":"m","created_unix_ms":1}"#,
-            r#"{"version":1,"state":"destroyed","material_id":"","created_unix_ms":1,"inline":"AQI="}"#,
-            r#"{"version":1,"state":"active","material_id":"","created_unix_ms":1}"#,
-        ] {
-            assert!(v(bad).is_err(), "{bad}");
-        }
-    }
-}
+mod tests;

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lockbox_crypto::{BatchContext, SealedBatch, SecretBytes, VerifiedGrant};
-use lockbox_proto::v1 as pb;
+use lockbox_crypto::{
+    BatchContext, GrantOp, ReceiptBody, SealedBatch, SecretBytes, StoredVersions, VerifiedGrant,
+    op_name,
+};
 use lockbox_store::Ns;
 
 use super::grants::{GrantRole, StoredReceipt, put_grant_record};
@@ -17,7 +19,6 @@ use super::txn::Event;
 use super::{Custody, Unlocked};
 use crate::config::ClonePolicy;
 use crate::error::{CustodyError, Result};
-use lockbox_crypto::op_name;
 
 /// One received key with every version, checked and sealed for this node as soon as its
 /// versions were all in, while the rest of the delivery was still streaming
@@ -246,7 +247,7 @@ impl Custody {
         id: &str,
         versions: &[Incoming],
     ) -> Result<Vec<u8>> {
-        let replica = grant.body.op == pb::GrantOp::Replicate as i32;
+        let replica = grant.op() == GrantOp::Replicate;
         check_versions(id, versions)?;
         let first = versions.first().ok_or_else(|| {
             CustodyError::InvalidArgument(format!("key {id}: no version received"))
@@ -319,7 +320,7 @@ impl Custody {
             return Ok(r);
         }
         let grant_hex = hex::encode(grant.grant_id);
-        let replica = grant.body.op == pb::GrantOp::Replicate as i32;
+        let replica = grant.op() == GrantOp::Replicate;
         // In key order (they arrive so from an honest source: then this is one pass).
         keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         if let Some(w) = keys.windows(2).find(|w| w[0].key_id == w[1].key_id) {
@@ -354,7 +355,7 @@ impl Custody {
             if !counted {
                 txn.add_keys(1);
             }
-            stored.push(pb::StoredVersions {
+            stored.push(StoredVersions {
                 key_id: k.key_id.clone(),
                 versions: k.versions,
             });
@@ -365,7 +366,7 @@ impl Custody {
         }
         let signed = lockbox_crypto::sign_receipt(
             &u.signing,
-            &pb::ReceiptBody {
+            &ReceiptBody {
                 grant_id: grant.grant_id.to_vec(),
                 op: grant.body.op,
                 source_node: grant.body.source_node.clone(),

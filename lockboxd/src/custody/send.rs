@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use lockbox_crypto::{BatchContext, SealedBatch, SecretBytes, VerifiedGrant};
-use lockbox_proto::v1 as pb;
+use lockbox_crypto::{
+    BatchContext, GrantOp, ReceiptBody, SealedBatch, SecretBytes, VerifiedGrant, op_name,
+};
 use lockbox_store::Ns;
 use prost::Message;
 
@@ -17,7 +18,6 @@ use super::model::{
 };
 use super::txn::Event;
 use crate::error::{CustodyError, Result};
-use lockbox_crypto::op_name;
 
 /// One version of a key on its way out.
 pub struct OutgoingVersion {
@@ -89,7 +89,7 @@ fn check_received_everything(
     receipt: &StoredReceipt,
     dest_node: &str,
 ) -> Result<()> {
-    let body = pb::ReceiptBody::decode(receipt.body.as_slice())
+    let body = ReceiptBody::decode(receipt.body.as_slice())
         .map_err(|e| CustodyError::Corrupt(format!("receipt: {e}")))?;
     if body.stored.is_empty() {
         return Ok(());
@@ -222,7 +222,7 @@ impl Custody {
             return Ok(false);
         }
         let grant_hex = hex::encode(grant.grant_id);
-        let is_move = grant.body.op == pb::GrantOp::Move as i32;
+        let is_move = grant.op() == GrantOp::Move;
         let mut shredded = false;
         if is_move {
             // In key order: see `read_for_transfer`.
