@@ -103,8 +103,11 @@ async fn start_peer_api(
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         CustodyError::InvalidArgument(format!("peer_listen {listen:?} is not an address:port"))
     })?;
-    let tls = lockbox_tls::ReloadableServerConfig::load(files)
-        .map_err(|e| CustodyError::InvalidArgument(format!("tls: {e}")))?;
+    // The peer API serves lockboxes only: any other certificate of the CA is refused in the
+    // handshake, before it can send a byte of a request.
+    let tls =
+        lockbox_tls::ReloadableServerConfig::load_admitting(files, &[lockbox_tls::Role::Lockbox])
+            .map_err(|e| CustodyError::InvalidArgument(format!("tls: {e}")))?;
     let _reloader = lockbox_tls::reload_on_sighup(vec![tls.clone()]);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

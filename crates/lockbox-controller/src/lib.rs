@@ -124,7 +124,16 @@ pub async fn run(
         message: e.to_string(),
     })?;
     let audit = Arc::new(audit::AuditLog::open(&config.data_dir.join("audit"))?);
-    let tls = lockbox_tls::ReloadableServerConfig::load(config.tls.clone())?;
+    // Lockboxes (attestation), orchestrators and admins (grants) of this trust domain only:
+    // anything else is refused in the handshake, before it can send a request.
+    let tls = lockbox_tls::ReloadableServerConfig::load_admitting(
+        config.tls.clone(),
+        &[
+            lockbox_tls::Role::Lockbox,
+            lockbox_tls::Role::Orchestrator,
+            lockbox_tls::Role::Admin,
+        ],
+    )?;
     let reloader = lockbox_tls::reload_on_sighup(vec![tls.clone()]);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -4,8 +4,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -14,7 +19,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::files::{load_certs, load_key, load_roots};
-use crate::{ALPN_H2, SpiffeId, TlsError, TlsFiles, provider, spiffe_id_of_cert, spki_sha256};
+use crate::{
+    ALPN_H2, Role, SpiffeId, TlsError, TlsFiles, provider, spiffe_id_of_cert, spki_sha256,
+};
 
 /// A handshake that has not finished by then is dropped, so idle sockets cannot pin tasks.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +41,82 @@ struct Loaded {
     id: SpiffeId,
 }
 
+/// The client-certificate check of a server that serves some roles only: the chain is
+/// verified against the CA as usual, then the certificate's SPIFFE id must be of this server's
+/// trust domain and one of `roles`. It runs in the handshake, so a caller of another role
+/// gets a TLS `access_denied` alert and never sends a request: nothing of its is read or
+/// buffered (a caller with any cluster certificate once made a lockbox buffer hundreds of MB
+/// before its role was checked in the handler).
+#[derive(Debug)]
+struct AdmittingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    roles: Vec<Role>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for AdmittingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let refused =
+            || rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
+        let id = spiffe_id_of_cert(end_entity.as_ref()).map_err(|e| {
+            tracing::info!(error = %e, "refused at the handshake: no SPIFFE id");
+            refused()
+        })?;
+        if id.trust_domain != self.trust_domain || !self.roles.contains(&id.role) {
+            let roles: Vec<&str> = self.roles.iter().map(Role::as_str).collect();
+            tracing::info!(
+                caller = %id.uri(),
+                serves = %roles.join(","),
+                "refused at the handshake: role or trust domain not served here"
+            );
+            return Err(refused());
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The server TLS configuration: TLS 1.3 only, a client certificate chaining to the CA file
 /// is required, X25519MLKEM768 preferred. Reloadable, because certificates are short-lived
 /// and a key-custody daemon should not restart (and drop its peers) to rotate them.
@@ -42,6 +125,8 @@ struct Loaded {
 /// the three files; a failed reload leaves it untouched.
 pub struct ReloadableServerConfig {
     files: TlsFiles,
+    /// The roles served, when not every role of the CA.
+    admit: Option<Vec<Role>>,
     current: RwLock<Loaded>,
 }
 
@@ -54,7 +139,7 @@ impl std::fmt::Debug for ReloadableServerConfig {
     }
 }
 
-fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
+fn build(files: &TlsFiles, admit: Option<&[Role]>) -> Result<Loaded, TlsError> {
     let provider = provider();
     let chain = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
@@ -67,6 +152,14 @@ fn build(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let id = spiffe_id_of_cert(leaf)?;
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier: Arc<dyn ClientCertVerifier> = match admit {
+        None => verifier,
+        Some(roles) => Arc::new(AdmittingVerifier {
+            inner: verifier,
+            roles: roles.to_vec(),
+            trust_domain: id.trust_domain.clone(),
+        }),
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Config {
@@ -91,9 +184,21 @@ impl ReloadableServerConfig {
     /// Reads certificate, key and CA once; fails if any is missing, malformed or mismatched,
     /// so a daemon refuses to start with a broken identity.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let loaded = build(&files)?;
+        Self::load_inner(files, None)
+    }
+
+    /// [`ReloadableServerConfig::load`] for a server that serves `roles` of its own trust
+    /// domain only: any other client is refused in the TLS handshake (an `access_denied`
+    /// alert), before it can send a request.
+    pub fn load_admitting(files: TlsFiles, roles: &[Role]) -> Result<Arc<Self>, TlsError> {
+        Self::load_inner(files, Some(roles.to_vec()))
+    }
+
+    fn load_inner(files: TlsFiles, admit: Option<Vec<Role>>) -> Result<Arc<Self>, TlsError> {
+        let loaded = build(&files, admit.as_deref())?;
         Ok(Arc::new(ReloadableServerConfig {
             files,
+            admit,
             current: RwLock::new(loaded),
         }))
     }
@@ -101,7 +206,7 @@ impl ReloadableServerConfig {
     /// Re-reads the three files. New connections use the new config; established ones keep
     /// theirs. On failure the old config stays in use and the error is returned.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let loaded = build(&self.files)?;
+        let loaded = build(&self.files, self.admit.as_deref())?;
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         *current = loaded;
         Ok(())

@@ -629,22 +629,31 @@ fn peers_without_a_lockbox_certificate_of_the_cluster_ca_are_refused() {
     let e = rogue.identity(&s.url, "host-b").unwrap_err();
     assert!(e.chain.contains("UnknownIssuer"), "{e}");
 
-    // A certificate of the cluster CA, but not a lockbox's (the orchestrator's).
+    // A certificate of the cluster CA, but not a lockbox's (the orchestrator's): refused in
+    // the handshake (an access_denied alert), before a request, so nothing of it is read,
+    // buffered or audited.
     let cinder = lockbox_tls::TlsFiles {
         cert: s.c.cinder.cert.clone(),
         key: s.c.cinder.key.clone(),
         ca: s.c.cinder.ca.clone(),
     };
     let rogue = Rogue::new(cinder, "cinder");
-    let e = rogue.identity(&s.url, "host-b").unwrap_err();
-    assert_eq!(e.code, tonic::Code::PermissionDenied, "{e}");
-    assert!(e.message.contains("serves lockboxes"), "{e}");
-    let b = s.batch(&grant, &keys);
-    let e = rogue
-        .deliver(&s.url, "host-b", &grant, &s.attestation, vec![b])
-        .unwrap_err();
-    assert_eq!(e.code, tonic::Code::PermissionDenied, "{e}");
+    let audits = s.b().status()["audit_records"].clone();
+    for _ in 0..3 {
+        let e = rogue.identity(&s.url, "host-b").unwrap_err();
+        assert_transport_refusal(&e);
+        let b = s.batch(&grant, &keys);
+        let e = rogue
+            .deliver(&s.url, "host-b", &grant, &s.attestation, vec![b])
+            .unwrap_err();
+        assert_transport_refusal(&e);
+    }
     assert_untouched(s.b(), 0, &keys);
+    assert_eq!(s.b().status()["audit_records"], audits);
+    assert!(
+        s.b().log_contents().contains("refused at the handshake"),
+        "host-b logs why it refused"
+    );
 
     s.deliver_correctly(&grant, &keys);
 }
