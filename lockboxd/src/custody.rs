@@ -45,7 +45,6 @@ mod txn;
 pub use backup::{ExportedBackup, RestoreSource, Restored};
 pub use grants::{GrantRole, StoredReceipt};
 pub use lifecycle::{init, read_keyfile};
-pub(crate) use model::quote;
 pub use model::{
     AuditReport, AuditView, Caller, CloneMode, Destroyed, KeyInfo, KeyMeta, KeyState, Material,
     MovedTo, NodeStatus, Origin, OriginKind, Released, Rotated, VersionMeta, VersionState,

@@ -483,71 +483,28 @@ impl Lockbox for LocalApi {
     ) -> R<pb::RestoreBackupResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let source = custody::RestoreSource {
-            source_node: r.source_node,
-            created_unix_ms: r.created_unix_ms,
-            backup_sha256: r.backup_sha256,
-        };
-        // The request's buffers move into SecretBytes without another copy (prost's decode
-        // buffer is out of reach, as for GetKey's reply).
-        let contents = lockbox_crypto::BackupContents {
-            materials: r.materials.into_iter().map(SecretBytes::new).collect(),
-            keys: r
-                .keys
-                .into_iter()
-                .map(restore_key_from_pb)
-                .collect::<Result<_, Status>>()?,
-        };
-        let done = self.custody.restore_backup(&who, contents, &source).await?;
+        if !r.keys.is_empty()
+            || !r.materials.is_empty()
+            || !r.source_node.is_empty()
+            || r.created_unix_ms != 0
+            || !r.backup_sha256.is_empty()
+            || r.backup.is_empty()
+        {
+            return Err(Status::invalid_argument(
+                "invalid argument: a restore sends the backup file and the identity that opens \
+                 it (lockboxd opens it: what it imports and the provenance it audits come from \
+                 an authenticated backup); keys or provenance from the caller are refused \
+                 (a lockboxctl older than this lockboxd sends them: upgrade it)",
+            ));
+        }
+        let identity = zeroize::Zeroizing::new(r.identity);
+        let done = self
+            .custody
+            .restore_backup(&who, &r.backup, &identity)
+            .await?;
         Ok(Response::new(pb::RestoreBackupResponse {
             restored: done.restored,
             skipped: done.skipped,
         }))
     }
-}
-
-fn restore_key_from_pb(k: pb::RestoreKey) -> Result<lockbox_crypto::BackupKey, Status> {
-    use lockbox_crypto::BackupVersionState as S;
-    let origin = k.origin.unwrap_or_default();
-    let versions = k
-        .versions
-        .into_iter()
-        .map(|v| {
-            let state = match v.state.as_str() {
-                "active" => S::Active,
-                "rekeying" => S::Rekeying,
-                "retired" => S::Retired,
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "invalid argument: key {} version {}: state {} is not active, \
-                         rekeying or retired",
-                        crate::custody::quote(&k.key_id),
-                        v.version,
-                        crate::custody::quote(other)
-                    )));
-                }
-            };
-            Ok(lockbox_crypto::BackupVersion {
-                version: v.version,
-                state,
-                created_unix_ms: v.created_unix_ms,
-                material: v.material,
-            })
-        })
-        .collect::<Result<_, Status>>()?;
-    Ok(lockbox_crypto::BackupKey {
-        labels: labels(k.labels),
-        created_unix_ms: k.created_unix_ms,
-        origin: lockbox_crypto::BackupOrigin {
-            kind: origin.kind,
-            from_key_id: origin.from_key_id,
-            from_node: origin.from_node,
-            grant_id: origin.grant_id,
-        },
-        clone_policy: k.clone_policy,
-        replica: k.replica,
-        current_version: k.current_version,
-        versions,
-        key_id: k.key_id,
-    })
 }

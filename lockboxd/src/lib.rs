@@ -140,6 +140,9 @@ async fn start_peer_api(
 /// The longest a peer request may take, a whole delivery included: an evacuation of a large
 /// lockbox streams for minutes; a source that stalls is cut off after this.
 const PEER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// The largest message on the Unix socket: a backup file of the largest size, with room for
+/// the identity and framing.
+const LOCAL_MAX_MESSAGE: usize = lockbox_crypto::MAX_BACKUP_LEN + (1 << 20);
 /// The longest a request on the Unix socket may take (a backup of a large lockbox included).
 const LOCAL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
@@ -224,8 +227,9 @@ pub async fn run(
             attestor.clone(),
             transfers.clone(),
         ))
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20),
+        // A restore carries a whole backup file (at most MAX_BACKUP_LEN) and its identity.
+        .max_decoding_message_size(LOCAL_MAX_MESSAGE)
+        .max_encoding_message_size(LOCAL_MAX_MESSAGE),
         authorize(access.clone()),
     );
 

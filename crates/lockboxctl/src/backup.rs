@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use lockbox_crypto::{
-    BackupIdentity, BackupRecipient, BackupVersionState, MAX_BACKUP_LEN, RECIPIENT_PREFIX,
-    open_backup,
+    BackupIdentity, BackupRecipient, MAX_BACKUP_LEN, RECIPIENT_PREFIX, open_backup,
 };
 use lockbox_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::out::outln;
@@ -130,14 +128,6 @@ fn resolve_recipient(arg: &str) -> Result<Vec<BackupRecipient>> {
     Ok(found)
 }
 
-fn state_name(s: BackupVersionState) -> &'static str {
-    match s {
-        BackupVersionState::Active => "active",
-        BackupVersionState::Rekeying => "rekeying",
-        BackupVersionState::Retired => "retired",
-    }
-}
-
 /// `backup keygen` (needs no daemon).
 pub fn keygen(output: &Path, j: bool) -> Result<()> {
     let public = pub_path(output);
@@ -228,54 +218,16 @@ pub async fn restore(socket: &Path, file: &Path, identity_path: &Path, j: bool) 
         std::fs::read(file).with_context(|| format!("reading backup {}", file.display()))?;
     let opened = open_backup(&identity, &bytes)
         .map_err(|e| anyhow!("backup {} refused, nothing imported: {e}", file.display()))?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+    // Opened here first so that a wrong file or identity is refused without the daemon; then
+    // lockboxd opens it again itself: what it imports, and the provenance its audit record
+    // gives, come from the authenticated file, not from what a client says.
     let source_node = opened.header.source_node.clone();
-    let contents = opened.contents;
-    // The request holds copies prost will drop unwiped: plaintext crosses only this Unix
-    // socket, as `key get` does.
+    drop(opened);
     let request = pb::RestoreBackupRequest {
-        materials: contents
-            .materials
-            .iter()
-            .map(|m| m.expose_secret().to_vec())
-            .collect(),
-        keys: contents
-            .keys
-            .iter()
-            .map(|k| pb::RestoreKey {
-                key_id: k.key_id.clone(),
-                labels: k
-                    .labels
-                    .iter()
-                    .map(|(a, b)| (a.clone(), b.clone()))
-                    .collect(),
-                created_unix_ms: k.created_unix_ms,
-                origin: Some(pb::Origin {
-                    kind: k.origin.kind.clone(),
-                    from_key_id: k.origin.from_key_id.clone(),
-                    from_node: k.origin.from_node.clone(),
-                    grant_id: k.origin.grant_id.clone(),
-                }),
-                clone_policy: k.clone_policy.clone(),
-                replica: k.replica,
-                current_version: k.current_version,
-                versions: k
-                    .versions
-                    .iter()
-                    .map(|v| pb::RestoreKeyVersion {
-                        version: v.version,
-                        state: state_name(v.state).into(),
-                        created_unix_ms: v.created_unix_ms,
-                        material: v.material,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        source_node: source_node.clone(),
-        created_unix_ms: opened.header.created_unix_ms,
-        backup_sha256: sha,
+        backup: bytes,
+        identity: text.to_string(),
+        ..Default::default()
     };
-    drop(contents);
     let mut c = crate::connect(socket).await?;
     let r = c
         .restore_backup(request)

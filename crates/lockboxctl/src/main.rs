@@ -358,10 +358,12 @@ async fn connect(socket: &std::path::Path) -> Result<LockboxClient<Channel>> {
             socket.display()
         )
     })?;
-    // Backups travel in one message each way; lockboxd accepts up to 64 MiB too.
+    // Backups travel in one message each way: a whole backup file (at most MAX_BACKUP_LEN)
+    // and its identity, as lockboxd accepts.
+    let max = lockbox_crypto::MAX_BACKUP_LEN + (1 << 20);
     Ok(LockboxClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max))
 }
 
 fn read_secret_line(file: Option<&PathBuf>) -> Result<Zeroizing<Vec<u8>>> {

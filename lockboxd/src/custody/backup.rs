@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lockbox_crypto::SecretBytes;
 use lockbox_store::Ns;
+use sha2::{Digest, Sha256};
 
 use super::model::{
     Caller, KeyMeta, KeyState, Material, Origin, OriginKind, VersionMeta, VersionState,
@@ -36,7 +37,7 @@ pub struct ExportedBackup {
 }
 
 /// Where a backup being restored came from, for the audit record (from its authenticated
-/// header, as the client read it).
+/// header, as lockboxd read it).
 #[derive(Debug, Clone, Default)]
 pub struct RestoreSource {
     /// The node that sealed it.
@@ -287,13 +288,34 @@ impl Custody {
     /// or moved tombstone refuses the whole restore (nothing is imported). Restored keys keep
     /// their ids, labels, origin, versions and states, and key ids that shared a material in
     /// the backup share one material here (also with a skipped key that holds it).
+    ///
+    /// Only what the backup holds is imported, and its provenance comes from the backup's
+    /// authenticated header: lockboxd opens the file itself with the identity it is handed
+    /// (a caller once imported keys no backup held, with a made-up source node and file hash).
     pub async fn restore_backup(
         &self,
         caller: &Caller,
-        contents: BackupContents,
-        source: &RestoreSource,
+        backup: &[u8],
+        identity: &str,
     ) -> Result<Restored> {
-        let res = self.restore_inner(caller, contents, source).await;
+        let res = async {
+            self.unlocked()?;
+            if backup.len() > lockbox_crypto::MAX_BACKUP_LEN {
+                return Err(CustodyError::Backup(
+                    lockbox_crypto::BackupError::TooLarge { got: backup.len() },
+                ));
+            }
+            let identity = lockbox_crypto::BackupIdentity::from_file_text(identity)?;
+            let opened = lockbox_crypto::open_backup(&identity, backup)?;
+            drop(identity);
+            let source = RestoreSource {
+                source_node: opened.header.source_node.clone(),
+                created_unix_ms: opened.header.created_unix_ms,
+                backup_sha256: hex::encode(Sha256::digest(backup)),
+            };
+            self.restore_inner(caller, opened.contents, &source).await
+        }
+        .await;
         self.audited(caller, "backup-restore", "", res).await
     }
 

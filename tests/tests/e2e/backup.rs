@@ -437,3 +437,63 @@ fn export_refuses_bad_recipients_and_needs_one() {
     assert!(!out_plain.status.success(), "--recipient is required");
     assert!(!out.exists(), "nothing written on a refusal");
 }
+
+/// A restore imports only what an authenticated backup holds, with the provenance its header
+/// gives: keys sent by a client beside a made-up source node and file hash (what a restore
+/// request once was) are refused, import nothing and are audited as refused.
+#[test]
+fn a_restore_without_a_backup_file_is_refused_and_imports_nothing() {
+    let node = Node::keyfile();
+    let forged_id = "0b6a3f1e-8f7c-4c2e-9a51-2d7b1c4e5f60";
+    let request = lockbox_proto::v1::RestoreBackupRequest {
+        materials: vec![vec![7; 32]],
+        keys: vec![lockbox_proto::v1::RestoreKey {
+            key_id: forged_id.into(),
+            origin: Some(lockbox_proto::v1::Origin {
+                kind: "received".into(),
+                from_node: "host-evil".into(),
+                ..Default::default()
+            }),
+            replica: true,
+            current_version: 1,
+            versions: vec![lockbox_proto::v1::RestoreKeyVersion {
+                version: 1,
+                state: "active".into(),
+                created_unix_ms: 1,
+                material: 0,
+            }],
+            ..Default::default()
+        }],
+        source_node: "host-evil".into(),
+        created_unix_ms: 1,
+        backup_sha256: "00".repeat(32),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = node.socket();
+    let e = rt
+        .block_on(async {
+            let channel =
+                tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            lockbox_proto::v1::lockbox_client::LockboxClient::new(channel)
+                .restore_backup(request)
+                .await
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(
+        e.message()
+            .contains("keys or provenance from the caller are refused"),
+        "{e}"
+    );
+    assert_eq!(node.status()["key_count"], json!(0));
+    let err = node.ctl_err(&["key", "describe", forged_id]);
+    assert!(err.contains("unknown key"), "{err}");
+}

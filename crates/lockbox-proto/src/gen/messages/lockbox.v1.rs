@@ -677,19 +677,26 @@ pub struct RestoreKey {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RestoreBackupRequest {
-    /// Plaintext materials, referenced by index from the keys' versions (shared materials once).
+    /// Fields 1-5 are what earlier clients sent: keys they opened themselves and the provenance
+    /// they reported. lockboxd refuses them now: what it imports and what its audit record says
+    /// must come from an authenticated backup, which it opens itself (fields 6 and 7).
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub materials: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     #[prost(message, repeated, tag = "2")]
     pub keys: ::prost::alloc::vec::Vec<RestoreKey>,
-    /// From the backup's authenticated header, for the audit record.
     #[prost(string, tag = "3")]
     pub source_node: ::prost::alloc::string::String,
     #[prost(uint64, tag = "4")]
     pub created_unix_ms: u64,
-    /// Hex SHA-256 of the backup file, for the audit record.
     #[prost(string, tag = "5")]
     pub backup_sha256: ::prost::alloc::string::String,
+    /// The backup file, whole (at most 64 MiB).
+    #[prost(bytes = "vec", tag = "6")]
+    pub backup: ::prost::alloc::vec::Vec<u8>,
+    /// The recovery identity that opens it (`lockboxctl backup keygen`'s file text). A secret:
+    /// it crosses only this Unix socket and lockboxd wipes it after use.
+    #[prost(string, tag = "7")]
+    pub identity: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RestoreBackupResponse {
