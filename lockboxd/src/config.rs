@@ -533,6 +533,12 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("db")
     }
+
+    /// The audit watermark: the last checkpointed audit record, sealed, outside the store
+    /// (`custody::txn`), so that a store that lost its tail refuses to unseal.
+    pub fn watermark_path(&self) -> PathBuf {
+        self.data_dir.join("audit-watermark")
+    }
 }
 
 #[cfg(test)]

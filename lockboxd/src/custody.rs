@@ -56,6 +56,9 @@ use txn::WriteState;
 const NODE_SIGNING: &[u8] = b"signing";
 const NODE_HPKE: &[u8] = b"hpke";
 const NODE_AUDIT_HEAD: &[u8] = b"audit-head";
+/// The record id the audit watermark file is sealed under (kind `AuditHead`, so neither can
+/// stand in for the other).
+const AUDIT_WATERMARK: &[u8] = b"audit-watermark";
 const NODE_KEY_COUNT: &[u8] = b"key-count";
 const NODE_DESTROYS: &[u8] = b"destroys-since-rotation";
 
@@ -85,6 +88,8 @@ pub struct Custody {
     node_id: String,
     store: Store,
     keyring_path: PathBuf,
+    /// Where the sealed audit watermark is written after each durable checkpoint.
+    watermark_path: PathBuf,
     keyfile_path: PathBuf,
     keyring: RwLock<Keyring>,
     policy: Policy,

@@ -114,6 +114,11 @@ pub enum CustodyError {
         /// The grant id (hex).
         grant_id: String,
     },
+    /// The audit log is behind what was recorded of it (its sealed head, or the watermark file
+    /// written at checkpoints): records were lost or removed. The node refuses to unseal
+    /// rather than serve an older state (docs/operations.md, "Audit log rolled back").
+    #[error("refusing to unseal: {0}")]
+    AuditRolledBack(String),
     /// A restore would overwrite or contradict a key here; nothing was imported.
     #[error("restore refused, nothing imported: key {key_id} {why}")]
     RestoreConflict {
@@ -138,7 +143,9 @@ impl From<CustodyError> for tonic::Status {
             CustodyError::AlreadyExists(_) => Code::AlreadyExists,
             CustodyError::CloneRefused { .. } => Code::PermissionDenied,
             CustodyError::WrongState { .. } => Code::FailedPrecondition,
-            CustodyError::Record { .. } | CustodyError::Corrupt(_) => Code::DataLoss,
+            CustodyError::Record { .. }
+            | CustodyError::Corrupt(_)
+            | CustodyError::AuditRolledBack(_) => Code::DataLoss,
             CustodyError::Grant(lockbox_crypto::GrantError::Malformed(_)) => Code::InvalidArgument,
             CustodyError::Grant(lockbox_crypto::GrantError::AlreadyConsumed(_)) => {
                 Code::AlreadyExists

@@ -77,7 +77,7 @@ impl Custody {
                 ),
             ),
         )?;
-        let applied = txn.apply()?;
+        let mut applied = txn.apply()?;
         let mut kek_rotated = false;
         if shredded && self.rotation_due(&applied.state()) {
             applied.durable_locked().await?;

@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 use super::model::{Caller, NodeStatus};
 use super::txn::{Event, WriteState, seal_head};
 use super::{
-    Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_HPKE, NODE_KEY_COUNT, NODE_SIGNING, Unlocked,
-    decode_u64, io_err, now_ms,
+    AUDIT_WATERMARK, Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_HPKE, NODE_KEY_COUNT,
+    NODE_SIGNING, Unlocked, decode_u64, io_err, now_ms,
 };
 use crate::config::{Config, Policy};
 use crate::error::{CustodyError, Result};
@@ -226,6 +226,7 @@ impl Custody {
             node_id: config.node_id.clone(),
             store,
             keyring_path,
+            watermark_path: config.watermark_path(),
             keyfile_path: config.unseal.keyfile.clone(),
             keyring: RwLock::new(keyring),
             policy: policy.clone(),
@@ -304,13 +305,64 @@ impl Custody {
         seq.copy_from_slice(&p[..8]);
         let seq = u64::from_be_bytes(seq);
         if seq > ws.audit_seq {
-            tracing::error!(
-                head = seq,
-                last = ws.audit_seq,
-                "audit log is shorter than its sealed head: records were removed"
-            );
+            return Err(CustodyError::AuditRolledBack(format!(
+                "the audit log ends at record {} but its sealed head names record {seq}: records \
+                 were removed",
+                ws.audit_seq
+            )));
         }
-        Ok(())
+        self.check_watermark(ws, u)
+    }
+
+    /// The audit watermark (a file beside the store, written after each durable checkpoint)
+    /// must not be ahead of the log, and the record it names must be the one it recorded: a
+    /// store that lost its tail, or a database rolled back to an older copy while the data dir
+    /// kept its files, refuses to unseal instead of silently serving the older state.
+    fn check_watermark(&self, ws: &WriteState, u: &Unlocked) -> Result<()> {
+        let sealed = match std::fs::read(&self.watermark_path) {
+            Ok(b) => b,
+            // Data dirs of earlier releases, and nodes that never checkpointed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&self.watermark_path)(e)),
+        };
+        let plain = u
+            .unsealed
+            .open(RecordKind::AuditHead, AUDIT_WATERMARK, &sealed)
+            .map_err(|source| CustodyError::Record {
+                what: "audit watermark",
+                id: self.watermark_path.display().to_string(),
+                source,
+            })?;
+        let p = plain.expose_secret();
+        let (Some(seq), Some(hash)) = (
+            p.get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes),
+            p.get(8..40),
+        ) else {
+            return Err(CustodyError::Corrupt(
+                "the audit watermark has a bad length".into(),
+            ));
+        };
+        let path = self.watermark_path.display();
+        if seq > ws.audit_seq {
+            return Err(CustodyError::AuditRolledBack(format!(
+                "the audit log ends at record {} but {path} recorded record {seq} at a \
+                 checkpoint: the store lost records it had made durable",
+                ws.audit_seq
+            )));
+        }
+        let recorded = self
+            .store
+            .get(Ns::Audit, &seq.to_be_bytes())?
+            .map(|b| lockbox_crypto::AuditEntry::decode(&b).map(|e| e.hash()));
+        match recorded {
+            Some(Ok(h)) if h.as_slice() == hash => Ok(()),
+            _ => Err(CustodyError::AuditRolledBack(format!(
+                "audit record {seq} is not the one {path} recorded at a checkpoint: the log \
+                 was rewritten or rolled back"
+            ))),
+        }
     }
 
     pub(super) fn open_node(
@@ -356,7 +408,8 @@ impl Custody {
         }
         // Sealed, the batch is empty and nothing is written; either way the lock is held
         // until the flush is done, so nothing is written after the final checkpoint.
-        let applied = txn.apply()?;
+        let mut applied = txn.apply()?;
+        applied.durable_locked().await?;
         self.store.flush_blocking()?;
         drop(applied);
         Ok(())

@@ -159,7 +159,7 @@ impl Custody {
         txn.audit(Some(&unlocked), caller, Event::ok("kek-rotate", "", detail))?;
         txn.checkpoint(&unlocked)?;
         // The lock stays held until the keyring no longer holds the old KEK.
-        let applied = txn.apply()?;
+        let mut applied = txn.apply()?;
         applied.durable_locked().await?;
         // Every record is now under the new KEK: drop the old ones from the keyring, which is
         // what makes destroyed material (still in the log-structured store) undecryptable.

@@ -312,7 +312,7 @@ impl Custody {
                 ),
             ),
         )?;
-        let applied = txn.apply()?;
+        let mut applied = txn.apply()?;
         if shredded && self.rotation_due(&applied.state()) {
             applied.durable_locked().await?;
             self.rotate_locked(applied.next(), caller, "shred after move")

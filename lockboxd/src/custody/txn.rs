@@ -18,7 +18,9 @@ use lockbox_store::{Batch, Ns};
 use tokio::sync::MutexGuard;
 
 use super::model::Caller;
-use super::{Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_KEY_COUNT, Unlocked, now_ms};
+use super::{
+    AUDIT_WATERMARK, Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_KEY_COUNT, Unlocked, now_ms,
+};
 use crate::error::{CustodyError, Result};
 
 /// The most an audit record's detail holds (bytes): a refusal quotes short prefixes of what
@@ -111,12 +113,22 @@ impl<'e> Event<'e> {
 /// The audit head sealed under the current KEK: what lets `unseal` and `audit verify` notice
 /// a removed or edited tail of the chain.
 pub(super) fn seal_head(unsealed: &Unsealed, seq: u64, hash: &[u8; 32]) -> Result<Vec<u8>> {
+    seal_position(unsealed, NODE_AUDIT_HEAD, seq, hash)
+}
+
+/// A position in the audit chain (sequence and hash), sealed under the current KEK as `id`.
+pub(super) fn seal_position(
+    unsealed: &Unsealed,
+    id: &[u8],
+    seq: u64,
+    hash: &[u8; 32],
+) -> Result<Vec<u8>> {
     let mut plain = Vec::with_capacity(40);
     plain.extend_from_slice(&seq.to_be_bytes());
     plain.extend_from_slice(hash);
     Ok(unsealed
         .current_kek()
-        .seal(RecordKind::AuditHead, NODE_AUDIT_HEAD, &plain)?)
+        .seal(RecordKind::AuditHead, id, &plain)?)
 }
 
 /// One mutation under the writer lock (see the module doc).
@@ -126,6 +138,8 @@ pub(super) struct WriteTxn<'a> {
     ws: Option<MutexGuard<'a, WriteState>>,
     before: WriteState,
     batch: Batch,
+    /// The audit watermark to write once the batch is durable (set by a checkpoint).
+    watermark: Option<Vec<u8>>,
 }
 
 impl Custody {
@@ -142,6 +156,7 @@ impl<'a> WriteTxn<'a> {
             before: *ws,
             ws: Some(ws),
             batch: Batch::new(),
+            watermark: None,
         }
     }
 
@@ -220,7 +235,7 @@ impl<'a> WriteTxn<'a> {
         self.push_entry(entry);
         if let Some(u) = unlocked {
             if self.state().audit_seq.is_multiple_of(CHECKPOINT_EVERY) {
-                self.push_checkpoint(u);
+                self.push_checkpoint(u)?;
             }
             self.put_head(u)?;
         }
@@ -230,7 +245,7 @@ impl<'a> WriteTxn<'a> {
     /// Signs a checkpoint of the chain so far and moves the sealed head to it (seal, clean
     /// shutdown, the end of a KEK rotation).
     pub fn checkpoint(&mut self, u: &Unlocked) -> Result<()> {
-        self.push_checkpoint(u);
+        self.push_checkpoint(u)?;
         self.put_head(u)
     }
 
@@ -249,8 +264,9 @@ impl<'a> WriteTxn<'a> {
         ws.audit_hash = entry.hash();
     }
 
-    /// Appends a checkpoint entry signing the chain so far with the node's identity key.
-    fn push_checkpoint(&mut self, u: &Unlocked) {
+    /// Appends a checkpoint entry signing the chain so far with the node's identity key, and
+    /// seals the watermark that is written outside the store once the batch is durable.
+    fn push_checkpoint(&mut self, u: &Unlocked) -> Result<()> {
         let ws = self.state();
         let seq = ws.audit_seq + 1;
         let entry = AuditEntry {
@@ -267,6 +283,14 @@ impl<'a> WriteTxn<'a> {
             checkpoint: Some(sign_checkpoint(&u.signing, seq, &ws.audit_hash)),
         };
         self.push_entry(entry);
+        let ws = self.state();
+        self.watermark = Some(seal_position(
+            &u.unsealed,
+            AUDIT_WATERMARK,
+            ws.audit_seq,
+            &ws.audit_hash,
+        )?);
+        Ok(())
     }
 
     /// Applies the batch (visible to readers, not yet durable), keeping the lock. On failure
@@ -285,6 +309,7 @@ impl<'a> WriteTxn<'a> {
             );
         }
         let batch = std::mem::take(&mut self.batch);
+        let watermark = self.watermark.take();
         let custody = self.custody;
         let generation = if batch.is_empty() {
             0
@@ -307,6 +332,7 @@ impl<'a> WriteTxn<'a> {
             custody,
             ws,
             generation,
+            watermark,
         })
     }
 
@@ -333,6 +359,8 @@ pub(super) struct Applied<'a> {
     custody: &'a Custody,
     ws: MutexGuard<'a, WriteState>,
     generation: u64,
+    /// Written once the batch is durable, never before (it must not run ahead of the store).
+    watermark: Option<Vec<u8>>,
 }
 
 impl<'a> Applied<'a> {
@@ -352,15 +380,21 @@ impl<'a> Applied<'a> {
             custody,
             ws,
             generation,
+            watermark,
         } = self;
         drop(ws);
-        Ok(custody.store.durable(generation).await?)
+        custody.store.durable(generation).await?;
+        custody.write_watermark(watermark.as_deref());
+        Ok(())
     }
 
     /// Waits until the batch is durable, keeping the lock (before a rotation that must not
     /// run ahead of it).
-    pub async fn durable_locked(&self) -> Result<()> {
-        Ok(self.custody.store.durable(self.generation).await?)
+    pub async fn durable_locked(&mut self) -> Result<()> {
+        self.custody.store.durable(self.generation).await?;
+        self.custody
+            .write_watermark(self.watermark.take().as_deref());
+        Ok(())
     }
 
     /// A new transaction under the same lock.
@@ -370,6 +404,21 @@ impl<'a> Applied<'a> {
 }
 
 impl Custody {
+    /// Writes the sealed audit watermark (after the batch holding its checkpoint is durable).
+    /// A failure is logged, not returned: the mutation it follows is durable and answered;
+    /// the watermark only lags (the rollback check is then against an older checkpoint).
+    fn write_watermark(&self, sealed: Option<&[u8]>) {
+        if let Some(sealed) = sealed
+            && let Err(e) = lockbox_store::write_file_atomic(&self.watermark_path, sealed, 0o600)
+        {
+            tracing::error!(
+                error = %e,
+                path = %self.watermark_path.display(),
+                "cannot write the audit watermark"
+            );
+        }
+    }
+
     /// Records a refused request (DESIGN.md invariant 5: a refusal changes nothing but gets an
     /// audit record). Best effort: a failure to audit a refusal is logged, not returned.
     pub(super) async fn audit_refusal(

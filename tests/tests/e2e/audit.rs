@@ -208,3 +208,41 @@ fn refusals_quote_a_short_prefix_and_every_record_is_capped() {
     }
     assert_verifies(&node);
 }
+
+/// A store rolled back to an older copy (its records and its sealed head consistent with each
+/// other) while the data dir kept its audit watermark: the node refuses to unseal, naming the
+/// watermark, instead of serving the older state (an acknowledged key gone and `audit verify`
+/// content with it). Put back, the store serves again. (A destroy in between would have
+/// rotated the KEK, and the old copy would not open at all.)
+#[test]
+fn a_store_rolled_back_behind_its_audit_watermark_refuses_to_unseal() {
+    let mut node = Node::keyfile();
+    let kept = node.create_key(&[]);
+    node.stop();
+    let old = tempfile::tempdir().unwrap();
+    lockbox_tests::copy_dir(&node.data_dir().join("db"), old.path());
+
+    node.spawn_ready();
+    node.ctl_json(&["key", "rekey", &kept]);
+    let acknowledged = node.create_key(&[]);
+    node.stop(); // a clean stop checkpoints and writes the watermark
+    assert!(node.data_dir().join("audit-watermark").is_file());
+    let current = tempfile::tempdir().unwrap();
+    lockbox_tests::copy_dir(&node.data_dir().join("db"), current.path());
+
+    std::fs::remove_dir_all(node.data_dir().join("db")).unwrap();
+    lockbox_tests::copy_dir(old.path(), &node.data_dir().join("db"));
+    node.spawn();
+    let status = node.wait_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success(), "lockboxd served a rolled-back store");
+    let log = node.log_contents();
+    assert!(log.contains("refusing to unseal"), "{log}");
+    assert!(log.contains("audit-watermark"), "{log}");
+
+    std::fs::remove_dir_all(node.data_dir().join("db")).unwrap();
+    lockbox_tests::copy_dir(current.path(), &node.data_dir().join("db"));
+    node.spawn_ready();
+    assert_eq!(node.describe(&kept)["state"], "rekeying");
+    node.key_bytes(&acknowledged);
+    assert_verifies(&node);
+}
