@@ -124,6 +124,7 @@ async fn start_peer_api(
     tracing::info!(%addr, "peer API listening");
     let handle = tokio::spawn(async move {
         let served = lockbox_runtime::server(PEER_REQUEST_TIMEOUT)
+            .layer(lockbox_runtime::MethodLimitsLayer::new(PEER_METHOD_LIMITS))
             .layer(settle::SettleLayer::new(store))
             .add_service(service)
             .serve_with_incoming_shutdown(tls.incoming(listener), async {
@@ -137,6 +138,10 @@ async fn start_peer_api(
     Ok((handle, stop_tx))
 }
 
+/// Request size caps of the peer API's methods: `Identity` takes an empty message; `Deliver`
+/// is a stream of batches, each bounded by the service's message limit and the delivery by
+/// `peer::MAX_DELIVERY_BYTES`.
+const PEER_METHOD_LIMITS: &[(&str, usize)] = &[("/lockbox.v1.Peer/Identity", 4096)];
 /// The longest a peer request may take, a whole delivery included: an evacuation of a large
 /// lockbox streams for minutes; a source that stalls is cut off after this.
 const PEER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);

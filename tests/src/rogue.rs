@@ -213,6 +213,33 @@ impl Rogue {
         })
     }
 
+    /// `Peer.Identity` of `peer` at `url` with a request of `bytes` bytes (padding in a field
+    /// the message does not have): what a caller does to make a server buffer.
+    pub fn oversized_identity(
+        &self,
+        url: &str,
+        peer: &str,
+        bytes: usize,
+    ) -> Result<(), RogueError> {
+        self.run(async {
+            let ch = self
+                .channel(url, Expect::named(Role::Lockbox, peer))
+                .await?;
+            let mut grpc = tonic::client::Grpc::new(ch).max_encoding_message_size(usize::MAX);
+            grpc.ready().await.map_err(connect_error)?;
+            let codec = tonic_prost::ProstCodec::<Padding, pb::SignedAttestation>::default();
+            grpc.unary(
+                tonic::Request::new(Padding {
+                    pad: vec![0x5a; bytes],
+                }),
+                tonic::codegen::http::uri::PathAndQuery::from_static("/lockbox.v1.Peer/Identity"),
+                codec,
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     /// The HPKE public key in `peer`'s attestation, fetched from its peer API.
     pub fn peer_hpke_key(&self, url: &str, peer: &str) -> [u8; 32] {
         let att = self
@@ -331,4 +358,11 @@ impl Rogue {
             Ok(PeerClient::new(ch).deliver(stream).await?.into_inner())
         })
     }
+}
+
+/// A message of one bytes field no lockbox message has (tag 15): padding.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Padding {
+    #[prost(bytes = "vec", tag = "15")]
+    pad: Vec<u8>,
 }

@@ -166,6 +166,11 @@ pub async fn run(
     ready(addr);
     // Every request to a controller is a small signing job.
     let served = lockbox_runtime::server(std::time::Duration::from_secs(30))
+        // An attestation request is a few hundred bytes; grants name up to `max_keys` keys.
+        .layer(lockbox_runtime::MethodLimitsLayer::new(&[(
+            "/lockbox.v1.Controller/Attest",
+            16 * 1024,
+        )]))
         .add_service(server)
         .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
         .await;

@@ -7,6 +7,10 @@
 //! - exit codes follow sysexits.h where one fits, so systemd units and scripts can tell a
 //!   config mistake (do not restart) from a passing failure (restart).
 
+mod limits;
+
+pub use limits::{MethodLimits, MethodLimitsLayer};
+
 /// EX_CONFIG: the configuration is wrong; restarting will not help until it is fixed.
 pub const EXIT_CONFIG: u8 = 78;
 

@@ -805,3 +805,42 @@ fn a_keys_versions_arrive_together_or_the_delivery_is_refused() {
     assert_eq!(s.b().status()["key_count"], 2);
     assert_refusals_audited(s.b(), &[&n]);
 }
+
+/// Resident memory of a process, in KiB (`VmRSS` of /proc).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A lockbox certificate and attestation do not buy the right to make a peer buffer: a
+/// `Peer.Identity` request is capped at 4 KiB as it streams in (it takes an empty message), so
+/// eight requests announcing 60 MiB each (which once took a lockbox from 15 MB to 512 MB,
+/// kept) are refused and leave its memory where it was.
+#[test]
+fn oversized_requests_are_cut_off_without_buffering() {
+    let s = Scene::start(ClusterOptions::default());
+    let pid = s.b().pid().unwrap();
+    let before = rss_kib(pid);
+    for _ in 0..8 {
+        let e = s
+            .rogue
+            .oversized_identity(&s.url, "host-b", 60 << 20)
+            .unwrap_err();
+        assert_ne!(e.code, tonic::Code::Ok, "{e}");
+    }
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "host-b grew from {before} KiB to {after} KiB"
+    );
+    // A well-formed call still gets its answer.
+    s.rogue.identity(&s.url, "host-b").unwrap();
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    s.deliver_correctly(&grant, &keys);
+}
