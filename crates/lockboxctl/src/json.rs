@@ -251,6 +251,22 @@ pub struct GrantVerified<'a> {
     pub valid_signers: &'a [String],
 }
 
+impl<'a> GrantVerified<'a> {
+    /// The shape of a `VerifyGrant` answer.
+    pub fn new(r: &'a pb::VerifyGrantResponse) -> Self {
+        GrantVerified {
+            dest_node: &r.dest_node,
+            error: &r.error,
+            expires_unix_ms: r.expires_unix_ms,
+            grant_id: &r.grant_id,
+            key_ids: &r.key_ids,
+            ok: r.ok,
+            source_node: &r.source_node,
+            valid_signers: &r.valid_signers,
+        }
+    }
+}
+
 /// `grant inspect`: the body's fields and each signature's check.
 #[derive(Serialize)]
 pub struct GrantInspected<'a> {
@@ -710,16 +726,7 @@ mod tests {
             valid_signers: strings(&["ctl-1", "ctl-2"]),
         };
         same(
-            &GrantVerified {
-                dest_node: &r.dest_node,
-                error: &r.error,
-                expires_unix_ms: r.expires_unix_ms,
-                grant_id: &r.grant_id,
-                key_ids: &r.key_ids,
-                ok: r.ok,
-                source_node: &r.source_node,
-                valid_signers: &r.valid_signers,
-            },
+            &GrantVerified::new(&r),
             json!({
                 "ok": r.ok, "error": r.error, "grant_id": r.grant_id, "source_node": r.source_node,
                 "dest_node": r.dest_node, "key_ids": r.key_ids, "expires_unix_ms": r.expires_unix_ms,

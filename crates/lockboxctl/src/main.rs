@@ -809,16 +809,7 @@ async fn verify_grant(socket: &std::path::Path, file: &PathBuf, j: bool) -> Resu
         .await
         .map_err(|s| rpc_error(socket, s))?
         .into_inner();
-    let shape = json::GrantVerified {
-        dest_node: &r.dest_node,
-        error: &r.error,
-        expires_unix_ms: r.expires_unix_ms,
-        grant_id: &r.grant_id,
-        key_ids: &r.key_ids,
-        ok: r.ok,
-        source_node: &r.source_node,
-        valid_signers: &r.valid_signers,
-    };
+    let shape = json::GrantVerified::new(&r);
     emit(j, &shape, || {
         if r.ok {
             outln!(

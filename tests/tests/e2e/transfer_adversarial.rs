@@ -592,6 +592,23 @@ fn grants_naming_other_nodes_are_refused() {
     assert_refusals_audited(s.b(), &[wrong_source, wrong_dest]);
 }
 
+/// Three rounds of `Identity` and `Deliver` by `rogue`, each refused at the transport, leave
+/// host-b untouched: nothing reached the peer API, not even a refusal was recorded.
+fn refused_at_transport(s: &Scene, rogue: &Rogue, grant: &pb::SignedGrant, keys: &[RogueKey]) {
+    let audits = s.b().status()["audit_records"].clone();
+    for _ in 0..3 {
+        let e = rogue.identity(&s.url, "host-b").unwrap_err();
+        assert_transport_refusal(&e);
+        let b = s.batch(grant, keys);
+        let e = rogue
+            .deliver(&s.url, "host-b", grant, &s.attestation, vec![b])
+            .unwrap_err();
+        assert_transport_refusal(&e);
+    }
+    assert_untouched(s.b(), 0, keys);
+    assert_eq!(s.b().status()["audit_records"], audits);
+}
+
 #[test]
 fn peers_without_a_lockbox_certificate_of_the_cluster_ca_are_refused() {
     let s = Scene::start(ClusterOptions::default());
@@ -610,19 +627,7 @@ fn peers_without_a_lockbox_certificate_of_the_cluster_ca_are_refused() {
     let rogue = Rogue::new(mixed, "host-a");
     // (TLS 1.3: the client finishes first, so the server's alert races the first request;
     // the call sees either the alert or the closed connection.)
-    let audits = s.b().status()["audit_records"].clone();
-    for _ in 0..3 {
-        let e = rogue.identity(&s.url, "host-b").unwrap_err();
-        assert_transport_refusal(&e);
-        let b = s.batch(&grant, &keys);
-        let e = rogue
-            .deliver(&s.url, "host-b", &grant, &s.attestation, vec![b])
-            .unwrap_err();
-        assert_transport_refusal(&e);
-    }
-    assert_untouched(s.b(), 0, &keys);
-    // Nothing reached the peer API: not even a refusal was recorded.
-    assert_eq!(s.b().status()["audit_records"], audits);
+    refused_at_transport(&s, &rogue, &grant, &keys);
 
     // Trusting only its own CA, it does not even accept host-b's certificate.
     let rogue = Rogue::new(foreign, "host-a");
@@ -638,18 +643,7 @@ fn peers_without_a_lockbox_certificate_of_the_cluster_ca_are_refused() {
         ca: s.c.cinder.ca.clone(),
     };
     let rogue = Rogue::new(cinder, "cinder");
-    let audits = s.b().status()["audit_records"].clone();
-    for _ in 0..3 {
-        let e = rogue.identity(&s.url, "host-b").unwrap_err();
-        assert_transport_refusal(&e);
-        let b = s.batch(&grant, &keys);
-        let e = rogue
-            .deliver(&s.url, "host-b", &grant, &s.attestation, vec![b])
-            .unwrap_err();
-        assert_transport_refusal(&e);
-    }
-    assert_untouched(s.b(), 0, &keys);
-    assert_eq!(s.b().status()["audit_records"], audits);
+    refused_at_transport(&s, &rogue, &grant, &keys);
     assert!(
         s.b().log_contents().contains("refused at the handshake"),
         "host-b logs why it refused"
