@@ -21,6 +21,14 @@
 mod atomic_file;
 mod journal;
 
+/// Runs the strict journal check that [`Store::open`] runs before the engine opens `dir`,
+/// alone: for tools and the fuzz targets (`fuzz/`). Returns how many complete batches the
+/// journals hold, or the damage found (file and offset); it may cut an unfinished last write,
+/// as `open` does.
+pub fn check_journals(dir: &Path) -> Result<u64> {
+    journal::check(dir).map(|r| r.batches)
+}
+
 pub use atomic_file::write_file_atomic;
 
 use std::ops::Bound;
