@@ -2,15 +2,16 @@
 # lockbox in one command: a development CA, one controller and three lockboxd (host-a, host-b,
 # host-c) on loopback, then the mission end to end: a volume key on host-a, a snapshot and a
 # same-key clone, a MOVE of a volume's key to host-b under a controller-signed grant, a
-# REPLICATE to host-c, a refused replay, and `audit verify` on every node.
+# REPLICATE to host-c, a refused replay, `audit verify` on every node, and each daemon's
+# Prometheus metrics.
 #
 #   ./deploy/local-cluster.sh          # build, start, walk through, keep the cluster up (Ctrl-C stops it)
 #   ./deploy/local-cluster.sh --down   # stop a cluster left running (e.g. after --detach)
 #   ./deploy/local-cluster.sh --exit   # walk through, then stop everything (CI)
 #   ./deploy/local-cluster.sh --detach # walk through, leave the cluster running, return
 #
-# Environment: LOCKBOX_DEMO_DIR (default /tmp/lockbox-demo), LOCKBOX_DEMO_PORT (first of four
-# ports, default 17400), LOCKBOX_PROFILE (cargo profile, default release).
+# Environment: LOCKBOX_DEMO_DIR (default /tmp/lockbox-demo), LOCKBOX_DEMO_PORT (default 17400:
+# the controller on it, peer APIs on the next three, metrics on +10..+13), LOCKBOX_PROFILE (cargo profile, default release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,6 +99,8 @@ from = ["host-*"]
 to = ["host-*"]
 max_ttl = "15m"
 max_keys = 100000
+[metrics]
+listen = "127.0.0.1:$((port + 10))"
 TOML
 "$bin/lockbox-controller" --config "$work/controller.toml" init > "$work/controllers.block" 2>/dev/null
 "$bin/lockbox-controller" --config "$work/controller.toml" 2> "$work/controller.log" &
@@ -129,6 +132,8 @@ $(cat "$work/controllers.block")
 host-a = "127.0.0.1:$((port + 1))"
 host-b = "127.0.0.1:$((port + 2))"
 host-c = "127.0.0.1:$((port + 3))"
+[metrics]
+listen = "127.0.0.1:$((port + 10 + i))"
 TOML
   "$bin/lockboxd" init --config "$work/$h/lockboxd.toml" >/dev/null
   "$bin/lockboxd" --config "$work/$h/lockboxd.toml" 2> "$work/$h/lockboxd.log" &
@@ -201,6 +206,25 @@ echo "refused: $(cat "$work/replica.err")"
 say "every node's audit log: hash-chained, checkpoint-signed, verified"
 for s in "$A" "$B" "$C"; do ctl $s audit verify; done
 
+say "monitoring: each daemon serves Prometheus metrics on loopback (no key id, label or secret in them)"
+# GET /metrics with bash alone (no curl on a fresh machine).
+scrape() {
+  exec 3<>"/dev/tcp/127.0.0.1/$1"
+  printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+  cat <&3
+  exec 3<&-
+}
+for i in 1 2; do
+  h=host-a; [ $i = 2 ] && h=host-b
+  echo "\$ curl -s 127.0.0.1:$((port + 10 + i))/metrics   # $h"
+  # The series that are not 0 (every fixed series exists from the start), and sealed.
+  scrape $((port + 10 + i)) | grep -E '^lockbox_(sealed|keys|transfers_total|transferred_keys_total|grants_refused_total)' \
+    | awk '$1 == "lockbox_sealed" || $2 != 0' | sort || { echo "no metrics from $h" >&2; exit 1; }
+done
+echo "\$ curl -s 127.0.0.1:$((port + 10))/metrics   # the controller"
+scrape $((port + 10)) | grep -E '^lockbox_controller_(grants|attestations)_total' \
+  | awk '$2 != 0' | sort || { echo "no metrics from the controller" >&2; exit 1; }
+
 cat <<MSG
 
 The cluster is up (work dir $work). Try, in another shell:
@@ -210,6 +234,7 @@ The cluster is up (work dir $work). Try, in another shell:
   $bin/lockboxctl --socket \$DEMO/host-c/lockbox.sock key promote $snap
   $bin/lockboxctl --socket \$DEMO/host-a/lockbox.sock audit tail -n 10
   $bin/lockboxctl grant issue --key KEY --from host-a --to host-c --op copy $CTL
+  curl -s 127.0.0.1:$((port + 11))/metrics | promtool check metrics   # host-a's metrics
 MSG
 
 case "$mode" in

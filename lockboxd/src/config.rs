@@ -95,6 +95,9 @@ pub struct Config {
     /// `[hardening]`: process hardening at start-up (optional; defaults are safe).
     #[serde(default)]
     pub hardening: HardeningConfig,
+    /// `[metrics]`: the Prometheus endpoint (absent: off).
+    #[serde(default)]
+    pub metrics: Option<lockbox_metrics::MetricsConfig>,
 }
 
 /// `[hardening]`: how lockboxd protects its memory (see `hardening.rs`).
@@ -311,6 +314,8 @@ pub struct Policy {
     pub grant_threshold: usize,
     /// Memory locking at start-up.
     pub mlock: MlockMode,
+    /// Where `/metrics` is served (checked: loopback unless `allow_remote`); `None`: off.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -361,6 +366,13 @@ impl Config {
         if !matches!(cfg.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format", "must be \"text\" or \"json\"".into()));
         }
+        let metrics = match &cfg.metrics {
+            Some(m) => Some(
+                m.check()
+                    .map_err(|e| invalid("metrics.listen", e.to_string()))?,
+            ),
+            None => None,
+        };
         if cfg.cache_capacity_mb == 0 {
             return Err(invalid("cache_capacity_mb", "must be at least 1".into()));
         }
@@ -520,6 +532,7 @@ impl Config {
                 clock_skew,
                 grant_threshold,
                 mlock,
+                metrics,
             },
         ))
     }
@@ -529,7 +542,7 @@ impl Config {
         self.data_dir.join("keyring")
     }
 
-    /// The sled database directory.
+    /// The database directory.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("db")
     }

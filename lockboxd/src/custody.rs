@@ -60,6 +60,9 @@ const NODE_AUDIT_HEAD: &[u8] = b"audit-head";
 /// stand in for the other).
 const AUDIT_WATERMARK: &[u8] = b"audit-watermark";
 const NODE_KEY_COUNT: &[u8] = b"key-count";
+/// Key records by state (`metrics::KEY_STATES` order, four big-endian u64). Absent in data
+/// dirs of earlier releases until the first unseal counts them.
+const NODE_KEY_STATES: &[u8] = b"key-states";
 const NODE_DESTROYS: &[u8] = b"destroys-since-rotation";
 
 /// What only an unsealed lockbox holds in memory. Dropping it zeroizes every secret.
@@ -101,6 +104,7 @@ pub struct Custody {
     /// `transfer::AsRead`).
     keys_written: AtomicU64,
     started: Instant,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Custody {
@@ -151,6 +155,7 @@ impl Custody {
     }
 
     fn set_unlocked(&self, value: Option<Arc<Unlocked>>) {
+        self.metrics.set_sealed(value.is_none());
         match self.unlocked.write() {
             Ok(mut g) => *g = value,
             Err(p) => *p.into_inner() = value,
@@ -169,6 +174,11 @@ impl Custody {
             Ok(mut g) => *g = k,
             Err(p) => *p.into_inner() = k,
         }
+    }
+
+    /// The node's metrics (the daemon serves them when `[metrics]` is configured).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The node's store: the daemon waits on it for durability before answering

@@ -134,8 +134,15 @@ pub type Result<T> = std::result::Result<T, CustodyError>;
 
 impl From<CustodyError> for tonic::Status {
     fn from(e: CustodyError) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+impl CustodyError {
+    /// The gRPC status code this error is answered with (and counted under in metrics).
+    pub fn code(&self) -> tonic::Code {
         use tonic::Code;
-        let code = match &e {
+        match self {
             CustodyError::Sealed => Code::FailedPrecondition,
             CustodyError::KeyNotFound(_) | CustodyError::VersionNotFound { .. } => Code::NotFound,
             CustodyError::KeyDestroyed(_) => Code::FailedPrecondition,
@@ -171,7 +178,6 @@ impl From<CustodyError> for tonic::Status {
             }
             CustodyError::Backup(lockbox_crypto::BackupError::Crypto(_)) => Code::Internal,
             CustodyError::Backup(_) => Code::InvalidArgument,
-        };
-        tonic::Status::new(code, e.to_string())
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod grpc;
 pub mod hardening;
 mod json_bytes;
+pub mod metrics;
 mod par;
 pub mod peer;
 pub mod settle;
@@ -99,6 +100,7 @@ async fn start_peer_api(
     custody: Arc<Custody>,
     attestor: Arc<attest::Attestor>,
     trust_domain: String,
+    rpc_metrics: Option<lockbox_metrics::RpcMetrics>,
 ) -> Result<PeerServer> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         CustodyError::InvalidArgument(format!("peer_listen {listen:?} is not an address:port"))
@@ -125,6 +127,9 @@ async fn start_peer_api(
     let handle = tokio::spawn(async move {
         let served = lockbox_runtime::server(PEER_REQUEST_TIMEOUT)
             .layer(lockbox_runtime::MethodLimitsLayer::new(PEER_METHOD_LIMITS))
+            .layer(tower::util::option_layer(
+                rpc_metrics.map(|m| m.layer(lockbox_proto::PEER_METHODS)),
+            ))
             .layer(settle::SettleLayer::new(store))
             .add_service(service)
             .serve_with_incoming_shutdown(tls.incoming(listener), async {
@@ -142,6 +147,32 @@ async fn start_peer_api(
 /// is a stream of batches, each bounded by the service's message limit and the delivery by
 /// `peer::MAX_DELIVERY_BYTES`.
 const PEER_METHOD_LIMITS: &[(&str, usize)] = &[("/lockbox.v1.Peer/Identity", 4096)];
+/// Request size caps of the Unix socket's methods (bytes, enforced as the body streams in):
+/// every method but the three that carry a grant or a backup file takes labels, ids and
+/// small fields (64 labels of 1 KiB at most), far below 1 MiB; those three keep the service's
+/// limit (`LOCAL_MAX_MESSAGE`), sized for a backup file.
+const LOCAL_METHOD_LIMITS: &[(&str, usize)] = &[
+    ("/lockbox.v1.Lockbox/CreateKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/GetKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/DescribeKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/ListKeys", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/SnapshotKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/CloneKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/RekeyKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/DestroyKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/Status", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/Seal", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/Unseal", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/RotateKek", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/AuditTail", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/AuditVerify", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/PromoteKey", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/ExportBackup", LOCAL_SMALL),
+    ("/grpc.health.v1.Health/Check", LOCAL_SMALL),
+    ("/grpc.health.v1.Health/Watch", LOCAL_SMALL),
+];
+/// The cap of the socket's small methods (see `LOCAL_METHOD_LIMITS`).
+const LOCAL_SMALL: usize = 1 << 20;
 /// The longest a peer request may take, a whole delivery included: an evacuation of a large
 /// lockbox streams for minutes; a source that stalls is cut off after this.
 const PEER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
@@ -150,6 +181,39 @@ const PEER_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 const LOCAL_MAX_MESSAGE: usize = lockbox_crypto::MAX_BACKUP_LEN + (1 << 20);
 /// The longest a request on the Unix socket may take (a backup of a large lockbox included).
 const LOCAL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The methods of the Unix socket: the Lockbox service and the health check.
+static LOCAL_METHODS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let mut methods = lockbox_proto::LOCKBOX_METHODS.to_vec();
+    methods.extend([
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ]);
+    methods
+});
+
+/// Serves `/metrics` at `at`. Gauges read from live state (the attestation's expiry) are set
+/// just before each scrape; the rest are kept up to date where they change.
+async fn start_metrics(
+    at: std::net::SocketAddr,
+    custody: &Arc<Custody>,
+    attestor: Option<Arc<attest::Attestor>>,
+) -> Result<lockbox_metrics::Endpoint> {
+    let metrics = custody.metrics().clone();
+    let refresh = move || {
+        let expires = attestor
+            .as_ref()
+            .map(|a| a.status().expires_unix_ms)
+            .filter(|ms| *ms > 0);
+        metrics.set_attestation_expiry(expires);
+    };
+    let endpoint =
+        lockbox_metrics::serve(at, custody.metrics().registry(), Some(Arc::new(refresh)))
+            .await
+            .map_err(io_err(Path::new("metrics.listen")))?;
+    tracing::info!(addr = %endpoint.local_addr(), "metrics served at /metrics");
+    Ok(endpoint)
+}
 
 /// How often expired grant records are swept (also once at start-up).
 const GRANT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -177,6 +241,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let custody = Arc::new(Custody::open(&config, &policy)?);
+    custody
+        .metrics()
+        .set_memory_locked(hardening::current().memory_locked);
+    // Per-request metrics only with the endpoint on: nobody reads them otherwise.
+    let rpc_metrics = policy.metrics.map(|_| custody.metrics().rpc().clone());
     if policy.method == UnsealMethod::Keyfile {
         let secret = custody::read_keyfile(&config.unseal.keyfile)?;
         custody
@@ -210,12 +279,24 @@ pub async fn run(
         )));
         if let Some(listen) = &config.peer_listen {
             peer_server = Some(
-                start_peer_api(listen, files, custody.clone(), a.clone(), own.trust_domain).await?,
+                start_peer_api(
+                    listen,
+                    files,
+                    custody.clone(),
+                    a.clone(),
+                    own.trust_domain,
+                    rpc_metrics.clone(),
+                )
+                .await?,
             );
         }
         attestor = Some(a);
         tokio::spawn(prune_grants(custody.clone()));
     }
+    let endpoint = match policy.metrics {
+        Some(at) => Some(start_metrics(at, &custody, attestor.clone()).await?),
+        None => None,
+    };
     let listener = bind_socket(&config.socket)?;
     let access = Arc::new(Access {
         uids: config
@@ -291,6 +372,10 @@ pub async fn run(
         }
     };
     let served = lockbox_runtime::server(LOCAL_REQUEST_TIMEOUT)
+        .layer(lockbox_runtime::MethodLimitsLayer::new(LOCAL_METHOD_LIMITS))
+        .layer(tower::util::option_layer(
+            rpc_metrics.map(|m| m.layer(LOCAL_METHODS.as_slice())),
+        ))
         .layer(settle::SettleLayer::new(store))
         // Health answers only the callers every other method answers (allowed_uids/gids):
         // whether a node is sealed or failing is not for any local user.
@@ -302,6 +387,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(accept::unix_incoming(listener), stop)
         .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
     if let Some((handle, stop)) = peer_server {
         let _ = stop.send(());
         let _ = handle.await;
@@ -325,4 +413,24 @@ pub async fn run(
     closed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A method added to the socket's service is capped unless it is one of the three that
+    /// carry a grant or a backup file.
+    #[test]
+    fn every_socket_method_but_the_large_ones_is_capped() {
+        let large = [
+            "/lockbox.v1.Lockbox/VerifyGrant",
+            "/lockbox.v1.Lockbox/Transfer",
+            "/lockbox.v1.Lockbox/RestoreBackup",
+        ];
+        for m in lockbox_proto::LOCKBOX_METHODS {
+            let capped = LOCAL_METHOD_LIMITS.iter().any(|(p, _)| p == m);
+            assert_ne!(capped, large.contains(m), "{m}");
+        }
+    }
 }

@@ -133,6 +133,41 @@ impl Peer for PeerApi {
         &self,
         req: Request<Streaming<pb::DeliverRequest>>,
     ) -> Result<Response<pb::Receipt>, Status> {
+        let mut seen = Delivery::default();
+        let result = self.deliver_counted(req, &mut seen).await;
+        let outcome = match &result {
+            Ok(_) => Ok(seen.keys),
+            Err(status) => Err(status.code()),
+        };
+        self.custody
+            .metrics()
+            .transfer(crate::metrics::Role::Destination, seen.op, outcome);
+        result
+    }
+}
+
+/// What a delivery's metrics need to know of it: the grant's op (a fixed set of names) and how
+/// many keys a fresh completion stored (0 for a retry answered from the record).
+struct Delivery {
+    op: &'static str,
+    keys: u64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            op: "unspecified",
+            keys: 0,
+        }
+    }
+}
+
+impl PeerApi {
+    async fn deliver_counted(
+        &self,
+        req: Request<Streaming<pb::DeliverRequest>>,
+        seen: &mut Delivery,
+    ) -> Result<Response<pb::Receipt>, Status> {
         let source = self.caller(&req, "transfer-receive").await?;
         let spki = lockbox_tls::peer_spki_sha256(&req)
             .map_err(|e| Status::unauthenticated(format!("peer certificate: {e}")))?;
@@ -153,6 +188,9 @@ impl Peer for PeerApi {
         let grant = header
             .grant
             .ok_or_else(|| Status::invalid_argument("the header carries no grant"))?;
+        if let Ok(body) = lockbox_crypto::decode_grant_body(&grant.body) {
+            seen.op = lockbox_crypto::op_name(body.op);
+        }
         let attestation = header
             .source_attestation
             .ok_or_else(|| Status::invalid_argument("the header carries no source attestation"))?;
@@ -351,6 +389,7 @@ impl Peer for PeerApi {
             for ((key_id, version, material), meta) in opened.into_iter().zip(batch.keys) {
                 if !wanted.contains(key_id.as_str()) {
                     let e = CustodyError::Grant(lockbox_crypto::GrantError::KeyNotCovered(key_id));
+                    self.custody.metrics().grant_refused(&e);
                     return Err(fail(e).await);
                 }
                 if !received.insert((key_id.clone(), version)) {
@@ -406,11 +445,15 @@ impl Peer for PeerApi {
             return Err(fail(e).await);
         }
         crate::failpoint::pause("dest-before-store").await;
+        let fresh = keys.len() as u64;
         match self.custody.receive(&who, &verified, now, keys).await {
-            Ok(r) => Ok(Response::new(pb::Receipt {
-                body: r.body,
-                signature: r.signature,
-            })),
+            Ok(r) => {
+                seen.keys = fresh;
+                Ok(Response::new(pb::Receipt {
+                    body: r.body,
+                    signature: r.signature,
+                }))
+            }
             Err(e) => Err(fail(e).await),
         }
     }

@@ -165,6 +165,33 @@ impl Transfers {
         grant: &pb::SignedGrant,
         progress: mpsc::Sender<Progress>,
     ) -> Result<TransferOutcome, CustodyError> {
+        // The op as the body says, for the metrics' label only (a fixed set of names).
+        let op = lockbox_crypto::decode_grant_body(&grant.body)
+            .map_or("unspecified", |b| lockbox_crypto::op_name(b.op));
+        let result = self.run_counted(caller, grant, progress).await;
+        let metrics = self.custody.metrics();
+        match &result {
+            Ok(o) => {
+                let keys = if o.fresh {
+                    o.receipt.key_ids.len() as u64
+                } else {
+                    0
+                };
+                metrics.transfer(crate::metrics::Role::Source, op, Ok(keys));
+            }
+            Err(e) => {
+                metrics.transfer(crate::metrics::Role::Source, op, Err(e.code()));
+            }
+        }
+        result
+    }
+
+    async fn run_counted(
+        &self,
+        caller: &Caller,
+        grant: &pb::SignedGrant,
+        progress: mpsc::Sender<Progress>,
+    ) -> Result<TransferOutcome, CustodyError> {
         let verified = self.custody.verify_grant(grant, GrantSide::Source, None)?;
         let grant_hex = hex::encode(verified.grant_id);
         if let Some(r) = self.custody.grant_record(&verified, GrantRole::Source)? {

@@ -231,14 +231,28 @@ impl Controller {
     /// Makes this controller cosign grants issued by `others` (their `[[controllers]]`
     /// blocks join its config) and restarts it.
     pub fn trust(&mut self, others: &[&Controller]) {
+        let blocks: Vec<&str> = others.iter().map(|o| o.block.as_str()).collect();
+        self.add_config(&blocks.join("\n"));
+    }
+
+    /// Appends TOML (tables, e.g. `[metrics]`) to this controller's config and restarts it.
+    pub fn add_config(&mut self, toml: &str) {
         let mut text = fs::read_to_string(&self.config).unwrap();
-        for o in others {
-            text.push('\n');
-            text.push_str(&o.block);
-        }
+        text.push('\n');
+        text.push_str(toml);
         fs::write(&self.config, text).unwrap();
         self.stop();
         self.spawn();
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     /// SIGTERM and wait.

@@ -917,6 +917,18 @@ pub fn unique_suffix() -> String {
     )
 }
 
+/// Resident memory of a process, in KiB (`VmRSS` of /proc): tests that attack a daemon's
+/// memory check it is back near where it was.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

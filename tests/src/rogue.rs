@@ -221,10 +221,25 @@ impl Rogue {
         peer: &str,
         bytes: usize,
     ) -> Result<(), RogueError> {
+        self.oversized_call(
+            url,
+            Expect::named(Role::Lockbox, peer),
+            "/lockbox.v1.Peer/Identity",
+            bytes,
+        )
+    }
+
+    /// A call of `path` at `url` whose request is `bytes` bytes of padding (a field no message
+    /// has, so a server that reads it all decodes it as an empty request).
+    pub fn oversized_call(
+        &self,
+        url: &str,
+        expect: Expect,
+        path: &'static str,
+        bytes: usize,
+    ) -> Result<(), RogueError> {
         self.run(async {
-            let ch = self
-                .channel(url, Expect::named(Role::Lockbox, peer))
-                .await?;
+            let ch = self.channel(url, expect).await?;
             let mut grpc = tonic::client::Grpc::new(ch).max_encoding_message_size(usize::MAX);
             grpc.ready().await.map_err(connect_error)?;
             let codec = tonic_prost::ProstCodec::<Padding, pb::SignedAttestation>::default();
@@ -232,7 +247,7 @@ impl Rogue {
                 tonic::Request::new(Padding {
                     pad: vec![0x5a; bytes],
                 }),
-                tonic::codegen::http::uri::PathAndQuery::from_static("/lockbox.v1.Peer/Identity"),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
                 codec,
             )
             .await?;

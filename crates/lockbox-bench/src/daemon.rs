@@ -33,8 +33,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Makes a temp dir under /tmp, writes the config and runs `lockboxd init`.
-    pub fn init(bin: &Path, keep: bool) -> Result<Daemon> {
+    /// Makes a temp dir under /tmp, writes the config and runs `lockboxd init`. With
+    /// `metrics_port`, the config serves `/metrics` on 127.0.0.1 at that port.
+    pub fn init(bin: &Path, keep: bool, metrics_port: Option<u16>) -> Result<Daemon> {
         if !bin.is_file() {
             bail!(
                 "no lockboxd at {} (build it: cargo build --release -p lockboxd, or pass --lockboxd)",
@@ -62,6 +63,10 @@ impl Daemon {
             socket = socket.display(),
             key = root.join("unseal.key").display(),
         );
+        let text = match metrics_port {
+            Some(port) => format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+            None => text,
+        };
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let daemon = Daemon {
             bin: bin.to_path_buf(),
@@ -248,4 +253,25 @@ pub async fn connect_one(socket: &Path) -> Result<LockboxClient<Channel>> {
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
     Ok(LockboxClient::new(channel))
+}
+
+/// Scrapes `GET /metrics` at 127.0.0.1:`port` once a second (15 times as often as a usual
+/// Prometheus), until the endpoint goes away: what a monitored daemon serves besides its load.
+pub async fn scrape_every_second(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return;
+        };
+        let req = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        if s.write_all(req).await.is_err() {
+            return;
+        }
+        let mut body = Vec::new();
+        if s.read_to_end(&mut body).await.is_err() {
+            return;
+        }
+    }
 }

@@ -46,6 +46,10 @@ struct Cli {
     /// still stopped. For inspecting or profiling a restart by hand.
     #[arg(long, global = true)]
     keep: bool,
+    /// Turn the daemon's `[metrics]` endpoint on at 127.0.0.1:PORT and scrape it every
+    /// second while measuring (the cost of metrics: compare with a run without).
+    #[arg(long, global = true)]
+    metrics_port: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +131,7 @@ struct Ctx {
     json: bool,
     per_channel: usize,
     keep: bool,
+    metrics_port: Option<u16>,
 }
 
 impl Ctx {
@@ -143,8 +148,11 @@ impl Ctx {
     }
 
     async fn daemon(&self) -> Result<Daemon> {
-        let mut d = Daemon::init(&self.lockboxd, self.keep)?;
+        let mut d = Daemon::init(&self.lockboxd, self.keep, self.metrics_port)?;
         d.start().await?;
+        if let Some(port) = self.metrics_port {
+            tokio::spawn(daemon::scrape_every_second(port));
+        }
         Ok(d)
     }
 
@@ -203,6 +211,7 @@ async fn run(cli: Cli) -> Result<()> {
         json: cli.json,
         per_channel: cli.per_channel.max(1),
         keep: cli.keep,
+        metrics_port: cli.metrics_port,
     };
     match cli.command {
         Command::Create { concurrency, count } => create(&ctx, concurrency, count).await,

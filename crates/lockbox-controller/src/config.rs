@@ -34,6 +34,9 @@ struct Raw {
     /// The other controllers whose grants this one may cosign (their `init` blocks).
     #[serde(default)]
     controllers: Vec<RawController>,
+    /// `[metrics]`: the Prometheus endpoint (absent: off).
+    #[serde(default)]
+    metrics: Option<lockbox_metrics::MetricsConfig>,
 }
 
 /// One `[[controllers]]` block, as `lockbox-controller init` prints it.
@@ -120,6 +123,8 @@ pub struct ControllerConfig {
     /// The other controllers whose grants this one cosigns (M-of-N): a cosign adds a
     /// signature only to a grant that already carries a valid one of theirs.
     pub cosign_from: lockbox_crypto::TrustedControllers,
+    /// Where `/metrics` is served (checked: loopback unless `allow_remote`); `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 fn invalid(path: &Path, field: String, message: String) -> ControllerError {
@@ -185,6 +190,13 @@ impl ControllerConfig {
                 format!("{:?} is not an address:port", raw.listen),
             )
         })?;
+        let metrics = match &raw.metrics {
+            Some(m) => Some(
+                m.check()
+                    .map_err(|e| invalid(path, "metrics.listen".into(), e.to_string()))?,
+            ),
+            None => None,
+        };
         if let Err(why) = lockbox_tls::check_trust_domain(&raw.trust_domain) {
             return Err(invalid(
                 path,
@@ -286,6 +298,7 @@ impl ControllerConfig {
             },
             policy,
             cosign_from,
+            metrics,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod service;
 
@@ -111,6 +112,20 @@ pub fn controllers_block(config: &ControllerConfig, identity: &SigningIdentity) 
     )
 }
 
+/// The controller service's message limit.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The largest grant request (`IssueGrant`, or a grant to `CosignGrant`) this controller's
+/// policy can allow: the most keys any rule allows, each id at its bound with its framing,
+/// plus room for the other fields (bounded too) and signatures. A larger request could only be
+/// refused, so it is cut off as it streams in instead of being buffered first.
+pub fn grant_request_cap(policy: &[policy::Rule]) -> usize {
+    let keys = policy.iter().map(|r| r.max_keys).max().unwrap_or(0);
+    keys.saturating_mul(lockbox_crypto::grant::MAX_GRANT_NAME_LEN + 8)
+        .saturating_add(64 << 10)
+        .min(MAX_MESSAGE)
+}
+
 /// Serves until `shutdown` resolves. `ready` is called with the bound address once listening
 /// (tests pass port 0 and read the real port from it).
 pub async fn run(
@@ -158,23 +173,45 @@ pub async fn run(
             ),
         )
         .await?;
-    let service = service::ControllerService::new(config.clone(), signer, audit.clone());
+    let metrics = Arc::new(metrics::ControllerMetrics::new());
+    let endpoint = match config.metrics {
+        Some(at) => Some(
+            lockbox_metrics::serve(at, metrics.registry(), None)
+                .await
+                .map_err(|e| ControllerError::Serve {
+                    addr: at.to_string(),
+                    message: format!("metrics: {e}"),
+                })?,
+        ),
+        None => None,
+    };
+    let rpc_metrics = endpoint
+        .as_ref()
+        .map(|_| metrics.rpc().layer(lockbox_proto::CONTROLLER_METHODS));
+    let service =
+        service::ControllerService::new(config.clone(), signer, audit.clone(), metrics.clone());
     let server = ControllerServer::new(service)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let grant_cap = grant_request_cap(&config.policy);
     tracing::info!(key_id = %config.key_id, %addr, "ready");
     ready(addr);
     // Every request to a controller is a small signing job.
     let served = lockbox_runtime::server(std::time::Duration::from_secs(30))
         // An attestation request is a few hundred bytes; grants name up to `max_keys` keys.
-        .layer(lockbox_runtime::MethodLimitsLayer::new(&[(
-            "/lockbox.v1.Controller/Attest",
-            16 * 1024,
-        )]))
+        .layer(lockbox_runtime::MethodLimitsLayer::new(&[
+            ("/lockbox.v1.Controller/Attest", 16 * 1024),
+            ("/lockbox.v1.Controller/IssueGrant", grant_cap),
+            ("/lockbox.v1.Controller/CosignGrant", grant_cap),
+        ]))
+        .layer(tower::util::option_layer(rpc_metrics))
         .add_service(server)
         .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
         .await;
     reloader.abort();
+    if let Some(endpoint) = endpoint {
+        endpoint.stop().await;
+    }
     audit.close()?;
     served.map_err(|e| ControllerError::Serve {
         addr: addr.to_string(),

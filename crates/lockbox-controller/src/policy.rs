@@ -108,53 +108,94 @@ pub struct Ask<'a> {
     pub keys: usize,
 }
 
+/// The names [`Refusal::rule`] takes.
+pub const RULES: [&str; 6] = [
+    "caller",
+    "op",
+    "source",
+    "destination",
+    "max_keys",
+    "max_ttl",
+];
+
+/// Why the policy said no: the check that refused (a fixed name, for metrics) and the message
+/// for the caller and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Which check refused: `caller` (no rule for this caller), `op`, `source`,
+    /// `destination`, `max_keys` or `max_ttl`.
+    pub rule: &'static str,
+    /// What the caller is told, naming the policy entry.
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Finds a rule that allows `ask` and returns the validity to grant; otherwise the reason,
 /// naming the rule (the first one for this caller) that refused.
-pub fn decide(rules: &[Rule], ask: &Ask<'_>) -> Result<Duration, String> {
+pub fn decide(rules: &[Rule], ask: &Ask<'_>) -> Result<Duration, Refusal> {
     let mut first_refusal = None;
     for rule in rules.iter().filter(|r| r.caller.matches(ask.caller)) {
         match check(rule, ask) {
             Ok(ttl) => return Ok(ttl),
-            Err(why) => {
+            Err((check, why)) => {
                 if first_refusal.is_none() {
-                    first_refusal = Some(format!(
-                        "refused by policy[{}] (caller {}): {why}",
-                        rule.index, rule.caller
-                    ));
+                    first_refusal = Some(Refusal {
+                        rule: check,
+                        message: format!(
+                            "refused by policy[{}] (caller {}): {why}",
+                            rule.index, rule.caller
+                        ),
+                    });
                 }
             }
         }
     }
-    Err(first_refusal
-        .unwrap_or_else(|| format!("refused: no policy rule allows caller {}", ask.caller)))
+    Err(first_refusal.unwrap_or_else(|| Refusal {
+        rule: "caller",
+        message: format!("refused: no policy rule allows caller {}", ask.caller),
+    }))
 }
 
-fn check(rule: &Rule, ask: &Ask<'_>) -> Result<Duration, String> {
+fn check(rule: &Rule, ask: &Ask<'_>) -> Result<Duration, (&'static str, String)> {
     if !rule.ops.contains(&ask.op) {
         let allowed: Vec<&str> = rule.ops.iter().map(Op::as_str).collect();
-        return Err(format!(
-            "op {} not allowed (allowed: {})",
-            ask.op.as_str(),
-            allowed.join(", ")
+        return Err((
+            "op",
+            format!(
+                "op {} not allowed (allowed: {})",
+                ask.op.as_str(),
+                allowed.join(", ")
+            ),
         ));
     }
     if !rule.from.iter().any(|p| p.matches(ask.from)) {
-        return Err(format!("source node {} not allowed", ask.from));
+        return Err(("source", format!("source node {} not allowed", ask.from)));
     }
     if !rule.to.iter().any(|p| p.matches(ask.to)) {
-        return Err(format!("destination node {} not allowed", ask.to));
+        return Err((
+            "destination",
+            format!("destination node {} not allowed", ask.to),
+        ));
     }
     if ask.keys > rule.max_keys {
-        return Err(format!(
-            "{} keys exceed max_keys {}",
-            ask.keys, rule.max_keys
+        return Err((
+            "max_keys",
+            format!("{} keys exceed max_keys {}", ask.keys, rule.max_keys),
         ));
     }
     match ask.ttl {
-        Some(t) if t > rule.max_ttl => Err(format!(
-            "ttl {} exceeds max_ttl {}",
-            humantime::format_duration(t),
-            humantime::format_duration(rule.max_ttl)
+        Some(t) if t > rule.max_ttl => Err((
+            "max_ttl",
+            format!(
+                "ttl {} exceeds max_ttl {}",
+                humantime::format_duration(t),
+                humantime::format_duration(rule.max_ttl)
+            ),
         )),
         Some(t) => Ok(t),
         None => Ok(rule.max_ttl),
@@ -215,21 +256,27 @@ mod tests {
     #[test]
     fn refusals_name_the_rule_and_the_reason() {
         let r = rules();
-        let e = decide(&r, &ask("spiffe://d/orchestrator/cinder", Op::Replicate)).unwrap_err();
+        let refused = |a: &Ask<'_>, rule: &str| {
+            let e = decide(&r, a).unwrap_err();
+            assert_eq!(e.rule, rule, "{e}");
+            assert!(RULES.contains(&e.rule));
+            e.message
+        };
+        let e = refused(&ask("spiffe://d/orchestrator/cinder", Op::Replicate), "op");
         assert!(e.contains("policy[0]") && e.contains("op replicate"), "{e}");
         let mut a = ask("spiffe://d/orchestrator/cinder", Op::Copy);
         a.from = "db-1";
-        let e = decide(&r, &a).unwrap_err();
+        let e = refused(&a, "source");
         assert!(e.contains("source node db-1"), "{e}");
         a.from = "host-a";
         a.keys = 11;
-        assert!(decide(&r, &a).unwrap_err().contains("max_keys 10"));
+        assert!(refused(&a, "max_keys").contains("max_keys 10"));
         a.keys = 1;
         a.ttl = Some(Duration::from_secs(3600));
-        assert!(decide(&r, &a).unwrap_err().contains("max_ttl"));
-        let e = decide(&r, &ask("spiffe://d/orchestrator/nova", Op::Copy)).unwrap_err();
+        assert!(refused(&a, "max_ttl").contains("max_ttl"));
+        let e = refused(&ask("spiffe://d/orchestrator/nova", Op::Copy), "caller");
         assert!(e.contains("no policy rule allows caller"), "{e}");
-        let e = decide(&r, &ask("spiffe://d/admin/bob", Op::Replicate)).unwrap_err();
+        let e = refused(&ask("spiffe://d/admin/bob", Op::Replicate), "destination");
         assert!(
             e.contains("policy[1]") && e.contains("destination node host-b"),
             "{e}"

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::AuditLog;
 use crate::config::ControllerConfig;
+use crate::metrics::ControllerMetrics;
 use crate::policy::{self, Ask, Op};
 
 /// Shared state of one controller.
@@ -20,6 +21,7 @@ pub struct ControllerService {
     config: ControllerConfig,
     signer: Arc<SigningIdentity>,
     audit: Arc<AuditLog>,
+    metrics: Arc<ControllerMetrics>,
 }
 
 impl ControllerService {
@@ -28,11 +30,13 @@ impl ControllerService {
         config: ControllerConfig,
         signer: Arc<SigningIdentity>,
         audit: Arc<AuditLog>,
+        metrics: Arc<ControllerMetrics>,
     ) -> Self {
         ControllerService {
             config,
             signer,
             audit,
+            metrics,
         }
     }
 
@@ -46,6 +50,12 @@ impl ControllerService {
             )));
         }
         Ok(id)
+    }
+
+    /// Counts a policy refusal and returns it as a status.
+    fn policy_refusal(&self, r: policy::Refusal) -> Status {
+        self.metrics.policy_refused(r.rule);
+        Status::permission_denied(r.message)
     }
 
     /// Audits a refusal and returns it as a status.
@@ -88,6 +98,51 @@ fn audit_err(e: crate::ControllerError) -> Status {
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn attest(
+        &self,
+        req: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::SignedAttestation>, Status> {
+        let attested = self.attest_node(req).await;
+        self.metrics
+            .attestation(if attested.is_ok() { "ok" } else { "refused" });
+        attested
+    }
+
+    async fn issue_grant(
+        &self,
+        req: Request<pb::IssueGrantRequest>,
+    ) -> Result<Response<pb::SignedGrant>, Status> {
+        let op = lockbox_crypto::op_name(req.get_ref().op);
+        let issued = self.issue_grant_counted(req).await;
+        self.metrics
+            .grant(op, if issued.is_ok() { "issued" } else { "refused" });
+        issued
+    }
+
+    async fn cosign_grant(
+        &self,
+        req: Request<pb::CosignGrantRequest>,
+    ) -> Result<Response<pb::SignedGrant>, Status> {
+        let op = req
+            .get_ref()
+            .grant
+            .as_ref()
+            .and_then(|g| lockbox_crypto::decode_grant_body(&g.body).ok())
+            .map_or("unspecified", |b| lockbox_crypto::op_name(b.op));
+        let cosigned = self.cosign_grant_counted(req).await;
+        self.metrics.grant(
+            op,
+            if cosigned.is_ok() {
+                "cosigned"
+            } else {
+                "refused"
+            },
+        );
+        cosigned
+    }
+}
+
+impl ControllerService {
+    async fn attest_node(
         &self,
         req: Request<pb::AttestRequest>,
     ) -> Result<Response<pb::SignedAttestation>, Status> {
@@ -172,7 +227,7 @@ impl Controller for ControllerService {
         }))
     }
 
-    async fn issue_grant(
+    async fn issue_grant_counted(
         &self,
         req: Request<pb::IssueGrantRequest>,
     ) -> Result<Response<pb::SignedGrant>, Status> {
@@ -191,7 +246,7 @@ impl Controller for ControllerService {
         }
     }
 
-    async fn cosign_grant(
+    async fn cosign_grant_counted(
         &self,
         req: Request<pb::CosignGrantRequest>,
     ) -> Result<Response<pb::SignedGrant>, Status> {
@@ -238,7 +293,7 @@ impl ControllerService {
                 keys: r.key_ids.len(),
             },
         )
-        .map_err(Status::permission_denied)?;
+        .map_err(|r| self.policy_refusal(r))?;
         let grant_id =
             lockbox_crypto::random_array::<16>().map_err(|e| Status::internal(e.to_string()))?;
         let now = now_ms();
@@ -382,7 +437,7 @@ impl ControllerService {
                 keys: body.key_ids.len(),
             },
         )
-        .map_err(Status::permission_denied)?;
+        .map_err(|r| self.policy_refusal(r))?;
         let sig = lockbox_crypto::sign_grant_body(&self.signer, &self.config.key_id, &grant.body);
         grant.signatures.push(sig);
         Ok((grant, grant_summary(&body, &remaining)))

@@ -53,7 +53,7 @@ pub use backup::{
 };
 pub use error::{CryptoError, Result};
 pub use grant::{
-    GRANT_DOMAIN, GrantContext, GrantError, GrantSide, SignatureVerdicts, VerifiedGrant,
+    GRANT_DOMAIN, GrantContext, GrantError, GrantSide, OP_NAMES, SignatureVerdicts, VerifiedGrant,
     decode_grant_body, encode_grant_body, grant_from_text, grant_to_text, inspect_grant, op_name,
     parse_op, sign_grant_body, verify_grant,
 };

@@ -25,3 +25,39 @@ pub mod v1 {
 pub mod v1 {
     include!("gen/messages/lockbox.v1.rs");
 }
+
+/// Every method of the `Lockbox` service (the Unix socket API), as gRPC paths. Metrics label
+/// requests by method; a request path is caller-controlled text, so only a path in one of
+/// these lists becomes a label value (tests/regenerate.rs keeps them equal to the `.proto`).
+pub const LOCKBOX_METHODS: &[&str] = &[
+    "/lockbox.v1.Lockbox/CreateKey",
+    "/lockbox.v1.Lockbox/GetKey",
+    "/lockbox.v1.Lockbox/DescribeKey",
+    "/lockbox.v1.Lockbox/ListKeys",
+    "/lockbox.v1.Lockbox/SnapshotKey",
+    "/lockbox.v1.Lockbox/CloneKey",
+    "/lockbox.v1.Lockbox/RekeyKey",
+    "/lockbox.v1.Lockbox/DestroyKey",
+    "/lockbox.v1.Lockbox/Status",
+    "/lockbox.v1.Lockbox/Seal",
+    "/lockbox.v1.Lockbox/Unseal",
+    "/lockbox.v1.Lockbox/RotateKek",
+    "/lockbox.v1.Lockbox/AuditTail",
+    "/lockbox.v1.Lockbox/AuditVerify",
+    "/lockbox.v1.Lockbox/VerifyGrant",
+    "/lockbox.v1.Lockbox/Transfer",
+    "/lockbox.v1.Lockbox/PromoteKey",
+    "/lockbox.v1.Lockbox/ExportBackup",
+    "/lockbox.v1.Lockbox/RestoreBackup",
+];
+
+/// Every method of the `Peer` service (lockbox to lockbox, mTLS), as gRPC paths (see
+/// [`LOCKBOX_METHODS`]).
+pub const PEER_METHODS: &[&str] = &["/lockbox.v1.Peer/Identity", "/lockbox.v1.Peer/Deliver"];
+
+/// Every method of the `Controller` service, as gRPC paths (see [`LOCKBOX_METHODS`]).
+pub const CONTROLLER_METHODS: &[&str] = &[
+    "/lockbox.v1.Controller/Attest",
+    "/lockbox.v1.Controller/IssueGrant",
+    "/lockbox.v1.Controller/CosignGrant",
+];

@@ -52,6 +52,29 @@ fn check_variant(services: bool, committed_dir: &Path) -> Vec<String> {
     stale
 }
 
+/// The method lists that metrics take label values from name exactly the methods of each
+/// service in the `.proto` files, in their order.
+#[test]
+fn method_lists_match_proto() {
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fds = protox::compile(FILES, [crate_dir.join("../../proto")]).expect("proto files compile");
+    let paths = |service: &str| -> Vec<String> {
+        fds.file
+            .iter()
+            .flat_map(|f| f.service.iter().map(move |s| (f, s)))
+            .filter(|(_, s)| s.name() == service)
+            .flat_map(|(f, s)| {
+                s.method
+                    .iter()
+                    .map(move |m| format!("/{}.{}/{}", f.package(), s.name(), m.name()))
+            })
+            .collect()
+    };
+    assert_eq!(paths("Lockbox"), lockbox_proto::LOCKBOX_METHODS);
+    assert_eq!(paths("Peer"), lockbox_proto::PEER_METHODS);
+    assert_eq!(paths("Controller"), lockbox_proto::CONTROLLER_METHODS);
+}
+
 #[test]
 fn generated_code_matches_proto() {
     let gen_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/gen");

@@ -6,6 +6,7 @@
 //! the methods it names: past the cap the body ends in an error, the call fails, and nothing
 //! more of it is read or kept.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
@@ -14,14 +15,16 @@ use tonic::codegen::http;
 /// Caps the request body of the named methods (`/package.Service/Method`, bytes).
 #[derive(Clone, Debug)]
 pub struct MethodLimitsLayer {
-    limits: &'static [(&'static str, usize)],
+    limits: Arc<[(&'static str, usize)]>,
 }
 
 impl MethodLimitsLayer {
     /// A layer with these `(path, most bytes)` limits; other methods are left to the
     /// service's message size limit.
-    pub fn new(limits: &'static [(&'static str, usize)]) -> Self {
-        MethodLimitsLayer { limits }
+    pub fn new(limits: &[(&'static str, usize)]) -> Self {
+        MethodLimitsLayer {
+            limits: limits.into(),
+        }
     }
 }
 
@@ -31,7 +34,7 @@ impl<S> tower::Layer<S> for MethodLimitsLayer {
     fn layer(&self, inner: S) -> MethodLimits<S> {
         MethodLimits {
             inner,
-            limits: self.limits,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -40,7 +43,7 @@ impl<S> tower::Layer<S> for MethodLimitsLayer {
 #[derive(Clone, Debug)]
 pub struct MethodLimits<S> {
     inner: S,
-    limits: &'static [(&'static str, usize)],
+    limits: Arc<[(&'static str, usize)]>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for MethodLimits<S>

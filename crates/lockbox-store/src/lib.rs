@@ -286,7 +286,23 @@ struct Shared {
     progress: watch::Sender<SyncState>,
     /// Fast check for readers: set with `SyncState::failed`.
     failed: AtomicBool,
+    /// Told of every successful sync (metrics); set at most once, after open.
+    observer: std::sync::OnceLock<SyncObserver>,
 }
+
+/// What one sync of the journal did: how long the `fdatasync` (and the write before it) took
+/// and how many committed batches it made durable at once (group commit's batch size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Wall time of the journal write and `fdatasync`.
+    pub duration: std::time::Duration,
+    /// Committed batches this sync made durable.
+    pub batches: u64,
+}
+
+/// A function told of each sync, on the sync thread: it must be quick and must not block
+/// (updating a histogram is fine).
+pub type SyncObserver = Arc<dyn Fn(SyncStats) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -365,6 +381,7 @@ impl Store {
             sync_cv: Condvar::new(),
             progress,
             failed: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
         });
         let inner = Arc::new(Inner {
             shared: shared.clone(),
@@ -382,6 +399,13 @@ impl Store {
             })?;
         *lock(&inner.syncer) = Some(handle);
         Ok(Store { inner })
+    }
+
+    /// Has `observer` told of every later successful sync (for the daemon's metrics: sync
+    /// latency and group-commit batch size are what the disk and the write load look like
+    /// from here). Only the first observer is kept; a second call is ignored and says so.
+    pub fn observe_syncs(&self, observer: SyncObserver) -> bool {
+        self.inner.shared.observer.set(observer).is_ok()
     }
 
     fn check(&self) -> Result<()> {
@@ -655,18 +679,24 @@ fn syncer(shared: Arc<Shared>) {
                 s = shared.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
             }
         };
+        let started = std::time::Instant::now();
         let synced = match shared.fault.as_ref().map(Fault::before_sync) {
             Some(Err(injected)) => Err(injected),
             _ => sync_journal(&shared, &mut journal),
         };
         match synced {
             Ok(()) => {
+                let duration = started.elapsed();
                 let mut s = lock(&shared.sync);
+                let batches = target.saturating_sub(s.durable);
                 s.durable = s.durable.max(target);
                 let snapshot = s.clone();
                 drop(s);
                 shared.sync_cv.notify_all();
                 shared.progress.send_replace(snapshot);
+                if let Some(observe) = shared.observer.get() {
+                    observe(SyncStats { duration, batches });
+                }
             }
             Err(e) => {
                 fail(&shared, &format!("journal sync failed: {e}"));

@@ -79,26 +79,52 @@ async fn batches_are_atomic_and_namespaced() {
     assert!(store.last(Ns::Node).unwrap().is_none());
 }
 
+/// Commits `n` one-record batches (keys 0..n) from as many tasks at once.
+async fn commit_concurrently(store: &Store, n: u32) {
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut b = Batch::new();
+            b.put(Ns::Keys, &i.to_be_bytes(), b"v");
+            s.commit(b).await
+        }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn committed_writes_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
-        let mut handles = Vec::new();
-        for i in 0..200u32 {
-            let s = store.clone();
-            handles.push(tokio::spawn(async move {
-                let mut b = Batch::new();
-                b.put(Ns::Keys, &i.to_be_bytes(), b"v");
-                s.commit(b).await
-            }));
-        }
-        for h in handles {
-            h.await.unwrap().unwrap();
-        }
+        commit_concurrently(&store, 200).await;
     }
     let store = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(store.iter_after(Ns::Keys, None).count(), 200);
+}
+
+/// The sync observer sees every committed batch made durable exactly once, in syncs whose
+/// batch sizes add up (group commit: fewer syncs than batches under concurrency is allowed,
+/// more is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_observer_counts_every_durable_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<SyncStats>::new()));
+    let sink = seen.clone();
+    assert!(store.observe_syncs(Arc::new(move |s| lock(&sink).push(s))));
+    assert!(
+        !store.observe_syncs(Arc::new(|_| {})),
+        "a second observer is refused"
+    );
+    commit_concurrently(&store, 100).await;
+    let seen = lock(&seen).clone();
+    assert_eq!(seen.iter().map(|s| s.batches).sum::<u64>(), 100);
+    assert!(!seen.is_empty() && seen.len() <= 100);
+    assert!(seen.iter().all(|s| s.batches >= 1));
 }
 
 /// A model check: random batches of puts and removes over a small keyspace, read back

@@ -454,7 +454,7 @@ impl Custody {
                 versions,
             };
             txn.put(Ns::Keys, k.key_id.as_bytes(), &self.seal_meta(&u, &meta)?);
-            txn.add_keys(1);
+            txn.count_key(None, &meta.state);
             out.restored.push(k.key_id.clone());
         }
         // Keys already here whose inline material a restored key now shares.

@@ -51,10 +51,10 @@ impl Custody {
         let shredded = self.drop_material_refs(&victims, txn.batch())?;
         let mut ids = Vec::new();
         for mut m in victims {
-            m.state = KeyState::Destroyed;
+            let was = std::mem::replace(&mut m.state, KeyState::Destroyed);
             m.versions.iter_mut().for_each(VersionMeta::shred);
             txn.put(Ns::Keys, m.key_id.as_bytes(), &self.seal_meta(&u, &m)?);
-            txn.remove_keys(1);
+            txn.count_key(Some(&was), &m.state);
             ids.push(m.key_id);
         }
         if shredded {

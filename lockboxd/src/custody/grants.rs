@@ -126,9 +126,11 @@ impl Custody {
         if let Some(recorded) = &rec.body_sha256
             && *recorded != hex::encode(grant.body_sha256)
         {
-            return Err(CustodyError::GrantIdReused {
+            let e = CustodyError::GrantIdReused {
                 grant_id: hex::encode(grant.grant_id),
-            });
+            };
+            self.metrics.grant_refused(&e);
+            return Err(e);
         }
         Ok(Some(rec.receipt))
     }
@@ -185,7 +187,21 @@ impl Custody {
 
     /// Verifies a grant (signatures, threshold, window, nodes) for one side of a transfer.
     /// Key existence is the caller's business: it differs between a first run and a retry.
+    /// A refusal is counted in `lockbox_grants_refused_total{reason}`.
     pub fn verify_grant(
+        &self,
+        signed: &SignedGrant,
+        side: GrantSide,
+        peer_node: Option<&str>,
+    ) -> Result<VerifiedGrant> {
+        let verified = self.check_grant(signed, side, peer_node);
+        if let Err(e) = &verified {
+            self.metrics.grant_refused(e);
+        }
+        verified
+    }
+
+    fn check_grant(
         &self,
         signed: &SignedGrant,
         side: GrantSide,

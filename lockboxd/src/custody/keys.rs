@@ -127,7 +127,7 @@ impl Custody {
         }
         // One record: the material is inline until a snapshot or clone shares it.
         txn.put(Ns::Keys, key_id.as_bytes(), &sealed_meta);
-        txn.add_keys(1);
+        txn.count_key(None, &KeyState::Active);
         txn.audit(
             Some(&u),
             caller,
@@ -307,7 +307,7 @@ impl Custody {
             versions,
         };
         txn.put(Ns::Keys, new_id.as_bytes(), &self.seal_meta(&u, &meta)?);
-        txn.add_keys(1);
+        txn.count_key(None, &meta.state);
         txn.audit(
             Some(&u),
             caller,
@@ -417,6 +417,7 @@ impl Custody {
             }
             meta.state = KeyState::Active;
             txn.put(Ns::Keys, id.as_bytes(), &self.seal_meta(&u, &meta)?);
+            txn.count_key(Some(&KeyState::Replica), &meta.state);
             txn.audit(
                 Some(&u),
                 caller,

@@ -16,8 +16,47 @@ use super::model::{Caller, NodeStatus};
 use super::txn::{Event, WriteState, seal_head};
 use super::{
     AUDIT_WATERMARK, Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_HPKE, NODE_KEY_COUNT,
-    NODE_SIGNING, Unlocked, decode_u64, io_err, now_ms,
+    NODE_KEY_STATES, NODE_SIGNING, Unlocked, decode_u64, io_err, now_ms,
 };
+use crate::metrics::{KeyCounts, state_index};
+
+/// The key-states record: absent (an earlier release's data dir) or four big-endian u64.
+/// Counts feed only metrics: a record of the wrong size is logged and counted again at the
+/// next unseal rather than keep the node from starting.
+fn decode_key_states(bytes: Option<Vec<u8>>) -> Option<KeyCounts> {
+    let bytes = bytes?;
+    let mut counts = KeyCounts::default();
+    if bytes.len() != 8 * counts.len() {
+        tracing::warn!(
+            bytes = bytes.len(),
+            "the key-states record is malformed; the keys are counted again at unseal"
+        );
+        return None;
+    }
+    for (n, chunk) in counts.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut be = [0u8; 8];
+        be.copy_from_slice(chunk);
+        *n = u64::from_be_bytes(be);
+    }
+    Some(counts)
+}
+
+impl Custody {
+    /// Counts every key record by state (once, for a data dir of an earlier release; from
+    /// then on the write path keeps the counts).
+    fn count_key_states(&self, u: &Unlocked) -> Result<KeyCounts> {
+        let mut counts = KeyCounts::default();
+        for item in self.store.iter_after(Ns::Keys, None) {
+            let (id, sealed) = item?;
+            let key_id = String::from_utf8(id)
+                .map_err(|_| CustodyError::Corrupt("a key record id is not UTF-8".into()))?;
+            let meta = self.open_meta(u, &key_id, &sealed)?;
+            counts[state_index(&meta.state)] += 1;
+        }
+        tracing::info!(?counts, "counted the key records by state");
+        Ok(counts)
+    }
+}
 use crate::config::{Config, Policy};
 use crate::error::{CustodyError, Result};
 
@@ -144,6 +183,7 @@ async fn init_store(
         )?,
     );
     batch.put(Ns::Node, NODE_KEY_COUNT, &0u64.to_be_bytes());
+    batch.put(Ns::Node, NODE_KEY_STATES, &[0u8; 32]);
     let entry = AuditEntry {
         seq: 1,
         prev_hash: GENESIS_HASH,
@@ -221,7 +261,14 @@ impl Custody {
             audit_hash,
             key_count: decode_u64(store.get(Ns::Node, NODE_KEY_COUNT)?),
             destroys_since_rotation: decode_u64(store.get(Ns::Node, NODE_DESTROYS)?),
+            key_states: decode_key_states(store.get(Ns::Node, NODE_KEY_STATES)?),
         };
+        let attested = config.tls.is_some() && !config.controllers.is_empty();
+        let metrics = Arc::new(crate::metrics::Metrics::new(attested));
+        metrics.set_sealed(true);
+        metrics.set_keys(ws.key_states.as_ref());
+        let observer = metrics.clone();
+        store.observe_syncs(Arc::new(move |s| observer.observe_sync(s)));
         Ok(Custody {
             node_id: config.node_id.clone(),
             store,
@@ -234,6 +281,7 @@ impl Custody {
             write: Mutex::new(ws),
             keys_written: AtomicU64::new(0),
             started: Instant::now(),
+            metrics,
         })
     }
 
@@ -268,6 +316,11 @@ impl Custody {
         self.set_unlocked(Some(unlocked.clone()));
         let detail = format!("kek {}", keyring.current_kek_id());
         txn.audit(Some(&unlocked), caller, Event::ok("unseal", "", detail))?;
+        if txn.state().key_states.is_none() {
+            // A data dir of an earlier release: count the key records by state once.
+            let counts = self.count_key_states(&unlocked)?;
+            txn.set_key_states(counts);
+        }
         let applied = txn.apply()?;
         // A rotation interrupted by a crash left two KEKs in the keyring: finish it now, so the
         // old KEK does not outlive the shredding it was meant to perform.

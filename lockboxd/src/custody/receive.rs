@@ -349,12 +349,12 @@ impl Custody {
             if let Some(old) = &replaced {
                 self.drop_material_refs(std::slice::from_ref(old), txn.batch())?;
             }
-            let counted = replaced
-                .as_ref()
-                .is_some_and(|m| !matches!(m.state, KeyState::Moved(_)));
-            if !counted {
-                txn.add_keys(1);
-            }
+            let now_state = if replica {
+                KeyState::Replica
+            } else {
+                KeyState::Active
+            };
+            txn.count_key(replaced.as_ref().map(|m| &m.state), &now_state);
             stored.push(StoredVersions {
                 key_id: k.key_id.clone(),
                 versions: k.versions,

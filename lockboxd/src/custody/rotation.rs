@@ -172,6 +172,7 @@ impl Custody {
             hpke: unlocked.hpke.clone(),
         })));
         drop(applied);
+        self.metrics.kek_rotated();
         Ok(Rotated {
             old_kek_id,
             new_kek_id: new_id,

@@ -279,6 +279,7 @@ impl Custody {
                 }
             }
             let mut tombstones = victims;
+            let was: Vec<KeyState> = tombstones.iter().map(|m| m.state.clone()).collect();
             for m in tombstones.iter_mut() {
                 m.state = KeyState::Moved(MovedTo {
                     node: grant.body.dest_node.clone(),
@@ -287,9 +288,9 @@ impl Custody {
                 m.versions.iter_mut().for_each(VersionMeta::shred);
             }
             let sealed = crate::par::try_map(&tombstones, |m| self.seal_meta(&u, m))?;
-            for (m, sealed) in tombstones.iter().zip(sealed) {
+            for ((m, sealed), was) in tombstones.iter().zip(sealed).zip(&was) {
                 txn.put(Ns::Keys, m.key_id.as_bytes(), &sealed);
-                txn.remove_keys(1);
+                txn.count_key(Some(was), &m.state);
             }
         }
         put_grant_record(txn.batch(), grant, GrantRole::Source, receipt.clone())?;

@@ -17,11 +17,13 @@ use lockbox_crypto::{AuditEntry, AuditEvent, RecordKind, Unsealed, sign_checkpoi
 use lockbox_store::{Batch, Ns};
 use tokio::sync::MutexGuard;
 
-use super::model::Caller;
+use super::model::{Caller, KeyState};
 use super::{
-    AUDIT_WATERMARK, Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_KEY_COUNT, Unlocked, now_ms,
+    AUDIT_WATERMARK, Custody, NODE_AUDIT_HEAD, NODE_DESTROYS, NODE_KEY_COUNT, NODE_KEY_STATES,
+    Unlocked, now_ms,
 };
 use crate::error::{CustodyError, Result};
+use crate::metrics::state_index;
 
 /// The most an audit record's detail holds (bytes): a refusal quotes short prefixes of what
 /// it refused, and whatever a caller sends, no record grows past this.
@@ -73,6 +75,8 @@ pub(crate) struct WriteState {
     pub(super) audit_hash: [u8; 32],
     pub(super) key_count: u64,
     pub(super) destroys_since_rotation: u64,
+    /// Key records by state; `None` until counted (see `Custody::unseal`).
+    pub(super) key_states: Option<crate::metrics::KeyCounts>,
 }
 
 /// What an audit record says happened (the chain fields are the transaction's).
@@ -185,16 +189,28 @@ impl<'a> WriteTxn<'a> {
         self.batch.remove(ns, id);
     }
 
-    /// Counts `n` more live keys.
-    pub fn add_keys(&mut self, n: u64) {
+    /// Counts a key record that goes from state `from` (`None`: there was no record) to
+    /// `to`: the live key count (active and replica keys) and the counts by state.
+    pub fn count_key(&mut self, from: Option<&KeyState>, to: &KeyState) {
         let ws = self.ws();
-        ws.key_count = ws.key_count.saturating_add(n);
+        let was_live = from.is_some_and(|s| !s.is_tombstone());
+        match (was_live, !to.is_tombstone()) {
+            (false, true) => ws.key_count = ws.key_count.saturating_add(1),
+            (true, false) => ws.key_count = ws.key_count.saturating_sub(1),
+            _ => {}
+        }
+        if let Some(counts) = ws.key_states.as_mut() {
+            if let Some(from) = from {
+                let n = &mut counts[state_index(from)];
+                *n = n.saturating_sub(1);
+            }
+            counts[state_index(to)] = counts[state_index(to)].saturating_add(1);
+        }
     }
 
-    /// Counts `n` fewer live keys.
-    pub fn remove_keys(&mut self, n: u64) {
-        let ws = self.ws();
-        ws.key_count = ws.key_count.saturating_sub(n);
+    /// Sets the counts by state (counted at the first unseal after an upgrade).
+    pub fn set_key_states(&mut self, counts: crate::metrics::KeyCounts) {
+        self.ws().key_states = Some(counts);
     }
 
     /// Counts one shredding operation towards the `shred_rotation` policy.
@@ -301,6 +317,12 @@ impl<'a> WriteTxn<'a> {
             self.batch
                 .put(Ns::Node, NODE_KEY_COUNT, &now.key_count.to_be_bytes());
         }
+        if now.key_states != self.before.key_states
+            && let Some(counts) = &now.key_states
+        {
+            let bytes: Vec<u8> = counts.iter().flat_map(|n| n.to_be_bytes()).collect();
+            self.batch.put(Ns::Node, NODE_KEY_STATES, &bytes);
+        }
         if now.destroys_since_rotation != self.before.destroys_since_rotation {
             self.batch.put(
                 Ns::Node,
@@ -328,6 +350,11 @@ impl<'a> WriteTxn<'a> {
             .ws
             .take()
             .ok_or_else(|| CustodyError::Corrupt("a write transaction was applied twice".into()))?;
+        let metrics = &custody.metrics;
+        metrics.audit_written(now.audit_seq.saturating_sub(self.before.audit_seq));
+        if now.key_states != self.before.key_states {
+            metrics.set_keys(now.key_states.as_ref());
+        }
         Ok(Applied {
             custody,
             ws,

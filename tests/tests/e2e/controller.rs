@@ -356,3 +356,56 @@ fn an_expired_attestation_is_reported_in_status() {
     let key = node.create_key(&[]);
     assert_eq!(node.key_bytes(&key).len(), 32);
 }
+
+/// The controller's grant methods are capped, as the request streams in, at what its policy
+/// could allow (the most keys a rule allows, each id at its bound): eight `IssueGrant` and
+/// `CosignGrant` calls of 48 MiB from an orchestrator are cut off and leave the controller's
+/// memory where it was; a grant asked for normally is issued after them.
+#[test]
+fn oversized_grant_requests_are_cut_off_without_buffering() {
+    let pki = Pki::new(TRUST_DOMAIN);
+    let ctl = Controller::start(&pki, "ctl-1", &policy(), "1h");
+    let cinder = pki.issue("orchestrator", "cinder");
+    let rogue = lockbox_tests::rogue::Rogue::new(
+        lockbox_tls::TlsFiles {
+            cert: cinder.cert.clone(),
+            key: cinder.key.clone(),
+            ca: cinder.ca.clone(),
+        },
+        "cinder",
+    );
+    let pid = ctl.pid().unwrap();
+    let before = lockbox_tests::rss_kib(pid);
+    for path in [
+        "/lockbox.v1.Controller/IssueGrant",
+        "/lockbox.v1.Controller/CosignGrant",
+    ]
+    .iter()
+    .cycle()
+    .take(8)
+    {
+        let e = rogue
+            .oversized_call(
+                &ctl.url,
+                lockbox_tls::Expect::role(lockbox_tls::Role::Controller),
+                path,
+                48 << 20,
+            )
+            .unwrap_err();
+        assert_ne!(e.code, tonic::Code::Ok, "{e}");
+    }
+    let after = lockbox_tests::rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "the controller grew from {before} KiB to {after} KiB"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = issue(
+        &cinder,
+        &ctl,
+        "0b6a3f1e-8f7c-4c2e-9a51-2d7b1c4e5f60",
+        "copy",
+        &dir.path().join("g"),
+    );
+    assert!(out.status.success(), "{}", describe_output(&out));
+}

@@ -311,3 +311,48 @@ fn bad_mlock_value_exits_78_naming_the_field() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("swap"));
 }
+
+/// An allowed local caller cannot make lockboxd buffer a huge request to a method that takes
+/// small fields: the socket's small methods are capped at 1 MiB as the body streams in (the
+/// service's own limit is sized for a backup file). Eight `CreateKey` calls carrying a 48 MiB
+/// label are cut off, create nothing, audit nothing and leave the daemon's memory where it
+/// was; a normal call is answered after them.
+#[test]
+fn oversized_socket_requests_are_cut_off_without_buffering() {
+    let node = Node::keyfile();
+    let pid = node.pid().unwrap();
+    let audit_before = node.status()["audit_records"].clone();
+    let before = lockbox_tests::rss_kib(pid);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = node.socket();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for _ in 0..8 {
+            let mut client = lockbox_proto::v1::lockbox_client::LockboxClient::new(channel.clone())
+                .max_encoding_message_size(64 << 20);
+            let request = lockbox_proto::v1::CreateKeyRequest {
+                length: 32,
+                labels: [("volume".to_string(), "x".repeat(48 << 20))].into(),
+                ..Default::default()
+            };
+            let e = client.create_key(request).await.unwrap_err();
+            assert_ne!(e.code(), tonic::Code::Ok, "{e}");
+        }
+    });
+    let after = lockbox_tests::rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "lockboxd grew from {before} KiB to {after} KiB"
+    );
+    let status = node.status();
+    assert_eq!(status["key_count"], json!(0));
+    assert_eq!(status["audit_records"], audit_before);
+    node.create_key(&[]);
+}

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use lockbox_proto::v1 as pb;
-use lockbox_tests::Node;
 use lockbox_tests::cluster::{
     Cluster, ClusterOptions, Controller, Pki, TRUST_DOMAIN, lockbox_tls_files, lockboxctl,
     open_policy,
 };
 use lockbox_tests::rogue::{Rogue, RogueError, RogueKey};
+use lockbox_tests::{Node, rss_kib};
 use prost::Message as _;
 
 use lockbox_crypto::RECEIPT_DOMAIN;
@@ -798,17 +798,6 @@ fn a_keys_versions_arrive_together_or_the_delivery_is_refused() {
     assert_eq!(s.b().key_bytes(&b.key_id), b.material);
     assert_eq!(s.b().status()["key_count"], 2);
     assert_refusals_audited(s.b(), &[&n]);
-}
-
-/// Resident memory of a process, in KiB (`VmRSS` of /proc).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 /// A lockbox certificate and attestation do not buy the right to make a peer buffer: a
