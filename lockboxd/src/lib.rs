@@ -120,7 +120,7 @@ async fn start_peer_api(
         attestor,
         trust_domain,
     ))
-    .max_decoding_message_size(64 << 20)
+    .max_decoding_message_size(peer::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(64 << 20);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tracing::info!(%addr, "peer API listening");

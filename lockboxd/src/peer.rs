@@ -34,6 +34,39 @@ pub struct PeerApi {
     /// window, node, TLS key) are still checked on every delivery. The trusted controllers
     /// and threshold are fixed for the daemon's life, so an entry stays valid; bounded.
     verified_attestations: Mutex<Vec<(pb::SignedAttestation, VerifiedAttestation)>>,
+    /// One permit per delivery being received ([`MAX_CONCURRENT_DELIVERIES`]).
+    deliveries: Arc<tokio::sync::Semaphore>,
+    /// Bytes of batches held by the deliveries being received, all together.
+    in_flight: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Bytes one delivery holds, counted in [`PeerApi::in_flight`] until the delivery ends
+/// (stored or refused), whatever way it ends.
+struct Held {
+    total: Arc<std::sync::atomic::AtomicU64>,
+    mine: u64,
+}
+
+impl Held {
+    /// Counts `n` more bytes; false (and nothing counted) when all deliveries together would
+    /// pass [`MAX_DELIVERY_BYTES`].
+    fn add(&mut self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = self.total.fetch_add(n, Ordering::SeqCst);
+        if before.saturating_add(n) > MAX_DELIVERY_BYTES {
+            self.total.fetch_sub(n, Ordering::SeqCst);
+            return false;
+        }
+        self.mine += n;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.mine, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Source attestations remembered at once (about one per peer node; renewed ones replace).
@@ -41,10 +74,37 @@ const ATTESTATION_MEMO: usize = 64;
 /// Most versions of one key a delivery may carry (a key gains one per rekey; hundreds is
 /// already far beyond any real key's history).
 pub const MAX_VERSIONS_PER_KEY: usize = 256;
-/// Most bytes (sealed material and attributes) one delivery may bring, all batches together:
-/// what the destination holds until the delivery is stored. A 1,000,000-key evacuation with
+/// Most bytes (sealed material and attributes) one delivery may bring, all batches together,
+/// and all the deliveries being received together: what the destination holds until they are
+/// stored. A 1,000,000-key evacuation with
 /// short labels is about 150 MB.
 pub const MAX_DELIVERY_BYTES: u64 = 1 << 30;
+/// The largest message of a delivery (its header, whose grant names every key, or one batch),
+/// and so the peer service's decode limit: what one delivery makes this lockbox buffer at once
+/// before any check can run. Sources cut batches at a quarter of it (`transfer::BATCH_BYTES`);
+/// a grant of up to about 200,000 keys fits in a header.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Deliveries received at once; another is refused by name until one ends. With
+/// [`MAX_MESSAGE_BYTES`] this bounds what hostile sources can make a destination buffer
+/// (memory that `mlockall` then keeps), whatever the number of connections and streams.
+pub const MAX_CONCURRENT_DELIVERIES: usize = 8;
+/// The longest a source may leave a delivery without sending its next message: a source that
+/// stalls gives its delivery slot back after this instead of holding it to the request timeout.
+pub const DELIVERY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The next message of a delivery, or a refusal naming the stall once the source has sent
+/// nothing for [`DELIVERY_IDLE`].
+async fn next_message(
+    stream: &mut Streaming<pb::DeliverRequest>,
+) -> Result<Option<pb::DeliverRequest>, Status> {
+    match tokio::time::timeout(DELIVERY_IDLE, stream.message()).await {
+        Ok(m) => m,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the source sent nothing for {} s",
+            DELIVERY_IDLE.as_secs()
+        ))),
+    }
+}
 
 impl PeerApi {
     /// Builds the service.
@@ -54,6 +114,8 @@ impl PeerApi {
             attestor,
             trust_domain,
             verified_attestations: Mutex::new(Vec::new()),
+            deliveries: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
+            in_flight: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -134,7 +196,13 @@ impl Peer for PeerApi {
         req: Request<Streaming<pb::DeliverRequest>>,
     ) -> Result<Response<pb::Receipt>, Status> {
         let mut seen = Delivery::default();
-        let result = self.deliver_counted(req, &mut seen).await;
+        let result = match self.deliveries.clone().try_acquire_owned() {
+            Ok(_permit) => self.deliver_counted(req, &mut seen).await,
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "this lockbox is receiving {MAX_CONCURRENT_DELIVERIES} deliveries already; \
+                 run the transfer again when one has ended"
+            ))),
+        };
         let outcome = match &result {
             Ok(_) => Ok(seen.keys),
             Err(status) => Err(status.code()),
@@ -175,7 +243,7 @@ impl PeerApi {
             actor: source.uri(),
         };
         let mut stream = req.into_inner();
-        let header = match stream.message().await? {
+        let header = match next_message(&mut stream).await? {
             Some(pb::DeliverRequest {
                 msg: Some(pb::deliver_request::Msg::Header(h)),
             }) => h,
@@ -278,6 +346,10 @@ impl PeerApi {
         let mut versions_of: std::collections::HashMap<String, usize> =
             std::collections::HashMap::new();
         let mut delivered_bytes = 0u64;
+        let mut held = Held {
+            total: self.in_flight.clone(),
+            mine: 0,
+        };
         // A large delivery's keys go to a sealing thread as soon as each batch is opened and
         // checked, so the per-key sealing runs while later batches stream in. A small one (a
         // volume's key: latency matters, not throughput) is sealed here at its end, without
@@ -299,7 +371,7 @@ impl PeerApi {
         };
         let mut next_batch = 0u32;
         loop {
-            let msg = match stream.message().await {
+            let msg = match next_message(&mut stream).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     let e = CustodyError::InvalidArgument(
@@ -344,7 +416,7 @@ impl PeerApi {
                 crate::failpoint::hit("dest-mid-stream");
             }
             // Bounded before anything of the batch is opened or kept.
-            delivered_bytes += batch
+            let batch_bytes = batch
                 .keys
                 .iter()
                 .map(|k| {
@@ -356,9 +428,20 @@ impl PeerApi {
                         + k.version_state.len()) as u64
                 })
                 .sum::<u64>();
+            delivered_bytes += batch_bytes;
             if delivered_bytes > MAX_DELIVERY_BYTES {
                 let e = CustodyError::InvalidArgument(format!(
                     "the delivery is larger than {} MiB (batch {}): refused",
+                    MAX_DELIVERY_BYTES >> 20,
+                    batch.batch
+                ));
+                return Err(fail(e).await);
+            }
+            if !held.add(batch_bytes) {
+                let e = CustodyError::InvalidArgument(format!(
+                    "this lockbox holds {} MiB of deliveries in progress already (at most {} MiB \
+                     in all; batch {}): run the transfer again when they have ended",
+                    self.in_flight.load(std::sync::atomic::Ordering::SeqCst) >> 20,
                     MAX_DELIVERY_BYTES >> 20,
                     batch.batch
                 ));
@@ -516,4 +599,32 @@ fn seal_as_they_come(
     }
     seal(&mut group, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    /// Deliveries share one budget: what one holds is refused to another until it ends.
+    #[test]
+    fn deliveries_share_one_byte_budget_released_when_they_end() {
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut a = Held {
+            total: total.clone(),
+            mine: 0,
+        };
+        let mut b = Held {
+            total: total.clone(),
+            mine: 0,
+        };
+        assert!(a.add(MAX_DELIVERY_BYTES - 10));
+        assert!(!b.add(11), "past the budget in all");
+        assert!(b.add(10));
+        assert!(!a.add(1));
+        drop(a);
+        assert_eq!(total.load(std::sync::atomic::Ordering::SeqCst), 10);
+        assert!(b.add(1 << 20));
+        drop(b);
+        assert_eq!(total.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }

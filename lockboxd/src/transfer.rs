@@ -26,6 +26,40 @@ const STREAM_CLOSED: &str = "the destination closed the stream";
 
 /// Key versions per sealed batch: one HPKE encapsulation amortized over this many AEAD seals.
 pub const BATCH_KEYS: usize = 1000;
+/// Estimated bytes per sealed batch: a batch is also cut here, so that keys with many labels
+/// stay far below the destination's message limit (`peer::MAX_MESSAGE_BYTES`).
+pub const BATCH_BYTES: usize = crate::peer::MAX_MESSAGE_BYTES / 4;
+
+/// A generous estimate of one key version's bytes in a batch: id, sealed material (at most 64
+/// bytes plus the AEAD tag), labels and the other attributes with their framing.
+fn wire_estimate(k: &Outgoing, i: usize) -> usize {
+    let labels: usize = k
+        .meta()
+        .labels
+        .iter()
+        .map(|(l, v)| l.len() + v.len() + 8)
+        .sum();
+    k.key_id.len() + k.versions[i].material.expose_secret().len() + labels + 128
+}
+
+/// Splits the key versions of a delivery into batches of at most [`BATCH_KEYS`] versions and
+/// about [`BATCH_BYTES`] bytes (a version larger alone gets a batch of its own).
+fn batch_ranges(flat: &[(&Outgoing, usize)]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (k, v)) in flat.iter().enumerate() {
+        let size = wire_estimate(k, *v);
+        if i > start && (i - start == BATCH_KEYS || bytes + size > BATCH_BYTES) {
+            ranges.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < flat.len() {
+        ranges.push(start..flat.len());
+    }
+    ranges
+}
 
 /// Progress reported to the caller while a transfer runs.
 #[derive(Debug, Clone, Copy)]
@@ -249,7 +283,8 @@ impl Transfers {
             .flat_map(|k| (0..k.versions.len()).map(move |i| (k, i)))
             .collect();
         let mut stream_closed = false;
-        let response = if flat.len() <= BATCH_KEYS {
+        let ranges = batch_ranges(&flat);
+        let response = if ranges.len() <= 1 {
             // One batch (the common one-volume transfer): seal it before calling, then send
             // header, batch and end marker as one ready stream, so they leave in one write
             // and no task or channel sits between this code and the connection.
@@ -270,7 +305,7 @@ impl Transfers {
                     .await
             });
             let sent_ok = self
-                .send_batches(header, &flat, verified, &d, tx, &progress, total)
+                .send_batches(header, &flat, &ranges, verified, &d, tx, &progress, total)
                 .await;
             stream_closed =
                 matches!(&sent_ok, Err(CustodyError::Transfer(m)) if m.contains(STREAM_CLOSED));
@@ -337,6 +372,7 @@ impl Transfers {
         &self,
         header: pb::DeliverRequest,
         flat: &[(&Outgoing, usize)],
+        ranges: &[std::ops::Range<usize>],
         verified: &VerifiedGrant,
         d: &Destination,
         tx: mpsc::Sender<pb::DeliverRequest>,
@@ -346,7 +382,8 @@ impl Transfers {
         let closed = || step("delivery", STREAM_CLOSED);
         tx.send(header).await.map_err(|_| closed())?;
         let mut sent = 0u64;
-        for (n, chunk) in flat.chunks(BATCH_KEYS).enumerate() {
+        for (n, range) in ranges.iter().enumerate() {
+            let chunk = &flat[range.clone()];
             let msg = self.batch_message(n as u32, chunk, verified, d)?;
             tx.send(msg).await.map_err(|_| closed())?;
             sent += chunk.len() as u64;

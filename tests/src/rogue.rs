@@ -375,6 +375,60 @@ impl Rogue {
     }
 }
 
+impl Rogue {
+    /// Opens `stalled` deliveries of `grant` to `peer` that send their header and then nothing
+    /// (held open), and while they are, delivers `batches` in full: what a source that ties up
+    /// a destination's delivery slots does to the transfers of others.
+    pub fn deliver_while_others_stall(
+        &self,
+        url: &str,
+        peer: &str,
+        grant: &pb::SignedGrant,
+        attestation: &pb::SignedAttestation,
+        stalled: usize,
+        batches: Vec<pb::SealedBatch>,
+    ) -> Result<pb::Receipt, RogueError> {
+        use pb::deliver_request::Msg;
+        let header = pb::DeliverRequest {
+            msg: Some(Msg::Header(pb::DeliverHeader {
+                grant: Some(grant.clone()),
+                source_attestation: Some(attestation.clone()),
+                total_keys: 1,
+            })),
+        };
+        let held = self.run(async {
+            let ch = self
+                .channel(url, Expect::named(Role::Lockbox, peer))
+                .await?;
+            let mut held = Vec::new();
+            for _ in 0..stalled {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(header.clone()).await.map_err(connect_error)?;
+                let mut client = PeerClient::new(ch.clone());
+                let call = tokio::spawn(async move {
+                    client
+                        .deliver(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(
+                            rx,
+                        ))
+                        .await
+                });
+                held.push((tx, call));
+            }
+            // Let every stalled delivery reach the destination's handler.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(held)
+        })?;
+        let result = self.deliver(url, peer, grant, attestation, batches);
+        self.rt.block_on(async {
+            for (tx, call) in held {
+                drop(tx);
+                let _ = call.await;
+            }
+        });
+        result
+    }
+}
+
 /// A message of one bytes field no lockbox message has (tag 15): padding.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Padding {

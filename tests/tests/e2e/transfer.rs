@@ -393,3 +393,28 @@ fn a_transfer_completes_during_a_flood_of_idle_connections() {
         "the transfer waited behind the flood: {took:?}"
     );
 }
+
+/// Keys with many long labels travel in batches cut by size as well as by count: 140 keys with
+/// 64 labels of 1 KiB each (about 9.3 MB in all) exceed one message of the destination's limit
+/// (8 MiB), and still arrive, labels intact.
+#[test]
+fn keys_with_many_labels_travel_in_batches_cut_by_size() {
+    let c = Cluster::start(&["host-a", "host-b"], "");
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let value = "v".repeat(1024);
+    let labels: Vec<String> = (0..64).map(|i| format!("label-{i}={value}")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for l in &labels {
+        args.extend(["--label", l.as_str()]);
+    }
+    let keys: Vec<String> = (0..140).map(|_| a.create_key(&args)).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = c.grant(&refs, "host-a", "host-b", "copy", "10m");
+    let r = transfer(a, &g);
+    assert_eq!(r["key_ids"].as_array().unwrap().len(), 140, "{r}");
+    for k in keys.iter().step_by(17) {
+        let d = b.ctl_json(&["key", "describe", k]);
+        assert_eq!(d["labels"]["label-63"], value.as_str(), "{k}");
+        assert_eq!(b.key_bytes(k), a.key_bytes(k));
+    }
+}

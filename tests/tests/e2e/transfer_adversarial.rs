@@ -827,3 +827,97 @@ fn oversized_requests_are_cut_off_without_buffering() {
     let (_, grant) = s.grant(&keys, "host-b");
     s.deliver_correctly(&grant, &keys);
 }
+
+/// The review's unbounded delivery (batches of 1,000 versions of one key, each with a 40 KB
+/// label, without end; it once left 560 MB held) is refused by name at the first bound it
+/// crosses, stores nothing, and leaves host-b's memory near where it was. Each bound is hit on
+/// its own: the size of one message (a 40 MB batch), a label's size (in a batch within the
+/// message limit), then the number of versions of one key across batches.
+#[test]
+fn an_unbounded_delivery_is_refused_by_name_and_its_memory_freed() {
+    let s = Scene::start(ClusterOptions::default());
+    let pid = s.b().pid().unwrap();
+    let before = rss_kib(pid);
+    let key = RogueKey::random();
+    let versions = |from: u32, n: u32| -> Vec<RogueKey> {
+        (from..from + n)
+            .map(|v| RogueKey {
+                version: v,
+                ..RogueKey::random()
+            })
+            .map(|mut k| {
+                k.key_id = key.key_id.clone();
+                k
+            })
+            .collect()
+    };
+
+    let labelled = |grant: &pb::SignedGrant, batches: u32, per_batch: u32| {
+        (0..batches)
+            .map(|i| {
+                let keys = versions(1 + i * per_batch, per_batch);
+                let mut b = s.rogue.batch(grant, i, &s.b_hpke, &keys);
+                for k in &mut b.keys {
+                    k.labels = [("volume".to_string(), "x".repeat(40_000))].into();
+                }
+                s.rogue.resign(grant, &mut b);
+                b
+            })
+            .collect::<Vec<pb::SealedBatch>>()
+    };
+    // 8 batches × 1,000 versions with 40 KB labels: the first batch (40 MB) is over the
+    // message limit and is refused before it is buffered whole.
+    let (_, grant) = s.grant(std::slice::from_ref(&key), "host-b");
+    assert_refused(
+        s.deliver(&grant, labelled(&grant, 8, 1000)),
+        "message length too large",
+    );
+    // 100 versions with 40 KB labels (4 MB, within the limit): refused at the labels.
+    let (_, grant) = s.grant(std::slice::from_ref(&key), "host-b");
+    let e = assert_refused(s.deliver(&grant, labelled(&grant, 1, 100)), "label");
+    assert!(
+        e.message.len() < 2048,
+        "the refusal quotes a short prefix: {e}"
+    );
+
+    // Valid labels, but more versions of one key than any key has: refused at version 257.
+    let (_, grant) = s.grant(std::slice::from_ref(&key), "host-b");
+    let batches: Vec<pb::SealedBatch> = (0..3u32)
+        .map(|i| {
+            s.rogue
+                .batch(&grant, i, &s.b_hpke, &versions(1 + i * 100, 100))
+        })
+        .collect();
+    assert_refused(s.deliver(&grant, batches), "more than 256 versions");
+
+    assert_untouched(s.b(), 0, std::slice::from_ref(&key));
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 64 * 1024,
+        "host-b grew from {before} KiB to {after} KiB"
+    );
+    // host-b still takes a correct delivery.
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    s.deliver_correctly(&grant, &keys);
+}
+
+/// A source cannot make a destination buffer deliveries without bound by opening many: past
+/// eight at once another is refused by name (and not buffered), and once the held ones end a
+/// delivery is accepted again.
+#[test]
+fn deliveries_at_once_are_bounded() {
+    let s = Scene::start(ClusterOptions::default());
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    let batch = s.batch(&grant, &keys);
+    let e = s
+        .rogue
+        .deliver_while_others_stall(&s.url, "host-b", &grant, &s.attestation, 8, vec![batch])
+        .unwrap_err();
+    assert_eq!(e.code, tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.message.contains("receiving 8 deliveries already"), "{e}");
+    assert_untouched(s.b(), 0, &keys);
+    // The stalled ones have ended: the same grant is delivered now.
+    s.deliver_correctly(&grant, &keys);
+}
