@@ -16,7 +16,10 @@
 //! - [`wrap`]: keys sealed end to end (HPKE) and signed for a transfer between lockboxes.
 //! - [`receipt`]: the destination's signed receipt for a transfer, checked by the source.
 //! - [`backup`]: offline backups sealed to recovery keys (one HPKE stanza per recipient).
+//! - [`assist`]: peer-assisted unseal: assist keys, the blinded exchange with a peer, Shamir
+//!   t-of-n shares of a slot key, and the `peers` slot that ties them together.
 
+pub mod assist;
 pub mod attestation;
 pub mod audit;
 pub mod backup;
@@ -35,6 +38,12 @@ mod wire;
 // The API other crates use, named here so that a new public item is a decision: everything
 // else stays reachable through its module (`lockbox_crypto::backup::BACKUP_MAGIC`), which is
 // where the SPEC.md constants and the vectors' helpers live.
+// The exchange's free functions (`enroll`, `blind`, `recover`, `split`, `combine`) and its
+// vectors-only entry points stay under `assist::`, where their names say what they belong to.
+pub use assist::{
+    ASSIST_KEY_FILE_LEN, ASSIST_SHARE_LABEL, AssistError, AssistIdentity, AssistPeer,
+    AssistRequest, BlindingSecret, EnrollContext, EnrolledShare, PeerSlot, SlotUnseal,
+};
 pub use attestation::{
     ATTESTATION_DOMAIN, AttestationContext, AttestationError, HPKE_KEM_X25519, VerifiedAttestation,
     attest_request_message, check_attestation_claims, decode_attestation_body,

@@ -5,7 +5,9 @@
 //! vectors store the bytes and check that they open (or fail as named). Audit entries, checkpoints, signatures, grants and attestations
 //! are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared.
 //! Transfer batches are too: their HPKE ephemeral key comes from a fixed seed
-//! (`seal_batch_deterministic`, feature `test-vectors`); so are transfer receipts. To rewrite every file after a
+//! (`seal_batch_deterministic`, feature `test-vectors`); so are transfer receipts, and the
+//! peer-assisted unseal file (fixed scalars through `enroll_deterministic`,
+//! `blind_deterministic` and `split_deterministic`). To rewrite every file after a
 //! deliberate format change (and SPEC.md first):
 //! `cargo test -p lockbox-crypto --test vectors -- --ignored regenerate`
 //! (`LOCKBOX_REGENERATE=wrap.json` to rewrite only the files named, comma-separated).
@@ -13,6 +15,9 @@
 
 use std::path::PathBuf;
 
+use lockbox_crypto::assist::{
+    blind_deterministic, combine, enroll_deterministic, recover, split_deterministic,
+};
 use lockbox_crypto::*;
 use lockbox_proto::v1::{
     AttestationBody, GrantBody, GrantOp, ReceiptBody, SignedAttestation, SignedGrant,
@@ -900,6 +905,7 @@ fn regenerate() {
         ("wrap.json", gen_wrap()),
         ("receipt.json", gen_receipt()),
         ("backup.json", gen_backup()),
+        ("assist.json", gen_assist()),
     ] {
         if let Ok(only) = std::env::var("LOCKBOX_REGENERATE")
             && !only.split(',').any(|n| n.trim() == name)
@@ -3558,5 +3564,858 @@ fn gen_backup() -> Value {
         "key_ids": key_ids,
         "materials": materials.iter().map(hex::encode).collect::<Vec<_>>(),
         "cases": cases,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// peer-assisted unseal
+
+/// RFC 9496 appendix A.1: the encodings of B, 2B and 3B, so the group and its encoding are
+/// checked against outside values, not only against ourselves.
+const RISTRETTO_MULTIPLES: [(u8, &str); 3] = [
+    (
+        1,
+        "e2f2ae0a6abc4e71a884a961c500515f58e30b6aa582dd8db6a65945e08d2d76",
+    ),
+    (
+        2,
+        "6a493210f7499cd17fecb510ae0cea23a110e8d5b901f8acadd3095c73a3b919",
+    ),
+    (
+        3,
+        "94741f5d5d52755ece4f23f044ee27d5d1ea1e2bd196b462166b16152a9d0259",
+    ),
+];
+
+/// RFC 9496 appendix A.2: encodings every decoder must refuse (non-canonical field elements,
+/// negative field elements, non-square x², negative xy, s = -1 giving y = 0).
+const RISTRETTO_BAD_ENCODINGS: [&str; 10] = [
+    "00ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "f3ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "01ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "26948d35ca62e643e26a83177332e6b6afeb9d08e4268b650f1f5bbd8d81d371",
+    "4eac077a713c57b4f4397629a4145982c661f48044dd3f96427d40b147d9742f",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+];
+
+/// A canonical scalar encoding: 31 bytes of `b`, then 0x05 (below the group order).
+fn assist_scalar(b: u8) -> [u8; 32] {
+    let mut s = [b; 32];
+    s[31] = 0x05;
+    s
+}
+
+fn assist_peers(v: &Value) -> std::collections::BTreeMap<String, AssistIdentity> {
+    v["peers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, p)| {
+            let id = AssistIdentity::from_file_bytes(&bytes(&p["key_file"])).unwrap();
+            assert_eq!(id.public_key(), array32(&p["public_key"]), "{name}");
+            let from_secret =
+                AssistIdentity::from_secret(&SecretBytes::new(bytes(&p["secret"]))).unwrap();
+            assert_eq!(
+                from_secret.to_file_bytes().expose_secret(),
+                bytes(&p["key_file"])
+            );
+            (name.clone(), id)
+        })
+        .collect()
+}
+
+/// Records what a case gives after checking it is what the generator's author expected.
+fn assist_settle<T>(mut case: Value, r: &std::result::Result<T, AssistError>) -> Value {
+    let name = str_of(&case["name"]).to_string();
+    match r {
+        Ok(_) => assert_eq!(case["expect"], "ok", "generating {name}"),
+        Err(e) => {
+            assert_eq!(case["expect"], e.code(), "generating {name}: {e}");
+            case["error"] = json!(e.to_string());
+        }
+    }
+    case
+}
+
+fn assist_context(c: &Value) -> (String, String, [u8; 16]) {
+    (
+        str_of(&c["owner_node"]).to_string(),
+        str_of(&c["peer_node"]).to_string(),
+        bytes(&c["enrollment_id"]).try_into().unwrap(),
+    )
+}
+
+/// One `exchanges` case: decode the enrolled share, blind it with the case's `r` (checking
+/// the blinded point), and recover with the case's answer and expected context.
+fn run_assist_exchange(case: &Value) -> std::result::Result<SecretBytes, AssistError> {
+    let enrolled = EnrolledShare::decode(&bytes(&case["enrolled"]))?;
+    let (r, x) = blind_deterministic(&enrolled, &array32(&case["r"]))?;
+    assert_eq!(x, array32(&case["blinded"]), "{}", str_of(&case["name"]));
+    let (owner, peer, id) = assist_context(&case["context"]);
+    let expected = EnrollContext {
+        owner_node: &owner,
+        peer_node: &peer,
+        enrollment_id: id,
+    };
+    recover(&enrolled, &expected, r, &array32(&case["answer"]))
+}
+
+fn shares_of(v: &Value) -> Vec<SecretBytes> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| SecretBytes::new(bytes(s)))
+        .collect()
+}
+
+/// Unseals an `ok` slot with every subset of its peers: at least the threshold gives the
+/// slot key, fewer is refused.
+fn check_slot_unseals(
+    slot: &PeerSlot,
+    peers: &std::collections::BTreeMap<String, AssistIdentity>,
+    key: &[u8],
+) {
+    let n = slot.shares().len();
+    for mask in 1u32..(1 << n) {
+        let mut u = slot.begin_unseal(slot.owner_node()).unwrap();
+        let requests = u.requests().to_vec();
+        for req in requests.iter().filter(|q| mask & (1 << q.peer) != 0) {
+            let id = &peers[&req.peer_node];
+            assert_eq!(id.public_key(), req.peer_public_key);
+            u.add_answer(req.peer, &id.answer(&req.blinded).unwrap())
+                .unwrap();
+        }
+        let picked = usize::try_from(mask.count_ones()).unwrap();
+        match u.finish() {
+            Ok(k) => {
+                assert!(picked >= usize::from(slot.threshold()));
+                assert_eq!(k.expose_secret(), key);
+            }
+            Err(e) => {
+                assert!(picked < usize::from(slot.threshold()), "{e}");
+                assert_eq!(e.code(), "not_enough_shares");
+            }
+        }
+    }
+}
+
+/// Everything in assist.json is deterministic (fixed scalars, nonces and coefficients through
+/// the `test-vectors` entry points), so the file is also regenerated and compared.
+#[test]
+fn assist_vectors() {
+    let v = load("assist.json");
+    let peers = assist_peers(&v);
+    for m in v["generator_multiples"].as_array().unwrap() {
+        let id = AssistIdentity::from_secret(&SecretBytes::new(bytes(&m["scalar"]))).unwrap();
+        assert_eq!(id.public_key(), array32(&m["public_key"]));
+    }
+
+    let key_files = v["key_files"].as_array().unwrap();
+    assert!(key_files.iter().filter(|c| c["expect"] != "ok").count() >= 8);
+    for case in key_files {
+        let r = AssistIdentity::from_file_bytes(&bytes(&case["file"]));
+        check_verdict(case, &r, AssistError::code);
+        if let Ok(id) = r {
+            assert_eq!(id.public_key(), array32(&case["public_key"]));
+        }
+    }
+
+    let answers = v["answers"].as_array().unwrap();
+    assert!(answers.iter().filter(|c| c["expect"] != "ok").count() >= 8);
+    for case in answers {
+        let r = peers[str_of(&case["key"])].answer(&array32(&case["blinded"]));
+        check_verdict(case, &r, AssistError::code);
+        if let Ok(y) = r {
+            assert_eq!(y, array32(&case["answer"]));
+        }
+    }
+
+    let decode = v["enrolled_shares"].as_array().unwrap();
+    assert!(decode.iter().filter(|c| c["expect"] != "ok").count() >= 12);
+    for case in decode {
+        let raw = bytes(&case["bytes"]);
+        let r = EnrolledShare::decode(&raw);
+        check_verdict(case, &r, AssistError::code);
+        if let Ok(e) = r {
+            assert_eq!(e.encode(), raw);
+            let (owner, peer, id) = assist_context(&case["context"]);
+            assert_eq!(
+                (e.owner_node(), e.peer_node(), e.enrollment_id()),
+                (owner.as_str(), peer.as_str(), id)
+            );
+        }
+    }
+
+    let exchanges = v["exchanges"].as_array().unwrap();
+    assert!(exchanges.iter().filter(|c| c["expect"] != "ok").count() >= 10);
+    for case in exchanges {
+        if let Some(by) = case["answered_by"].as_str() {
+            let y = peers[by].answer(&array32(&case["blinded"])).unwrap();
+            assert_eq!(y, array32(&case["answer"]), "{}", str_of(&case["name"]));
+        }
+        let r = run_assist_exchange(case);
+        check_verdict(case, &r, AssistError::code);
+        if let Ok(share) = r {
+            assert_eq!(share.expose_secret(), bytes(&case["share"]));
+        }
+    }
+
+    let sh = &v["shamir"];
+    let secret = SecretBytes::new(bytes(&sh["secret"]));
+    let t = u8::try_from(sh["threshold"].as_u64().unwrap()).unwrap();
+    let n = u8::try_from(sh["n"].as_u64().unwrap()).unwrap();
+    let shares = split_deterministic(&secret, t, n, &bytes(&sh["coefficients"])).unwrap();
+    let want = shares_of(&sh["shares"]);
+    assert_eq!(shares.len(), want.len());
+    for (a, b) in shares.iter().zip(&want) {
+        assert_eq!(a.expose_secret(), b.expose_secret());
+    }
+    let combines = sh["combine"].as_array().unwrap();
+    assert!(combines.iter().filter(|c| c["expect"] != "ok").count() >= 6);
+    for case in combines {
+        let r = combine(&shares_of(&case["shares"]));
+        check_verdict(case, &r, AssistError::code);
+        if let Ok(s) = r {
+            assert_eq!(s.expose_secret(), secret.expose_secret());
+        }
+    }
+
+    let slots = v["slots"].as_array().unwrap();
+    assert!(slots.iter().filter(|c| c["expect"] != "ok").count() >= 8);
+    for case in slots {
+        let raw = bytes(&case["slot"]);
+        let r = PeerSlot::decode(&raw);
+        check_verdict(case, &r, AssistError::code);
+        if let Ok(slot) = r {
+            assert_eq!(slot.encode(), raw);
+            check_slot_unseals(&slot, &peers, &bytes(&v["slot_key"]));
+        }
+    }
+}
+
+#[test]
+fn assist_vectors_are_reproducible() {
+    assert_eq!(load("assist.json"), gen_assist());
+}
+
+fn gen_assist() -> Value {
+    let names = ["peer-1", "peer-2", "peer-3", "stranger"];
+    let secrets = [0x11u8, 0x22, 0x33, 0x44].map(assist_scalar);
+    let ids: Vec<AssistIdentity> = secrets
+        .iter()
+        .map(|s| AssistIdentity::from_secret(&SecretBytes::new(s.to_vec())).unwrap())
+        .collect();
+    let peers_json: serde_json::Map<String, Value> = names
+        .iter()
+        .zip(secrets.iter().zip(&ids))
+        .map(|(name, (s, id))| {
+            (
+                name.to_string(),
+                json!({
+                    "secret": hex::encode(s),
+                    "public_key": hex::encode(id.public_key()),
+                    "key_file": hex::encode(id.to_file_bytes().expose_secret()),
+                }),
+            )
+        })
+        .collect();
+    let multiples: Vec<Value> = RISTRETTO_MULTIPLES
+        .iter()
+        .map(|&(k, point)| {
+            let mut s = [0u8; 32];
+            s[0] = k;
+            let id = AssistIdentity::from_secret(&SecretBytes::new(s.to_vec())).unwrap();
+            assert_eq!(hex::encode(id.public_key()), point, "RFC 9496 {k}B");
+            json!({"scalar": hex::encode(s), "public_key": point})
+        })
+        .collect();
+
+    // --- key files
+    let file1 = ids[0].to_file_bytes().expose_secret().to_vec();
+    let with = |base: &[u8], at: usize, patch: &[u8]| {
+        let mut b = base.to_vec();
+        b[at..at + patch.len()].copy_from_slice(patch);
+        b
+    };
+    let flip = |base: &[u8], at: usize| {
+        let mut b = base.to_vec();
+        b[at] ^= 0x01;
+        b
+    };
+    let ell =
+        hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010").unwrap();
+    let mut high_bit = secrets[0];
+    high_bit[31] |= 0x80;
+    let key_case = |name: &str, file: &[u8], expect: &str| {
+        let mut c = json!({"name": name, "file": hex::encode(file), "expect": expect});
+        let r = AssistIdentity::from_file_bytes(file);
+        if let Ok(id) = &r {
+            c["public_key"] = json!(hex::encode(id.public_key()));
+        }
+        assist_settle(c, &r)
+    };
+    let key_files = vec![
+        key_case("ok_peer_1", &file1, "ok"),
+        key_case("ok_peer_2", ids[1].to_file_bytes().expose_secret(), "ok"),
+        key_case("fail_empty", &[], "key_file_length"),
+        key_case("fail_truncated", &file1[..68], "key_file_length"),
+        key_case(
+            "fail_trailing_byte",
+            &[&file1[..], &[0]].concat(),
+            "key_file_length",
+        ),
+        key_case(
+            "fail_bad_magic",
+            &with(&file1, 0, b"LBKR"),
+            "key_file_magic",
+        ),
+        key_case(
+            "fail_unsupported_version",
+            &with(&file1, 4, &[2]),
+            "unsupported_version",
+        ),
+        key_case(
+            "fail_scalar_is_group_order",
+            &with(&file1, 5, &ell),
+            "non_canonical_scalar",
+        ),
+        key_case(
+            "fail_scalar_high_bit",
+            &with(&file1, 5, &high_bit),
+            "non_canonical_scalar",
+        ),
+        key_case(
+            "fail_zero_scalar",
+            &with(&file1, 5, &[0; 32]),
+            "zero_scalar",
+        ),
+        key_case("fail_flipped_scalar", &flip(&file1, 5), "key_file_mismatch"),
+        key_case(
+            "fail_flipped_public_key",
+            &flip(&file1, 40),
+            "key_file_mismatch",
+        ),
+        key_case(
+            "fail_other_public_key",
+            &with(&file1, 37, &ids[1].public_key()),
+            "key_file_mismatch",
+        ),
+    ];
+
+    // --- one enrollment per peer of a 2-of-3 split, and the exchange with peer-1
+    let owner = "owner-a";
+    let enrollment_id = [0x1d; 16];
+    let ctx = |owner_node, peer_node| EnrollContext {
+        owner_node,
+        peer_node,
+        enrollment_id,
+    };
+    let slot_key: Vec<u8> = (0u8..32).collect();
+    let coefficients: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    let shares =
+        split_deterministic(&SecretBytes::new(slot_key.clone()), 2, 3, &coefficients).unwrap();
+    let enrolled: Vec<EnrolledShare> = (0..3)
+        .map(|i| {
+            let c = assist_scalar(0xc1 + u8::try_from(i).unwrap());
+            let nonce = [0x90 + u8::try_from(i).unwrap(); 24];
+            enroll_deterministic(
+                &ids[i].public_key(),
+                &shares[i],
+                &ctx(owner, names[i]),
+                &c,
+                nonce,
+            )
+            .unwrap()
+        })
+        .collect();
+    let e1 = enrolled[0].encode();
+    let r = assist_scalar(0xa1);
+    let blind_of = |e: &[u8]| {
+        blind_deterministic(&EnrolledShare::decode(e).unwrap(), &r)
+            .unwrap()
+            .1
+    };
+    let x1 = blind_of(&e1);
+    let y1 = ids[0].answer(&x1).unwrap();
+
+    // --- answers
+    let answer_case = |name: &str, key: &str, blinded: &[u8; 32], expect: &str| {
+        let i = names.iter().position(|n| *n == key).unwrap();
+        let r = ids[i].answer(blinded);
+        let mut c =
+            json!({"name": name, "key": key, "blinded": hex::encode(blinded), "expect": expect});
+        if let Ok(y) = &r {
+            c["answer"] = json!(hex::encode(y));
+        }
+        assist_settle(c, &r)
+    };
+    let mut answers = vec![
+        answer_case("ok_peer_1", "peer-1", &x1, "ok"),
+        answer_case("ok_peer_2_same_point", "peer-2", &x1, "ok"),
+        answer_case(
+            "ok_generator_gives_public_key",
+            "peer-1",
+            &hex::decode(RISTRETTO_MULTIPLES[0].1)
+                .unwrap()
+                .try_into()
+                .unwrap(),
+            "ok",
+        ),
+    ];
+    for (i, bad) in RISTRETTO_BAD_ENCODINGS.iter().enumerate() {
+        let expect = if *bad == "0000000000000000000000000000000000000000000000000000000000000000" {
+            "identity_point"
+        } else {
+            "non_canonical_point"
+        };
+        let name = if expect == "identity_point" {
+            "fail_identity_point".to_string()
+        } else {
+            format!("fail_rfc9496_bad_encoding_{i}")
+        };
+        answers.push(answer_case(
+            &name,
+            "peer-1",
+            &hex::decode(bad).unwrap().try_into().unwrap(),
+            expect,
+        ));
+    }
+
+    // --- enrolled share decoding. Offsets for owner-a / peer-1: version 0, id 1..17,
+    // lp(owner) 17..28, lp(peer) 28..38, S 38..70, C 70..102, nonce 102..126, lp(sealed) 126..
+    let enc_case = |name: &str, raw: &[u8], expect: &str| {
+        let r = EnrolledShare::decode(raw);
+        let mut c = json!({"name": name, "bytes": hex::encode(raw), "expect": expect});
+        if let Ok(e) = &r {
+            c["context"] = json!({"owner_node": e.owner_node(), "peer_node": e.peer_node(), "enrollment_id": hex::encode(e.enrollment_id())});
+        }
+        assist_settle(c, &r)
+    };
+    let sealed_len = e1.len() - 130;
+    let enrolled_shares = vec![
+        enc_case("ok_peer_1", &e1, "ok"),
+        enc_case("ok_peer_2", &enrolled[1].encode(), "ok"),
+        enc_case("fail_empty", &[], "truncated"),
+        enc_case(
+            "fail_unsupported_version",
+            &with(&e1, 0, &[2]),
+            "unsupported_version",
+        ),
+        enc_case("fail_truncated_enrollment_id", &e1[..10], "truncated"),
+        enc_case("fail_truncated_owner_node", &e1[..25], "truncated"),
+        enc_case("fail_truncated_peer_key", &e1[..60], "truncated"),
+        enc_case("fail_truncated_commitment", &e1[..90], "truncated"),
+        enc_case("fail_truncated_nonce", &e1[..110], "truncated"),
+        enc_case(
+            "fail_truncated_sealed_share",
+            &e1[..e1.len() - 1],
+            "truncated",
+        ),
+        enc_case("fail_trailing_byte", &[&e1[..], &[0]].concat(), "malformed"),
+        enc_case(
+            "fail_empty_owner_node",
+            &[&e1[..17], &[0, 0, 0, 0], &e1[28..]].concat(),
+            "malformed",
+        ),
+        enc_case(
+            "fail_owner_node_not_utf8",
+            &with(&e1, 21, &[0xff]),
+            "malformed",
+        ),
+        enc_case(
+            "fail_identity_peer_key",
+            &with(&e1, 38, &[0; 32]),
+            "identity_point",
+        ),
+        enc_case(
+            "fail_non_canonical_peer_key",
+            &with(&e1, 38, &[0xff; 32]),
+            "non_canonical_point",
+        ),
+        enc_case(
+            "fail_identity_commitment",
+            &with(&e1, 70, &[0; 32]),
+            "identity_point",
+        ),
+        enc_case(
+            "fail_negative_commitment",
+            &with(&e1, 70, &hex::decode(RISTRETTO_BAD_ENCODINGS[4]).unwrap()),
+            "non_canonical_point",
+        ),
+        enc_case(
+            "fail_sealed_share_only_a_tag",
+            &[&e1[..126], &[0, 0, 0, 16], &[0; 16]].concat(),
+            "malformed",
+        ),
+        enc_case(
+            "fail_sealed_share_too_long",
+            &[&e1[..126], &[0, 0, 0, 83], &[0; 83]].concat(),
+            "malformed",
+        ),
+    ];
+    assert_eq!(sealed_len, 34 + 16);
+
+    // --- exchanges
+    let context_json = |owner_node: &str, peer_node: &str, id: [u8; 16]| json!({"owner_node": owner_node, "peer_node": peer_node, "enrollment_id": hex::encode(id)});
+    let ok_context = context_json(owner, "peer-1", enrollment_id);
+    let exchange_case = |name: &str,
+                         e: &[u8],
+                         context: &Value,
+                         answer: &[u8; 32],
+                         by: Option<&str>,
+                         expect: &str| {
+        let blinded = EnrolledShare::decode(e)
+            .ok()
+            .map(|d| blind_deterministic(&d, &r).unwrap().1);
+        let mut c = json!({
+            "name": name, "enrolled": hex::encode(e), "context": context, "r": hex::encode(r),
+            "blinded": blinded.map(hex::encode), "answer": hex::encode(answer), "expect": expect,
+        });
+        if let Some(by) = by {
+            c["answered_by"] = json!(by);
+        }
+        let result = run_assist_exchange(&c);
+        if let Ok(s) = &result {
+            c["share"] = json!(hex::encode(s.expose_secret()));
+        }
+        assist_settle(c, &result)
+    };
+    let answer_by = |i: usize, e: &[u8]| ids[i].answer(&blind_of(e)).unwrap();
+    let tampered_owner = with(&e1, 27, b"b"); // "owner-a" → "owner-b"
+    let tampered_commitment = with(&e1, 70, &hex::decode(RISTRETTO_MULTIPLES[1].1).unwrap());
+    let relabelled_peer = with(&e1, 38, &ids[1].public_key());
+    let other_owner = enroll_deterministic(
+        &ids[0].public_key(),
+        &shares[0],
+        &ctx("owner-b", "peer-1"),
+        &assist_scalar(0xb1),
+        [0x91; 24],
+    )
+    .unwrap()
+    .encode();
+    let generator: [u8; 32] = hex::decode(RISTRETTO_MULTIPLES[0].1)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let exchanges = vec![
+        exchange_case("ok_peer_1", &e1, &ok_context, &y1, Some("peer-1"), "ok"),
+        exchange_case(
+            "ok_peer_2",
+            &enrolled[1].encode(),
+            &context_json(owner, "peer-2", enrollment_id),
+            &answer_by(1, &enrolled[1].encode()),
+            Some("peer-2"),
+            "ok",
+        ),
+        exchange_case(
+            "fail_wrong_peer_answer",
+            &e1,
+            &ok_context,
+            &answer_by(1, &e1),
+            Some("peer-2"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_stranger_answer",
+            &e1,
+            &ok_context,
+            &answer_by(3, &e1),
+            Some("stranger"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_tampered_answer",
+            &e1,
+            &ok_context,
+            &generator,
+            None,
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_answer_to_another_owners_request",
+            &e1,
+            &ok_context,
+            &answer_by(0, &other_owner),
+            None,
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_identity_answer",
+            &e1,
+            &ok_context,
+            &[0; 32],
+            None,
+            "identity_point",
+        ),
+        exchange_case(
+            "fail_non_canonical_answer",
+            &e1,
+            &ok_context,
+            &hex::decode(RISTRETTO_BAD_ENCODINGS[1])
+                .unwrap()
+                .try_into()
+                .unwrap(),
+            None,
+            "non_canonical_point",
+        ),
+        exchange_case(
+            "fail_tampered_sealed_share",
+            &flip(&e1, e1.len() - 5),
+            &ok_context,
+            &y1,
+            Some("peer-1"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_tampered_nonce",
+            &flip(&e1, 110),
+            &ok_context,
+            &answer_by(0, &flip(&e1, 110)),
+            Some("peer-1"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_tampered_owner_node",
+            &tampered_owner,
+            &context_json("owner-b", "peer-1", enrollment_id),
+            &answer_by(0, &tampered_owner),
+            Some("peer-1"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_tampered_commitment",
+            &tampered_commitment,
+            &ok_context,
+            &answer_by(0, &tampered_commitment),
+            Some("peer-1"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_relabelled_to_other_peer_key",
+            &relabelled_peer,
+            &ok_context,
+            &answer_by(1, &relabelled_peer),
+            Some("peer-2"),
+            "share_auth_failed",
+        ),
+        exchange_case(
+            "fail_wrong_context_owner",
+            &e1,
+            &context_json("owner-b", "peer-1", enrollment_id),
+            &y1,
+            Some("peer-1"),
+            "context_mismatch",
+        ),
+        exchange_case(
+            "fail_wrong_context_peer",
+            &e1,
+            &context_json(owner, "peer-2", enrollment_id),
+            &y1,
+            Some("peer-1"),
+            "context_mismatch",
+        ),
+        exchange_case(
+            "fail_wrong_context_enrollment_id",
+            &e1,
+            &context_json(owner, "peer-1", [0x1e; 16]),
+            &y1,
+            Some("peer-1"),
+            "context_mismatch",
+        ),
+    ];
+
+    // --- Shamir
+    let t3 = split_deterministic(
+        &SecretBytes::new(slot_key.clone()),
+        3,
+        3,
+        &[coefficients.clone(), coefficients.clone()].concat(),
+    )
+    .unwrap();
+    let hexes = |list: &[&SecretBytes]| {
+        list.iter()
+            .map(|s| hex::encode(s.expose_secret()))
+            .collect::<Vec<_>>()
+    };
+    let combine_case = |name: &str, list: &[&SecretBytes], expect: &str| {
+        let owned: Vec<SecretBytes> = list
+            .iter()
+            .map(|s| SecretBytes::new(s.expose_secret().to_vec()))
+            .collect();
+        assist_settle(
+            json!({"name": name, "shares": hexes(list), "expect": expect}),
+            &combine(&owned),
+        )
+    };
+    let raw = |v: Vec<u8>| SecretBytes::new(v);
+    let cut = raw(shares[1].expose_secret()[..33].to_vec());
+    let index0 = raw([&[2, 0][..], &shares[1].expose_secret()[2..]].concat());
+    let t1 = raw([&[1, 2][..], &shares[1].expose_secret()[2..]].concat());
+    let too_short = raw(vec![2, 2]);
+    let combines = vec![
+        combine_case("ok_shares_1_2", &[&shares[0], &shares[1]], "ok"),
+        combine_case("ok_shares_1_3", &[&shares[0], &shares[2]], "ok"),
+        combine_case("ok_shares_3_2", &[&shares[2], &shares[1]], "ok"),
+        combine_case("ok_all_three", &[&shares[0], &shares[1], &shares[2]], "ok"),
+        combine_case("fail_no_shares", &[], "not_enough_shares"),
+        combine_case("fail_one_share", &[&shares[0]], "not_enough_shares"),
+        combine_case(
+            "fail_duplicate_index",
+            &[&shares[0], &shares[0]],
+            "duplicate_share_index",
+        ),
+        combine_case(
+            "fail_mixed_thresholds",
+            &[&shares[0], &t3[1]],
+            "malformed_share",
+        ),
+        combine_case("fail_mixed_lengths", &[&shares[0], &cut], "malformed_share"),
+        combine_case("fail_index_zero", &[&shares[0], &index0], "malformed_share"),
+        combine_case("fail_threshold_one", &[&t1, &shares[0]], "malformed_share"),
+        combine_case(
+            "fail_too_short",
+            &[&shares[0], &too_short],
+            "malformed_share",
+        ),
+        combine_case(
+            "fail_two_of_three_at_threshold_three",
+            &[&t3[0], &t3[1]],
+            "not_enough_shares",
+        ),
+    ];
+
+    // --- slots
+    let slot_bytes = |t: u8, n: u8, list: &[&[u8]]| {
+        let mut out = vec![0x01, t, n];
+        for e in list {
+            out.extend_from_slice(&u32::try_from(e.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(e);
+        }
+        out
+    };
+    let encs: Vec<Vec<u8>> = enrolled.iter().map(EnrolledShare::encode).collect();
+    let good_slot = PeerSlot::from_shares(2, enrolled.clone()).unwrap().encode();
+    assert_eq!(good_slot, slot_bytes(2, 3, &[&encs[0], &encs[1], &encs[2]]));
+    let other_enrollment = enroll_deterministic(
+        &ids[2].public_key(),
+        &shares[2],
+        &EnrollContext {
+            enrollment_id: [0x1e; 16],
+            ..ctx(owner, "peer-3")
+        },
+        &assist_scalar(0xc3),
+        [0x92; 24],
+    )
+    .unwrap()
+    .encode();
+    let owner_as_peer = enroll_deterministic(
+        &ids[2].public_key(),
+        &shares[2],
+        &ctx(owner, owner),
+        &assist_scalar(0xc3),
+        [0x92; 24],
+    )
+    .unwrap()
+    .encode();
+    let same_key = enroll_deterministic(
+        &ids[1].public_key(),
+        &shares[2],
+        &ctx(owner, "peer-3"),
+        &assist_scalar(0xc3),
+        [0x92; 24],
+    )
+    .unwrap()
+    .encode();
+    let slot_case = |name: &str, slot: &[u8], expect: &str| {
+        assist_settle(
+            json!({"name": name, "slot": hex::encode(slot), "expect": expect}),
+            &PeerSlot::decode(slot),
+        )
+    };
+    let slots = vec![
+        slot_case("ok_two_of_three", &good_slot, "ok"),
+        slot_case("fail_empty", &[], "truncated"),
+        slot_case(
+            "fail_unsupported_version",
+            &with(&good_slot, 0, &[2]),
+            "unsupported_version",
+        ),
+        slot_case(
+            "fail_truncated",
+            &good_slot[..good_slot.len() - 1],
+            "truncated",
+        ),
+        slot_case(
+            "fail_trailing_byte",
+            &[&good_slot[..], &[0]].concat(),
+            "malformed",
+        ),
+        slot_case("fail_no_peers", &slot_bytes(2, 0, &[]), "malformed"),
+        slot_case(
+            "fail_seventeen_peers",
+            &with(&good_slot, 2, &[17]),
+            "malformed",
+        ),
+        slot_case(
+            "fail_threshold_one",
+            &with(&good_slot, 1, &[1]),
+            "malformed",
+        ),
+        slot_case(
+            "fail_threshold_above_peers",
+            &with(&good_slot, 1, &[4]),
+            "malformed",
+        ),
+        slot_case(
+            "fail_bad_share",
+            &slot_bytes(2, 2, &[&encs[0], &encs[1][..50]]),
+            "truncated",
+        ),
+        slot_case(
+            "fail_duplicate_peer",
+            &slot_bytes(2, 3, &[&encs[0], &encs[1], &encs[1]]),
+            "malformed",
+        ),
+        slot_case(
+            "fail_same_assist_key_twice",
+            &slot_bytes(2, 3, &[&encs[0], &encs[1], &same_key]),
+            "malformed",
+        ),
+        slot_case(
+            "fail_mixed_enrollments",
+            &slot_bytes(2, 3, &[&encs[0], &encs[1], &other_enrollment]),
+            "malformed",
+        ),
+        slot_case(
+            "fail_owner_is_a_peer",
+            &slot_bytes(2, 3, &[&encs[0], &encs[1], &owner_as_peer]),
+            "malformed",
+        ),
+    ];
+
+    json!({
+        "description": "Peer-assisted unseal (SPEC.md \"Peer-assisted unseal (assist)\"): assist key files, peer answers, enrolled shares, the blinded exchange, Shamir shares and peer slots. Deterministic: fixed scalars s, c and r, nonces and Shamir coefficients (the test-vectors entry points), so the file is regenerated and compared. Scalars are 32-byte little-endian, points canonical ristretto255 encodings.",
+        "peers": peers_json,
+        "generator_multiples": multiples,
+        "key_files": key_files,
+        "answers": answers,
+        "enrolled_shares": enrolled_shares,
+        "exchanges": exchanges,
+        "slot_key": hex::encode(&slot_key),
+        "shamir": {
+            "secret": hex::encode(&slot_key),
+            "threshold": 2,
+            "n": 3,
+            "coefficients": hex::encode(&coefficients),
+            "shares": hexes(&shares.iter().collect::<Vec<_>>()),
+            "combine": combines,
+        },
+        "slots": slots,
     })
 }
