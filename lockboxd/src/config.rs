@@ -552,6 +552,12 @@ impl Config {
     pub fn watermark_path(&self) -> PathBuf {
         self.data_dir.join("audit-watermark")
     }
+
+    /// The assist key file (peer-assisted unseal): kept apart from the keyring and not sealed
+    /// under it, so that a sealed lockbox can still help its peers unseal.
+    pub fn assist_key_path(&self) -> PathBuf {
+        self.data_dir.join("assist.key")
+    }
 }
 
 #[cfg(test)]

@@ -105,6 +105,8 @@ pub struct Custody {
     keys_written: AtomicU64,
     started: Instant,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This node's assist key (peer-assisted unseal): in its own file, usable while sealed.
+    assist: Arc<lockbox_crypto::AssistIdentity>,
 }
 
 impl std::fmt::Debug for Custody {

@@ -103,6 +103,9 @@ pub enum CustodyError {
     /// A backup, recipient or identity was refused (the message names the check).
     #[error(transparent)]
     Backup(#[from] lockbox_crypto::BackupError),
+    /// The assist key (peer-assisted unseal) could not be made or read.
+    #[error("assist key: {0}")]
+    Assist(#[from] lockbox_crypto::AssistError),
     /// A grant id this node already completed, presented with another body: not a retry (a
     /// retry carries the very same signed body), so it is refused, never answered with the
     /// stored receipt.
@@ -178,6 +181,7 @@ impl CustodyError {
             }
             CustodyError::Backup(lockbox_crypto::BackupError::Crypto(_)) => Code::Internal,
             CustodyError::Backup(_) => Code::InvalidArgument,
+            CustodyError::Assist(_) => Code::Internal,
         }
     }
 }

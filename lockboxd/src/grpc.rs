@@ -181,6 +181,7 @@ fn status_to_pb(s: custody::NodeStatus) -> pb::StatusResponse {
         uptime_seconds: s.uptime_seconds,
         hpke_public_key: s.hpke_public_key.unwrap_or_default(),
         signing_public_key: s.signing_public_key.unwrap_or_default(),
+        assist_public_key: s.assist_public_key,
         ..Default::default()
     }
 }

@@ -129,6 +129,7 @@ pub struct Destroyed<'a> {
 /// `status`, `seal`, `unseal`.
 #[derive(Serialize)]
 pub struct Status<'a> {
+    pub assist_public_key: &'a str,
     pub attestation_error: &'a str,
     pub attestation_expires_unix_ms: u64,
     pub attestation_state: &'a str,
@@ -149,6 +150,7 @@ pub struct Status<'a> {
 impl<'a> Status<'a> {
     pub fn new(s: &'a pb::StatusResponse) -> Status<'a> {
         Status {
+            assist_public_key: &s.assist_public_key,
             attestation_error: &s.attestation_error,
             attestation_expires_unix_ms: s.attestation_expires_unix_ms,
             attestation_state: &s.attestation_state,
@@ -597,6 +599,7 @@ mod tests {
             attestation_error: "none yet".into(),
             memory_locked: true,
             core_dumps_disabled: true,
+            assist_public_key: "ab12".into(),
         };
         same(
             &Status::new(&s),
@@ -616,6 +619,7 @@ mod tests {
                 "attestation_error": s.attestation_error,
                 "memory_locked": s.memory_locked,
                 "core_dumps_disabled": s.core_dumps_disabled,
+                "assist_public_key": s.assist_public_key,
             }),
         );
     }

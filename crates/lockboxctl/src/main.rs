@@ -284,6 +284,9 @@ fn print_status(s: &pb::StatusResponse) {
     outln!("audit:    {} records", s.audit_records);
     outln!("version:  {}", s.version);
     outln!("uptime:   {} s", s.uptime_seconds);
+    if !s.assist_public_key.is_empty() {
+        outln!("assist:   {}", s.assist_public_key);
+    }
     outln!(
         "memory:   {}",
         if s.memory_locked {

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use lockbox_crypto::{
-    AuditEntry, AuditEvent, GENESIS_HASH, HpkeIdentity, Keyring, RecordKind, SecretBytes,
-    SigningIdentity, UnsealMethod, UnsealSecret, Unsealed,
+    AssistIdentity, AuditEntry, AuditEvent, GENESIS_HASH, HpkeIdentity, Keyring, RecordKind,
+    SecretBytes, SigningIdentity, UnsealMethod, UnsealSecret, Unsealed,
 };
 use lockbox_store::{Batch, Ns, Store, write_file_atomic};
 use tokio::sync::Mutex;
@@ -74,6 +74,36 @@ pub fn read_keyfile(path: &Path) -> Result<SecretBytes> {
 }
 
 /// Creates the keyfile (32 random bytes, mode 0600) unless it exists.
+/// Reads this node's assist key, creating it (0600, written atomically) when the data dir has
+/// none: at `init`, or at the first start of a data dir of an earlier release. A file others may
+/// read, or one that does not decode strictly, stops the start naming the file.
+pub(super) fn load_or_create_assist(path: &Path) -> Result<AssistIdentity> {
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => SecretBytes::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = AssistIdentity::generate()?;
+            write_file_atomic(path, id.to_file_bytes().expose_secret(), 0o600)?;
+            tracing::info!(path = %path.display(), "created the assist key (peer-assisted unseal)");
+            return Ok(id);
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(io_err(path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(CustodyError::InvalidArgument(format!(
+            "{}: mode {:o} lets other users read the assist key; chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    AssistIdentity::from_file_bytes(bytes.expose_secret())
+        .map_err(|e| CustodyError::Corrupt(format!("{}: {e}", path.display())))
+}
+
 fn ensure_keyfile(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -119,6 +149,7 @@ pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretByt
         iterations: config.unseal.argon2_iterations,
         parallelism: 1,
     };
+    load_or_create_assist(&config.assist_key_path())?;
     let (keyring, unsealed) = match policy.method {
         UnsealMethod::Keyfile => {
             ensure_keyfile(&config.unseal.keyfile)?;
@@ -265,6 +296,7 @@ impl Custody {
         };
         let attested = config.tls.is_some() && !config.controllers.is_empty();
         let metrics = Arc::new(crate::metrics::Metrics::new(attested));
+        let assist = Arc::new(load_or_create_assist(&config.assist_key_path())?);
         metrics.set_sealed(true);
         metrics.set_keys(ws.key_states.as_ref());
         let observer = metrics.clone();
@@ -282,6 +314,7 @@ impl Custody {
             keys_written: AtomicU64::new(0),
             started: Instant::now(),
             metrics,
+            assist,
         })
     }
 
@@ -481,6 +514,7 @@ impl Custody {
             audit_records: ws.audit_seq,
             uptime_seconds: self.started.elapsed().as_secs(),
             hpke_public_key: u.as_ref().map(|u| hex::encode(u.hpke.public_key())),
+            assist_public_key: hex::encode(self.assist.public_key()),
             signing_public_key: u.as_ref().map(|u| hex::encode(u.signing.public_key())),
         }
     }

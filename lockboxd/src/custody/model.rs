@@ -370,6 +370,8 @@ pub struct NodeStatus {
     pub hpke_public_key: Option<String>,
     /// Ed25519 public key (hex), when unsealed.
     pub signing_public_key: Option<String>,
+    /// The assist key's public half (hex), sealed or not.
+    pub assist_public_key: String,
 }
 
 /// Result of walking the audit chain.

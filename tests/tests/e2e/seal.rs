@@ -313,3 +313,66 @@ fn swapped_material_records_fail_integrity_check() {
         "a swapped record must not open"
     );
 }
+
+/// The assist key (peer-assisted unseal) is made by `init` in its own 0600 file, outside the
+/// keyring, and its public half shows in `status` sealed or not; a data dir without one (an
+/// earlier release's) gets one at start; a file others can read, or one damaged, stops the
+/// start naming the file.
+#[test]
+fn the_assist_key_is_made_once_kept_private_and_checked_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut node = Node::start(NodeOptions::passphrase("correct horse battery"));
+    let path = node.data_dir().join("assist.key");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let sealed = node.status();
+    assert_eq!(sealed["sealed"], true);
+    let public = sealed["assist_public_key"].as_str().unwrap().to_string();
+    assert_eq!(public.len(), 64, "{sealed}");
+    node.restart();
+    assert_eq!(node.status()["assist_public_key"], public.as_str());
+
+    // An earlier release's data dir: the key is made at start.
+    node.stop();
+    std::fs::remove_file(&path).unwrap();
+    node.spawn_ready();
+    let fresh = node.status()["assist_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(fresh.len(), 64);
+    assert_ne!(fresh, public);
+
+    // Readable by others: refused, naming the file.
+    node.stop();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = start_failure(&mut node);
+    assert!(
+        err.contains("assist.key") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // Damaged: refused, naming the file.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let err = start_failure(&mut node);
+    assert!(err.contains("assist.key"), "{err}");
+}
+
+/// Runs the daemon expecting it to stop at start; returns its stderr.
+fn start_failure(node: &mut Node) -> String {
+    let out = lockbox_tests::run_with_timeout(
+        std::process::Command::new(&lockbox_tests::binaries().lockboxd)
+            .arg("--config")
+            .arg(node.config_path()),
+        std::time::Duration::from_secs(20),
+    );
+    assert!(
+        !out.status.success(),
+        "{}",
+        lockbox_tests::describe_output(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -476,6 +476,10 @@ pub struct StatusResponse {
     /// True when core dumps are off for lockboxd (not dumpable and RLIMIT_CORE 0).
     #[prost(bool, tag = "15")]
     pub core_dumps_disabled: bool,
+    /// The public half (ristretto255, hex) of this node's assist key: what lets it help its
+    /// peers unseal (peer-assisted unseal); known even while sealed.
+    #[prost(string, tag = "16")]
+    pub assist_public_key: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SealRequest {}
