@@ -38,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_lockboxd", config_lockboxd),
     ("config_controller", config_controller),
     ("spiffe", spiffe),
+    ("assist", assist),
 ];
 
 /// Fixed keys, so a run is reproducible from its inputs.
@@ -48,6 +49,7 @@ struct Keys {
     trusted: TrustedControllers,
     unsealed: lockbox_crypto::Unsealed,
     backup: lockbox_crypto::BackupIdentity,
+    assist: lockbox_crypto::AssistIdentity,
 }
 
 fn keys() -> &'static Keys {
@@ -74,6 +76,11 @@ fn keys() -> &'static Keys {
             trusted,
             unsealed,
             backup: lockbox_crypto::BackupIdentity::generate().expect("an identity"),
+            // 5 followed by zeros: a canonical, nonzero scalar.
+            assist: lockbox_crypto::AssistIdentity::from_secret(&SecretBytes::new(
+                std::iter::once(5u8).chain([0u8; 31]).collect(),
+            ))
+            .expect("a canonical scalar"),
         }
     })
 }
@@ -243,6 +250,27 @@ pub fn journal(data: &[u8]) {
             let _ = lockbox_store::check_journals(dir.path());
         }
     });
+}
+
+/// Peer-assisted unseal: the assist key file (read at every start), a peer slot with its
+/// enrolled shares (kept in the keyring), one enrolled share, and the input a peer answers
+/// (a blinded point from the network). What decodes must encode back to the same bytes.
+pub fn assist(data: &[u8]) {
+    let _ = lockbox_crypto::AssistIdentity::from_file_bytes(data);
+    if let Ok(slot) = lockbox_crypto::PeerSlot::decode(data) {
+        assert_eq!(slot.encode(), data, "a peer slot decoded from other bytes");
+        let _ = slot.begin_unseal(slot.owner_node());
+    }
+    if let Ok(share) = lockbox_crypto::EnrolledShare::decode(data) {
+        assert_eq!(
+            share.encode(),
+            data,
+            "an enrolled share decoded from other bytes"
+        );
+    }
+    if let Ok(point) = <[u8; 32]>::try_from(data) {
+        let _ = keys().assist.answer(&point);
+    }
 }
 
 /// A key's metadata record, after it was opened (the strict stored shape).

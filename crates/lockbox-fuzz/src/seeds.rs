@@ -71,12 +71,41 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "config_controller" => vec![
             b"version = 1\nkey_id = \"ctl-1\"\ntrust_domain = \"example.org\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"ca\"\n[[policy]]\ncaller = \"spiffe://example.org/orchestrator/*\"\nops = [\"copy\"]\n".to_vec(),
         ],
+        "assist" => assist_seeds(),
         "spiffe" => vec![
             b"spiffe://example.org/lockbox/host-a".to_vec(),
             b"spiffe://example.org/admin/alice".to_vec(),
         ],
         _ => Vec::new(),
     }
+}
+
+/// An assist key file, a 2-of-2 peer slot, one of its enrolled shares and a blinded request.
+fn assist_seeds() -> Vec<Vec<u8>> {
+    let peer = keys().assist.public_key();
+    let peers = [
+        lockbox_crypto::AssistPeer {
+            node: "host-b",
+            public_key: peer,
+        },
+        lockbox_crypto::AssistPeer {
+            node: "host-c",
+            public_key: peer,
+        },
+    ];
+    let mut out = vec![keys().assist.to_file_bytes().expose_secret().to_vec()];
+    if let Ok(slot) =
+        lockbox_crypto::PeerSlot::enroll(&SecretBytes::new(vec![7; 32]), "host-a", &peers, 2)
+    {
+        out.push(slot.encode());
+        if let Some(share) = slot.shares().first() {
+            out.push(share.encode());
+            if let Ok((_, blinded)) = lockbox_crypto::assist::blind(share) {
+                out.push(blinded.to_vec());
+            }
+        }
+    }
+    out
 }
 
 fn signed_grant() -> pb::SignedGrant {
