@@ -917,6 +917,16 @@ pub fn unique_suffix() -> String {
     )
 }
 
+/// A gRPC channel to a lockboxd's Unix socket, for tests that send requests lockboxctl
+/// would never build (oversized, hand-made).
+pub async fn unix_channel(socket: &Path) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Resident memory of a process, in KiB (`VmRSS` of /proc): tests that attack a daemon's
 /// memory check it is back near where it was.
 pub fn rss_kib(pid: u32) -> u64 {

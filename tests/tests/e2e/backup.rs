@@ -476,12 +476,7 @@ fn a_restore_without_a_backup_file_is_refused_and_imports_nothing() {
     let socket = node.socket();
     let e = rt
         .block_on(async {
-            let channel =
-                tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
+            let channel = lockbox_tests::unix_channel(&socket).await;
             lockbox_proto::v1::lockbox_client::LockboxClient::new(channel)
                 .restore_backup(request)
                 .await

@@ -329,11 +329,7 @@ fn oversized_socket_requests_are_cut_off_without_buffering() {
         .unwrap();
     let socket = node.socket();
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = lockbox_tests::unix_channel(&socket).await;
         for _ in 0..8 {
             let mut client = lockbox_proto::v1::lockbox_client::LockboxClient::new(channel.clone())
                 .max_encoding_message_size(64 << 20);

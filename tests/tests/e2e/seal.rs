@@ -162,11 +162,7 @@ fn health(
         .build()
         .unwrap();
     rt.block_on(async {
-        let channel = tonic::transport::Endpoint::try_from(format!("unix:{}", socket.display()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = lockbox_tests::unix_channel(socket).await;
         let reply = tonic_health::pb::health_client::HealthClient::new(channel)
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
