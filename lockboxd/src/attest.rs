@@ -148,6 +148,14 @@ impl Attestor {
         {
             return Err("attestation names other public keys than this node's".into());
         }
+        // Peers enroll shares to the attested assist key: one that is not ours would make
+        // every share enrolled to us unopenable. An attestation without one (from a
+        // controller that predates it) is kept: it still serves transfers.
+        if let Some(attested) = v.assist_public_key
+            && attested != self.custody.assist_public_key()
+        {
+            return Err("attestation names another assist key than this node's".into());
+        }
         Ok((v.body.not_before_unix_ms, v.body.expires_unix_ms))
     }
 
@@ -164,6 +172,7 @@ impl Attestor {
             hpke_kem_id: request.hpke_kem_id,
             signing_public_key: request.signing_public_key.to_vec(),
             proof: request.proof,
+            assist_public_key: request.assist_public_key.to_vec(),
         };
         let mut errors = Vec::new();
         for c in &self.controllers {

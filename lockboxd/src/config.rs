@@ -46,6 +46,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The file this config was read from (`lockboxctl unseal enroll` re-reads its
+    /// `[unseal]`); empty when parsed from text.
+    #[serde(skip)]
+    pub source: PathBuf,
     /// Format version of this file; only 1 exists.
     pub version: u32,
     /// This lockbox's node name (the `<node>` of its SPIFFE id); required.
@@ -159,6 +163,29 @@ pub struct UnsealConfig {
     /// Argon2id iterations for the passphrase method, fixed at `init`.
     #[serde(default = "default_argon_iter")]
     pub argon2_iterations: u32,
+    /// `peers` method: the peer lockboxes (names in `[peers]`) that each hold one share.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// `peers` method: how many of `peers` must answer for the node to unseal.
+    #[serde(default)]
+    pub threshold: u32,
+    /// An optional recovery slot beside the method: only `"passphrase"`.
+    #[serde(default)]
+    pub recovery: Option<String>,
+    /// `[unseal.tpm2]`: the TPM for the `tpm2` and `tpm2+peers` methods.
+    #[serde(default)]
+    pub tpm2: Option<Tpm2Config>,
+}
+
+/// `[unseal.tpm2]`: which TPM seals the slot key, and to which PCRs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tpm2Config {
+    /// A TCTI string, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// PCR indices the slot key is bound to (empty: none).
+    #[serde(default)]
+    pub pcrs: Vec<u32>,
 }
 
 impl Default for UnsealConfig {
@@ -168,6 +195,10 @@ impl Default for UnsealConfig {
             keyfile: default_keyfile(),
             argon2_memory_kib: default_argon_mem(),
             argon2_iterations: default_argon_iter(),
+            peers: Vec::new(),
+            threshold: 0,
+            recovery: None,
+            tpm2: None,
         }
     }
 }
@@ -304,8 +335,15 @@ pub struct Policy {
     pub clone_policy: ClonePolicy,
     /// KEK rotation after destroys.
     pub shred_rotation: ShredRotation,
-    /// Whether the node unseals itself at start.
+    /// How the node unseals (keyfile: by itself at start; peers: with its peers' help).
     pub method: lockbox_crypto::UnsealMethod,
+    /// The `peers` method's peers (checked: in `[peers]`, distinct, not this node) and
+    /// threshold; empty and 0 for other methods.
+    pub unseal_peers: Vec<String>,
+    /// See [`Policy::unseal_peers`].
+    pub unseal_threshold: u8,
+    /// Whether the config asks for a recovery passphrase slot.
+    pub recovery: bool,
     /// Controller keys trusted for grants and attestations.
     pub controllers: lockbox_crypto::TrustedControllers,
     /// Tolerated clock skew.
@@ -325,7 +363,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, path)
+        let (mut cfg, policy) = Self::parse(&text, path)?;
+        cfg.source = path.to_path_buf();
+        Ok((cfg, policy))
     }
 
     /// Parses and validates config text (`path` only names the file in errors).
@@ -379,13 +419,47 @@ impl Config {
         let method = match cfg.unseal.method.as_str() {
             "keyfile" => lockbox_crypto::UnsealMethod::Keyfile,
             "passphrase" => lockbox_crypto::UnsealMethod::Passphrase,
+            "peers" => lockbox_crypto::UnsealMethod::Peers,
+            "tpm2" | "tpm2+peers" => {
+                return Err(invalid(
+                    "unseal.method",
+                    format!(
+                        "{:?} is not available in this build yet; use \"peers\", \"keyfile\" \
+                         or \"passphrase\"",
+                        cfg.unseal.method
+                    ),
+                ));
+            }
             other => {
                 return Err(invalid(
                     "unseal.method",
-                    format!("unknown method {other:?}, expected \"keyfile\" or \"passphrase\""),
+                    format!(
+                        "unknown method {other:?}, expected keyfile, passphrase, peers, tpm2 \
+                         or tpm2+peers"
+                    ),
                 ));
             }
         };
+        let (unseal_peers, unseal_threshold) =
+            check_unseal_peers(&cfg, method).map_err(|(field, message)| invalid(field, message))?;
+        let recovery = match cfg.unseal.recovery.as_deref() {
+            None => false,
+            Some("passphrase") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "unseal.recovery",
+                    format!("unknown recovery {other:?}, expected \"passphrase\""),
+                ));
+            }
+        };
+        if let Some(t) = &cfg.unseal.tpm2
+            && (t.tcti.is_empty() || t.pcrs.iter().any(|p| *p > 23))
+        {
+            return Err(invalid(
+                "unseal.tpm2",
+                "tcti must be set and pcrs must be PCR indices 0..=23".into(),
+            ));
+        }
         if cfg.unseal.argon2_memory_kib < 64 || cfg.unseal.argon2_iterations == 0 {
             return Err(invalid(
                 "unseal.argon2_memory_kib",
@@ -533,6 +607,9 @@ impl Config {
                 grant_threshold,
                 mlock,
                 metrics,
+                unseal_peers,
+                unseal_threshold,
+                recovery,
             },
         ))
     }
@@ -558,6 +635,67 @@ impl Config {
     pub fn assist_key_path(&self) -> PathBuf {
         self.data_dir.join("assist.key")
     }
+}
+
+/// Checks `[unseal] peers` and `threshold` for the `peers` method (and that other methods do
+/// not set them): what the node will ask at every start must be reachable and meaningful.
+fn check_unseal_peers(
+    cfg: &Config,
+    method: lockbox_crypto::UnsealMethod,
+) -> Result<(Vec<String>, u8), (&'static str, String)> {
+    let u = &cfg.unseal;
+    if method != lockbox_crypto::UnsealMethod::Peers {
+        if !u.peers.is_empty() || u.threshold != 0 {
+            return Err((
+                "unseal.peers",
+                format!(
+                    "peers and threshold are for method \"peers\", not {:?}",
+                    u.method
+                ),
+            ));
+        }
+        return Ok((Vec::new(), 0));
+    }
+    let n = u.peers.len();
+    if !(2..=16).contains(&n) {
+        return Err((
+            "unseal.peers",
+            format!("the peers method needs 2 to 16 peers, {n} given"),
+        ));
+    }
+    if u.threshold < 2 || u.threshold as usize > n {
+        return Err((
+            "unseal.threshold",
+            format!(
+                "must be at least 2 and at most the {n} peers, got {}",
+                u.threshold
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &u.peers {
+        if p == &cfg.node_id {
+            return Err((
+                "unseal.peers",
+                format!("{p} is this node: its own help would be a key file beside the data"),
+            ));
+        }
+        if !seen.insert(p) {
+            return Err(("unseal.peers", format!("{p} is named twice")));
+        }
+        if !cfg.peers.contains_key(p) {
+            return Err(("unseal.peers", format!("{p} has no address in [peers]")));
+        }
+    }
+    if cfg.tls.is_none() || cfg.controllers.is_empty() {
+        return Err((
+            "unseal.method",
+            "the peers method needs [tls] and [[controllers]]: peers help only a node a \
+             controller vouches for"
+                .into(),
+        ));
+    }
+    Ok((u.peers.clone(), u.threshold as u8))
 }
 
 #[cfg(test)]

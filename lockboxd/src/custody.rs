@@ -40,17 +40,20 @@ mod receive;
 mod records;
 mod rotation;
 mod send;
+mod slots;
 mod txn;
 
 pub use backup::{ExportedBackup, RestoreSource, Restored};
 pub use grants::{GrantRole, StoredReceipt};
-pub use lifecycle::{init, read_keyfile};
+pub use lifecycle::{InitSecrets, ensure_keyfile, init, read_keyfile};
+pub(crate) use model::quote;
 pub use model::{
     AuditReport, AuditView, Caller, CloneMode, Destroyed, KeyInfo, KeyMeta, KeyState, Material,
     MovedTo, NodeStatus, Origin, OriginKind, Released, Rotated, VersionMeta, VersionState,
 };
 pub use receive::{Incoming, ReceivedKey};
 pub use send::{AsRead, Outgoing, OutgoingVersion};
+pub use slots::{Enroll, SlotInfo};
 use txn::WriteState;
 
 const NODE_SIGNING: &[u8] = b"signing";
@@ -84,6 +87,10 @@ pub struct AttestRequest {
     pub signing_public_key: [u8; 32],
     /// Signature by the signing key over the request message.
     pub proof: Vec<u8>,
+    /// ristretto255 assist public key (peer-assisted unseal), covered by `proof`, so that the
+    /// controller attests the key peers will enroll shares to, and no one on the way can
+    /// swap it for their own.
+    pub assist_public_key: [u8; 32],
 }
 
 /// The custody service of one lockbox.
@@ -144,9 +151,10 @@ impl Custody {
         self.keyfile_path.clone()
     }
 
-    /// The configured unseal method.
+    /// The keyring's unseal method (its primary slot), which `lockboxctl unseal enroll` may
+    /// have changed since the start.
     pub fn unseal_method(&self) -> UnsealMethod {
-        self.policy.method
+        self.keyring().method()
     }
 
     fn unlocked(&self) -> Result<Arc<Unlocked>> {
@@ -216,6 +224,7 @@ impl Custody {
         let u = self.unlocked()?;
         let hpke = u.hpke.public_key();
         let signing = u.signing.public_key();
+        let assist = self.assist.public_key();
         let msg = lockbox_crypto::attest_request_message(
             &self.node_id,
             trust_domain,
@@ -223,12 +232,14 @@ impl Custody {
             &hpke,
             &signing,
             tls_spki_sha256,
+            Some(&assist),
         );
         Ok(AttestRequest {
             hpke_public_key: hpke,
             hpke_kem_id: lockbox_crypto::HPKE_KEM_X25519,
             signing_public_key: signing,
             proof: lockbox_crypto::sign_attest_request(&u.signing, &msg),
+            assist_public_key: assist,
         })
     }
 }

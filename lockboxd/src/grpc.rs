@@ -4,16 +4,28 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lockbox_crypto::{SecretBytes, UnsealMethod, UnsealSecret};
+use lockbox_crypto::{RecoveryChange, SecretBytes, UnsealMethod, UnsealSecret};
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::lockbox_server::Lockbox;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::assist::Revocations;
 use crate::attest::Attestor;
 use crate::config::ClonePolicy;
-use crate::custody::{self, Caller, CloneMode, Custody, KeyInfo, KeyState};
+use crate::custody::{self, Caller, CloneMode, Custody, Enroll, KeyInfo, KeyState};
 use crate::transfer::Transfers;
+use crate::unseal_peers::PeerUnsealer;
+
+/// Refuses a passphrase shorter than 8 bytes, naming which one.
+fn check_passphrase_len(p: &SecretBytes, what: &str) -> Result<(), Status> {
+    if p.len() < 8 {
+        return Err(Status::invalid_argument(format!(
+            "invalid argument: {what} too short (at least 8 bytes)"
+        )));
+    }
+    Ok(())
+}
 
 /// Which local users may talk to the socket.
 #[derive(Debug, Clone)]
@@ -74,6 +86,10 @@ pub struct LocalApi {
     custody: Arc<Custody>,
     attestor: Option<Arc<Attestor>>,
     transfers: Option<Arc<Transfers>>,
+    unsealer: Option<Arc<PeerUnsealer>>,
+    revocations: Option<Arc<Revocations>>,
+    /// The config file lockboxd was started with (`EnrollUnseal` re-reads its `[unseal]`).
+    config_source: std::path::PathBuf,
 }
 
 impl LocalApi {
@@ -87,7 +103,123 @@ impl LocalApi {
             custody,
             attestor,
             transfers,
+            unsealer: None,
+            revocations: None,
+            config_source: std::path::PathBuf::new(),
         }
+    }
+
+    /// Adds what peer-assisted unseal needs: the unsealer (asking peers, enrolling), the
+    /// revocations this node knows, and the config file to re-read on `EnrollUnseal`.
+    pub fn with_unseal(
+        mut self,
+        unsealer: Option<Arc<PeerUnsealer>>,
+        revocations: Option<Arc<Revocations>>,
+        config_source: std::path::PathBuf,
+    ) -> Self {
+        self.unsealer = unsealer;
+        self.revocations = revocations;
+        self.config_source = config_source;
+        self
+    }
+
+    fn unseal_info(&self) -> pb::UnsealInfo {
+        let slots = self.custody.slot_info();
+        let progress = self
+            .unsealer
+            .as_ref()
+            .map(|u| u.progress())
+            .unwrap_or_default();
+        pb::UnsealInfo {
+            method: slots.method.as_str().into(),
+            answered: progress.answered,
+            missing: progress.missing.iter().map(|(p, _)| p.clone()).collect(),
+            missing_errors: progress.missing.into_iter().map(|(_, e)| e).collect(),
+            recovery: slots.recovery,
+            unsealed_by: progress.unsealed_by,
+        }
+    }
+
+    /// `EnrollUnseal`: the slots the config's `[unseal]` asks for, replacing the keyring's.
+    async fn enroll(&self, who: &Caller, req: pb::EnrollUnsealRequest) -> Result<(), Status> {
+        let (config, policy) = crate::config::Config::load(&self.config_source)
+            .map_err(|e| Status::failed_precondition(format!("re-reading the config: {e}")))?;
+        if config.node_id != self.custody.node_id() {
+            return Err(Status::failed_precondition(format!(
+                "{} now names node {}, but this lockboxd is {}",
+                self.config_source.display(),
+                config.node_id,
+                self.custody.node_id()
+            )));
+        }
+        let argon = lockbox_crypto::Argon2Params {
+            memory_kib: config.unseal.argon2_memory_kib,
+            iterations: config.unseal.argon2_iterations,
+            parallelism: 1,
+        };
+        let recovery_pass = SecretBytes::new(req.recovery_passphrase);
+        let passphrase = SecretBytes::new(req.passphrase);
+        let had_recovery = self.custody.slot_info().recovery;
+        let (recovery, recovery_note) = match (policy.recovery, recovery_pass.is_empty()) {
+            (true, false) => {
+                check_passphrase_len(&recovery_pass, "recovery passphrase")?;
+                (RecoveryChange::Set(&recovery_pass, argon), "recovery set")
+            }
+            (true, true) if had_recovery => (RecoveryChange::Keep, "recovery kept"),
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "invalid argument: [unseal] recovery = \"passphrase\" and this keyring has no \
+                     recovery slot yet: give --recovery-passphrase-file",
+                ));
+            }
+            (false, _) if had_recovery => (RecoveryChange::Drop, "recovery removed"),
+            (false, _) => (RecoveryChange::Drop, "no recovery"),
+        };
+        let keyfile;
+        let peers;
+        let (primary, detail) = match policy.method {
+            UnsealMethod::Keyfile => {
+                custody::ensure_keyfile(&config.unseal.keyfile)?;
+                keyfile = custody::read_keyfile(&config.unseal.keyfile)?;
+                (Enroll::Keyfile(&keyfile), "method keyfile".to_string())
+            }
+            UnsealMethod::Passphrase => {
+                check_passphrase_len(&passphrase, "passphrase")?;
+                (
+                    Enroll::Passphrase(&passphrase, argon),
+                    "method passphrase".to_string(),
+                )
+            }
+            UnsealMethod::Peers => {
+                let unsealer = self.unsealer.as_ref().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "the peers method needs [tls] and [[controllers]] in the config \
+                         lockboxd was started with",
+                    )
+                })?;
+                peers = unsealer
+                    .reach()
+                    .enroll(
+                        self.custody.node_id(),
+                        &policy.unseal_peers,
+                        policy.unseal_threshold,
+                    )
+                    .await
+                    .map_err(Status::unavailable)?;
+                (
+                    Enroll::Peers(peers.0.clone(), &peers.1),
+                    format!(
+                        "method peers ({} of {})",
+                        policy.unseal_threshold,
+                        policy.unseal_peers.join(",")
+                    ),
+                )
+            }
+        };
+        self.custody
+            .enroll_slots(who, primary, recovery, format!("{detail}, {recovery_note}"))
+            .await?;
+        Ok(())
     }
 
     async fn status_pb(&self) -> pb::StatusResponse {
@@ -101,6 +233,12 @@ impl LocalApi {
             s.attestation_state = "none".into();
             s.attestation_error = "no [[controllers]] configured".into();
         }
+        s.unseal = Some(self.unseal_info());
+        s.revoked_nodes = self
+            .revocations
+            .as_ref()
+            .map(|r| r.list())
+            .unwrap_or_default();
         let h = crate::hardening::current();
         s.memory_locked = h.memory_locked;
         s.core_dumps_disabled = h.core_dumps_disabled;
@@ -304,16 +442,37 @@ impl Lockbox for LocalApi {
     async fn unseal(&self, req: Request<pb::UnsealRequest>) -> R<pb::StatusResponse> {
         let who = caller(&req);
         let passphrase = SecretBytes::new(req.into_inner().passphrase);
-        match self.custody.unseal_method() {
+        let method = self.custody.unseal_method();
+        if !passphrase.is_empty() {
+            // The passphrase slot, or the recovery slot of any other method.
+            let was_sealed = self.custody.status().await.sealed;
+            self.custody
+                .unseal(&who, UnsealSecret::Passphrase(&passphrase))
+                .await?;
+            if let (true, Some(u)) = (was_sealed, &self.unsealer) {
+                u.unsealed_by(if method == UnsealMethod::Passphrase {
+                    "passphrase"
+                } else {
+                    "recovery"
+                });
+            }
+            return Ok(Response::new(self.status_pb().await));
+        }
+        match method {
             UnsealMethod::Passphrase => {
-                if passphrase.is_empty() {
-                    return Err(Status::invalid_argument(
-                        "invalid argument: this lockbox unseals with a passphrase (--passphrase-file)",
-                    ));
-                }
-                self.custody
-                    .unseal(&who, UnsealSecret::Passphrase(&passphrase))
-                    .await?;
+                return Err(Status::invalid_argument(
+                    "invalid argument: this lockbox unseals with a passphrase (--passphrase-file)",
+                ));
+            }
+            UnsealMethod::Peers => {
+                let u = self.unsealer.as_ref().ok_or_else(|| {
+                    Status::failed_precondition("the peers method needs [tls] and [[controllers]]")
+                })?;
+                u.attempt().await.map_err(|e| {
+                    Status::unavailable(format!(
+                        "still sealed: {e} (or give the recovery passphrase with --passphrase-file)"
+                    ))
+                })?;
             }
             UnsealMethod::Keyfile => {
                 let path = self.custody.keyfile_path();
@@ -323,6 +482,12 @@ impl Lockbox for LocalApi {
                     .await?;
             }
         }
+        Ok(Response::new(self.status_pb().await))
+    }
+
+    async fn enroll_unseal(&self, req: Request<pb::EnrollUnsealRequest>) -> R<pb::StatusResponse> {
+        let who = caller(&req);
+        self.enroll(&who, req.into_inner()).await?;
         Ok(Response::new(self.status_pb().await))
     }
 

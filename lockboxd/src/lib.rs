@@ -5,6 +5,7 @@
 //! audit checkpoint and flushes.
 
 mod accept;
+pub mod assist;
 pub mod attest;
 pub mod config;
 pub mod custody;
@@ -18,6 +19,7 @@ mod par;
 pub mod peer;
 pub mod settle;
 pub mod transfer;
+pub mod unseal_peers;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -101,6 +103,7 @@ async fn start_peer_api(
     attestor: Arc<attest::Attestor>,
     trust_domain: String,
     rpc_metrics: Option<lockbox_metrics::RpcMetrics>,
+    assist: Arc<assist::AssistDesk>,
 ) -> Result<PeerServer> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
         CustodyError::InvalidArgument(format!("peer_listen {listen:?} is not an address:port"))
@@ -119,6 +122,7 @@ async fn start_peer_api(
         custody,
         attestor,
         trust_domain,
+        assist,
     ))
     .max_decoding_message_size(peer::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(64 << 20);
@@ -146,7 +150,12 @@ async fn start_peer_api(
 /// Request size caps of the peer API's methods: `Identity` takes an empty message; `Deliver`
 /// is a stream of batches, each bounded by the service's message limit and the delivery by
 /// `peer::MAX_DELIVERY_BYTES`.
-const PEER_METHOD_LIMITS: &[(&str, usize)] = &[("/lockbox.v1.Peer/Identity", 4096)];
+const PEER_METHOD_LIMITS: &[(&str, usize)] = &[
+    ("/lockbox.v1.Peer/Identity", 4096),
+    ("/lockbox.v1.Peer/AssistKey", 4096),
+    // A vouch (a short body and at most 32 signatures), names, the point.
+    ("/lockbox.v1.Peer/Assist", 64 << 10),
+];
 /// Request size caps of the Unix socket's methods (bytes, enforced as the body streams in):
 /// every method but the three that carry a grant or a backup file takes labels, ids and
 /// small fields (64 labels of 1 KiB at most), far below 1 MiB; those three keep the service's
@@ -163,6 +172,7 @@ const LOCAL_METHOD_LIMITS: &[(&str, usize)] = &[
     ("/lockbox.v1.Lockbox/Status", LOCAL_SMALL),
     ("/lockbox.v1.Lockbox/Seal", LOCAL_SMALL),
     ("/lockbox.v1.Lockbox/Unseal", LOCAL_SMALL),
+    ("/lockbox.v1.Lockbox/EnrollUnseal", LOCAL_SMALL),
     ("/lockbox.v1.Lockbox/RotateKek", LOCAL_SMALL),
     ("/lockbox.v1.Lockbox/AuditTail", LOCAL_SMALL),
     ("/lockbox.v1.Lockbox/AuditVerify", LOCAL_SMALL),
@@ -215,6 +225,10 @@ async fn start_metrics(
     Ok(endpoint)
 }
 
+/// How often the known revocation lists are refreshed from the controllers (besides on
+/// every assist request): peers learn a revocation within this even when nobody asks.
+const REVOCATIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How often expired grant records are swept (also once at start-up).
 const GRANT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -246,7 +260,7 @@ pub async fn run(
         .set_memory_locked(hardening::current().memory_locked);
     // Per-request metrics only with the endpoint on: nobody reads them otherwise.
     let rpc_metrics = policy.metrics.map(|_| custody.metrics().rpc().clone());
-    if policy.method == UnsealMethod::Keyfile {
+    if custody.unseal_method() == UnsealMethod::Keyfile {
         let secret = custody::read_keyfile(&config.unseal.keyfile)?;
         custody
             .unseal(&Caller::system(), UnsealSecret::Keyfile(&secret))
@@ -255,6 +269,8 @@ pub async fn run(
     let mut attestor = None;
     let mut transfers = None;
     let mut peer_server = None;
+    let mut revocations = None;
+    let mut unsealer = None;
     if let (Some(tls), false) = (&config.tls, config.controllers.is_empty()) {
         let files = lockbox_tls::TlsFiles {
             cert: tls.cert.clone(),
@@ -271,6 +287,28 @@ pub async fn run(
             config.data_dir.clone(),
         );
         tokio::spawn(a.clone().run());
+        let r = assist::Revocations::new(
+            &config.data_dir,
+            files.clone(),
+            config.controllers.clone(),
+            policy.controllers.clone(),
+            own.trust_domain.clone(),
+        );
+        tokio::spawn(r.clone().run(REVOCATIONS_EVERY));
+        let u = unseal_peers::PeerUnsealer::new(
+            custody.clone(),
+            unseal_peers::Reach {
+                tls: files.clone(),
+                addresses: config.peers.clone(),
+                controllers: config.controllers.clone(),
+                trusted: policy.controllers.clone(),
+                skew_ms: custody.clock_skew_ms(),
+            },
+        );
+        if custody.unseal_method() == UnsealMethod::Peers {
+            tokio::spawn(u.clone().run());
+        }
+        unsealer = Some(u);
         transfers = Some(Arc::new(transfer::Transfers::new(
             custody.clone(),
             a.clone(),
@@ -286,11 +324,13 @@ pub async fn run(
                     a.clone(),
                     own.trust_domain,
                     rpc_metrics.clone(),
+                    Arc::new(assist::AssistDesk::new(custody.clone(), r.clone())),
                 )
                 .await?,
             );
         }
         attestor = Some(a);
+        revocations = Some(r);
         tokio::spawn(prune_grants(custody.clone()));
     }
     let endpoint = match policy.metrics {
@@ -308,11 +348,13 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LockboxServer<LocalApi>>().await;
     let api = tonic::service::interceptor::InterceptedService::new(
-        LockboxServer::new(LocalApi::new(
-            custody.clone(),
-            attestor.clone(),
-            transfers.clone(),
-        ))
+        LockboxServer::new(
+            LocalApi::new(custody.clone(), attestor.clone(), transfers.clone()).with_unseal(
+                unsealer.clone(),
+                revocations.clone(),
+                config.source.clone(),
+            ),
+        )
         // A restore carries a whole backup file (at most MAX_BACKUP_LEN) and its identity.
         .max_decoding_message_size(LOCAL_MAX_MESSAGE)
         .max_encoding_message_size(LOCAL_MAX_MESSAGE),

@@ -36,6 +36,10 @@ enum Command {
         /// Read the passphrase (passphrase method) from this file instead of a prompt.
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
+        /// Read the recovery passphrase (`[unseal] recovery = "passphrase"`) from this file
+        /// instead of a prompt.
+        #[arg(long)]
+        recovery_passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -54,6 +58,37 @@ fn read_passphrase(file: Option<&PathBuf>) -> anyhow::Result<SecretBytes> {
     let trimmed = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
     zeroize::Zeroize::zeroize(&mut *text);
     Ok(SecretBytes::new(trimmed))
+}
+
+/// Enrolls the peers slot at `init`: every peer of `[unseal] peers` must be reachable and
+/// attested (the error names each that is not).
+async fn enroll_peers(
+    config: &lockboxd::config::Config,
+    policy: &lockboxd::config::Policy,
+) -> anyhow::Result<(lockbox_crypto::assist::PeerSlot, SecretBytes)> {
+    let tls = config
+        .tls
+        .as_ref()
+        .context("the peers method needs [tls]")?;
+    let reach = lockboxd::unseal_peers::Reach {
+        tls: lockbox_tls::TlsFiles {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            ca: tls.ca.clone(),
+        },
+        addresses: config.peers.clone(),
+        controllers: config.controllers.clone(),
+        trusted: policy.controllers.clone(),
+        skew_ms: policy.clock_skew.as_millis() as u64,
+    };
+    reach
+        .enroll(
+            &config.node_id,
+            &policy.unseal_peers,
+            policy.unseal_threshold,
+        )
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 fn main() -> ExitCode {
@@ -90,14 +125,21 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match args.command {
-            Some(Command::Init { passphrase_file }) => {
-                let passphrase = match policy.method {
-                    lockbox_crypto::UnsealMethod::Passphrase => {
-                        Some(read_passphrase(passphrase_file.as_ref())?)
-                    }
-                    lockbox_crypto::UnsealMethod::Keyfile => None,
-                };
-                lockboxd::custody::init(&config, &policy, passphrase).await?;
+            Some(Command::Init {
+                passphrase_file,
+                recovery_passphrase_file,
+            }) => {
+                let mut secrets = lockboxd::custody::InitSecrets::default();
+                if policy.method == lockbox_crypto::UnsealMethod::Passphrase {
+                    secrets.passphrase = Some(read_passphrase(passphrase_file.as_ref())?);
+                }
+                if policy.recovery {
+                    secrets.recovery = Some(read_passphrase(recovery_passphrase_file.as_ref())?);
+                }
+                if policy.method == lockbox_crypto::UnsealMethod::Peers {
+                    secrets.peers = Some(enroll_peers(&config, &policy).await?);
+                }
+                lockboxd::custody::init(&config, &policy, secrets).await?;
                 println!(
                     "initialized {} for node {} (unseal method {})",
                     config.data_dir.display(),

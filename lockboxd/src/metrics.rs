@@ -43,6 +43,14 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// The outcomes `lockbox_unseal_assists_total{outcome}` counts at a helping peer.
+pub const ASSIST_OUTCOMES: [&str; 3] = ["answered", "refused", "rate_limited"];
+
 /// The reasons `lockbox_grants_refused_total{reason}` counts: every `GrantError::code` and
 /// the reuse of a grant id with another body.
 const GRANT_REFUSALS: [&str; 11] = [
@@ -108,6 +116,7 @@ pub struct Metrics {
     kek_rotations: Counter,
     audit_records: Counter,
     memory_locked: Gauge,
+    assists: Family<OutcomeLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -199,6 +208,15 @@ impl Metrics {
             "1 when the daemon's memory is locked (mlockall), so key material cannot reach swap",
             Gauge::default(),
         );
+        let assists = add(
+            &mut r,
+            "lockbox_unseal_assists",
+            "Peer-assisted unseal requests this node handled as a helping peer, by outcome (answered; refused: not the owner, no valid vouch, revoked, malformed; rate_limited)",
+            Family::<OutcomeLabel, Counter>::default(),
+        );
+        for outcome in ASSIST_OUTCOMES {
+            let _ = assists.get_or_create(&OutcomeLabel { outcome });
+        }
         lockbox_metrics::register_build_info(
             &mut r,
             "lockbox_build_info",
@@ -240,7 +258,14 @@ impl Metrics {
             kek_rotations,
             audit_records,
             memory_locked,
+            assists,
         }
+    }
+
+    /// Counts one assist request handled as a helping peer (`outcome` one of
+    /// [`ASSIST_OUTCOMES`]).
+    pub fn assist(&self, outcome: &'static str) {
+        self.assists.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// The registry the endpoint serves.
@@ -397,6 +422,7 @@ mod tests {
             "lockbox_kek_rotations_total ",
             "lockbox_audit_records_total ",
             "lockbox_memory_locked ",
+            "lockbox_unseal_assists_total{outcome=\"rate_limited\"} 0",
             "lockbox_build_info{version=",
         ] {
             assert!(t.contains(name), "{name} missing from:\n{t}");

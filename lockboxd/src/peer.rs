@@ -38,6 +38,8 @@ pub struct PeerApi {
     deliveries: Arc<tokio::sync::Semaphore>,
     /// Bytes of batches held by the deliveries being received, all together.
     in_flight: Arc<std::sync::atomic::AtomicU64>,
+    /// Peer-assisted unseal: whom this node helps, and how.
+    assist: Arc<crate::assist::AssistDesk>,
 }
 
 /// Bytes one delivery holds, counted in [`PeerApi::in_flight`] until the delivery ends
@@ -108,8 +110,14 @@ async fn next_message(
 
 impl PeerApi {
     /// Builds the service.
-    pub fn new(custody: Arc<Custody>, attestor: Arc<Attestor>, trust_domain: String) -> Self {
+    pub fn new(
+        custody: Arc<Custody>,
+        attestor: Arc<Attestor>,
+        trust_domain: String,
+        assist: Arc<crate::assist::AssistDesk>,
+    ) -> Self {
         PeerApi {
+            assist,
             custody,
             attestor,
             trust_domain,
@@ -189,6 +197,27 @@ impl Peer for PeerApi {
                 "this lockbox has no valid attestation (controller unreachable, or sealed)",
             )),
         }
+    }
+
+    async fn assist_key(
+        &self,
+        req: Request<pb::AssistKeyRequest>,
+    ) -> Result<Response<pb::AssistKeyResponse>, Status> {
+        let caller = self.caller(&req, "unseal-assist-key").await?;
+        self.assist.assist_key(&caller).map(Response::new)
+    }
+
+    async fn assist(
+        &self,
+        req: Request<pb::AssistRequest>,
+    ) -> Result<Response<pb::AssistResponse>, Status> {
+        let caller = self.caller(&req, "unseal-assist").await?;
+        let spki = lockbox_tls::peer_spki_sha256(&req)
+            .map_err(|e| Status::unauthenticated(format!("peer certificate: {e}")))?;
+        self.assist
+            .assist(&caller, &spki, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn deliver(

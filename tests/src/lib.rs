@@ -175,6 +175,17 @@ pub enum UnsealMethod {
     /// `method = "passphrase"` with this passphrase (fast Argon2 parameters); the node starts
     /// sealed.
     Passphrase(String),
+    /// `method = "peers"` over these peers (names of the cluster's `[peers]`), `threshold` of
+    /// them, with a recovery passphrase slot when `recovery` is set (written to
+    /// [`Node::recovery_file`], fast Argon2 parameters).
+    Peers {
+        /// `[unseal] peers`.
+        peers: Vec<String>,
+        /// `[unseal] threshold`.
+        threshold: u32,
+        /// The recovery passphrase, if any.
+        recovery: Option<String>,
+    },
 }
 
 /// The `[keys] shred_rotation` policy.
@@ -278,10 +289,24 @@ impl Node {
             log_mark: 0,
         };
         node.write_config();
-        if let UnsealMethod::Passphrase(p) = &node.opts.unseal {
-            fs::write(node.passphrase_file(), p).unwrap();
-        }
+        node.write_secrets();
         node
+    }
+
+    /// Writes the passphrase and recovery files the options name.
+    pub fn write_secrets(&self) {
+        match &self.opts.unseal {
+            UnsealMethod::Passphrase(p) => fs::write(self.passphrase_file(), p).unwrap(),
+            UnsealMethod::Peers {
+                recovery: Some(r), ..
+            } => fs::write(self.recovery_file(), r).unwrap(),
+            _ => {}
+        }
+    }
+
+    /// The file holding the recovery passphrase of a peers node.
+    pub fn recovery_file(&self) -> PathBuf {
+        self.dir.path().join("recovery.pass")
     }
 
     /// The node's options (change them, then call [`Node::write_config`]).
@@ -325,6 +350,25 @@ impl Node {
                 s.push_str("method = \"passphrase\"\n");
                 s.push_str("argon2_memory_kib = 1024\n");
                 s.push_str("argon2_iterations = 1\n");
+            }
+            UnsealMethod::Peers {
+                peers,
+                threshold,
+                recovery,
+            } => {
+                let list: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+                s.push_str("method = \"peers\"\n");
+                s.push_str(&format!("peers = [{}]\n", list.join(", ")));
+                s.push_str(&format!("threshold = {threshold}\n"));
+                s.push_str(&format!(
+                    "keyfile = \"{}\"\n",
+                    self.keyfile_path().display()
+                ));
+                s.push_str("argon2_memory_kib = 1024\n");
+                s.push_str("argon2_iterations = 1\n");
+                if recovery.is_some() {
+                    s.push_str("recovery = \"passphrase\"\n");
+                }
             }
         }
         if o.clone_policy.is_some() || o.shred_rotation.is_some() {
@@ -402,8 +446,17 @@ impl Node {
     pub fn init_output(&self) -> Output {
         let mut cmd = Command::new(&binaries().lockboxd);
         cmd.arg("init").arg("--config").arg(self.config_path());
-        if matches!(self.opts.unseal, UnsealMethod::Passphrase(_)) {
-            cmd.arg("--passphrase-file").arg(self.passphrase_file());
+        match &self.opts.unseal {
+            UnsealMethod::Passphrase(_) => {
+                cmd.arg("--passphrase-file").arg(self.passphrase_file());
+            }
+            UnsealMethod::Peers {
+                recovery: Some(_), ..
+            } => {
+                cmd.arg("--recovery-passphrase-file")
+                    .arg(self.recovery_file());
+            }
+            _ => {}
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);

@@ -147,6 +147,48 @@ impl Rogue {
         }
     }
 
+    /// Asks the controller at `url` to vouch for this rogue's TLS identity (as a sealed
+    /// lockbox does before asking its peers for help).
+    pub fn vouch(&self, controller_url: &str) -> Result<pb::SignedVouch, RogueError> {
+        self.run(async {
+            let ch = self
+                .channel(controller_url, Expect::role(Role::Controller))
+                .await?;
+            Ok(ControllerClient::new(ch)
+                .vouch(pb::VouchRequest {})
+                .await?
+                .into_inner())
+        })
+    }
+
+    /// `Peer.AssistKey` of the lockbox `peer` at `url`.
+    pub fn assist_key(&self, url: &str, peer: &str) -> Result<pb::AssistKeyResponse, RogueError> {
+        self.run(async {
+            let ch = self
+                .channel(url, Expect::named(Role::Lockbox, peer))
+                .await?;
+            Ok(PeerClient::new(ch)
+                .assist_key(pb::AssistKeyRequest {})
+                .await?
+                .into_inner())
+        })
+    }
+
+    /// `Peer.Assist` of the lockbox `peer` at `url`, with whatever request the test built.
+    pub fn assist(
+        &self,
+        url: &str,
+        peer: &str,
+        request: pb::AssistRequest,
+    ) -> Result<pb::AssistResponse, RogueError> {
+        self.run(async {
+            let ch = self
+                .channel(url, Expect::named(Role::Lockbox, peer))
+                .await?;
+            Ok(PeerClient::new(ch).assist(request).await?.into_inner())
+        })
+    }
+
     /// Its Ed25519 public key.
     pub fn signing_public_key(&self) -> [u8; 32] {
         self.signing.public_key()
@@ -182,12 +224,14 @@ impl Rogue {
             &hpke_pub,
             &signing_pub,
             &spki,
+            None,
         );
         let request = pb::AttestRequest {
             hpke_public_key: hpke_pub.to_vec(),
             hpke_kem_id: HPKE_KEM_X25519,
             signing_public_key: signing_pub.to_vec(),
             proof: sign_attest_request(&self.signing, &msg),
+            assist_public_key: Vec::new(),
         };
         self.run(async {
             let ch = self

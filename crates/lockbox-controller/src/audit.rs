@@ -1,4 +1,5 @@
-//! The controller's own audit log: every attestation and grant, issued or refused.
+//! The controller's own audit log: every attestation, vouch and grant, issued or refused, and
+//! every revocation change (see `revoked.rs` for how each is written exactly once).
 //!
 //! Same format as a lockbox's (`lockbox-crypto` audit entries, hash-chained, with a checkpoint
 //! signed by the controller's key every [`CHECKPOINT_EVERY`] records), stored with
@@ -30,6 +31,18 @@ pub struct AuditLog {
 
 use lockbox_runtime::now_unix_ms as now_ms;
 
+/// An audit event stamped now (the key id field is for lockboxes; the controller has none).
+pub fn event(actor: &str, action: &str, outcome: &str, detail: String) -> AuditEvent {
+    AuditEvent {
+        time_unix_ms: now_ms(),
+        actor: actor.into(),
+        action: action.into(),
+        key_id: String::new(),
+        outcome: outcome.into(),
+        detail,
+    }
+}
+
 impl AuditLog {
     /// Opens (or creates) the log in `dir`.
     pub fn open(dir: &Path) -> Result<AuditLog, ControllerError> {
@@ -57,52 +70,100 @@ impl AuditLog {
         outcome: &str,
         detail: String,
     ) -> Result<(), ControllerError> {
-        let event = AuditEvent {
-            time_unix_ms: now_ms(),
-            actor: actor.into(),
-            action: action.into(),
-            key_id: String::new(),
-            outcome: outcome.into(),
-            detail,
-        };
-        let generation = self.append_locked(signer, event)?;
+        let generation =
+            self.append_locked(signer, vec![event(actor, action, outcome, detail)], None)?;
         self.store.durable(generation).await?;
         Ok(())
     }
 
-    /// Chains and hands one record (and a checkpoint when due) to the store under the head
-    /// lock; returns the generation to wait for.
+    /// Appends `events` and sets the node record `mark` in the same atomic batch, and waits
+    /// until both are durable.
+    ///
+    /// Why: a record that must be written exactly once (a revocation change made while the
+    /// daemon ran) is identified by a mark that says how far the log has recorded; writing
+    /// the mark with the records means a crash leaves both or neither.
+    pub async fn append_marked(
+        &self,
+        signer: &SigningIdentity,
+        events: Vec<AuditEvent>,
+        mark: (&[u8], &[u8]),
+    ) -> Result<(), ControllerError> {
+        let generation = self.append_locked(signer, events, Some(mark))?;
+        self.store.durable(generation).await?;
+        Ok(())
+    }
+
+    /// [`AuditLog::append_marked`] for a caller without an async runtime (the CLI): blocks
+    /// until the records are durable.
+    pub fn append_marked_blocking(
+        &self,
+        signer: &SigningIdentity,
+        events: Vec<AuditEvent>,
+        mark: (&[u8], &[u8]),
+    ) -> Result<(), ControllerError> {
+        self.append_locked(signer, events, Some(mark))?;
+        self.store.flush_blocking()?;
+        Ok(())
+    }
+
+    /// The node record `key` last written with [`AuditLog::append_marked`], if any.
+    pub fn mark(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ControllerError> {
+        Ok(self.store.get(Ns::Node, key)?)
+    }
+
+    /// Every record, in order (`audit-verify` checks them; tests and tools read them).
+    pub fn entries(&self) -> Result<Vec<AuditEntry>, ControllerError> {
+        let mut out = Vec::new();
+        for r in self.store.iter_after(Ns::Audit, None) {
+            let (_, bytes) = r?;
+            out.push(
+                AuditEntry::decode(&bytes)
+                    .map_err(|e| ControllerError::Audit(format!("audit record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Chains and hands records (each followed by a checkpoint when one is due) and `mark`
+    /// to the store in one batch under the head lock; returns the generation to wait for.
     fn append_locked(
         &self,
         signer: &SigningIdentity,
-        event: AuditEvent,
+        events: Vec<AuditEvent>,
+        mark: Option<(&[u8], &[u8])>,
     ) -> Result<u64, ControllerError> {
         let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = Batch::new();
-        let entry = AuditEntry {
-            seq: head.0 + 1,
-            prev_hash: head.1,
-            event,
-            checkpoint: None,
-        };
-        let mut next = (entry.seq, entry.hash());
-        batch.put(Ns::Audit, &entry.seq.to_be_bytes(), &entry.encode());
-        if next.0.is_multiple_of(CHECKPOINT_EVERY) {
-            let seq = next.0 + 1;
-            let cp = AuditEntry {
-                seq,
+        let mut next = *head;
+        for event in events {
+            let entry = AuditEntry {
+                seq: next.0 + 1,
                 prev_hash: next.1,
-                event: AuditEvent {
-                    time_unix_ms: now_ms(),
-                    actor: "lockbox-controller".into(),
-                    action: "checkpoint".into(),
-                    outcome: "ok".into(),
-                    ..Default::default()
-                },
-                checkpoint: Some(sign_checkpoint(signer, seq, &next.1)),
+                event,
+                checkpoint: None,
             };
-            batch.put(Ns::Audit, &seq.to_be_bytes(), &cp.encode());
-            next = (seq, cp.hash());
+            next = (entry.seq, entry.hash());
+            batch.put(Ns::Audit, &entry.seq.to_be_bytes(), &entry.encode());
+            if next.0.is_multiple_of(CHECKPOINT_EVERY) {
+                let seq = next.0 + 1;
+                let cp = AuditEntry {
+                    seq,
+                    prev_hash: next.1,
+                    event: AuditEvent {
+                        time_unix_ms: now_ms(),
+                        actor: "lockbox-controller".into(),
+                        action: "checkpoint".into(),
+                        outcome: "ok".into(),
+                        ..Default::default()
+                    },
+                    checkpoint: Some(sign_checkpoint(signer, seq, &next.1)),
+                };
+                batch.put(Ns::Audit, &seq.to_be_bytes(), &cp.encode());
+                next = (seq, cp.hash());
+            }
+        }
+        if let Some((key, value)) = mark {
+            batch.put(Ns::Node, key, value);
         }
         let generation = self.store.apply(batch)?;
         *head = next;

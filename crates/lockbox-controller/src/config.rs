@@ -22,6 +22,8 @@ struct Raw {
     signing_key: PathBuf,
     #[serde(default = "default_ttl")]
     attestation_ttl: String,
+    #[serde(default = "default_vouch_ttl_secs")]
+    vouch_ttl_secs: u64,
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(default)]
@@ -81,6 +83,9 @@ fn default_signing_key() -> PathBuf {
 fn default_ttl() -> String {
     "24h".into()
 }
+fn default_vouch_ttl_secs() -> u64 {
+    DEFAULT_VOUCH_TTL_SECS
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/lockbox-controller")
 }
@@ -97,6 +102,14 @@ fn default_max_keys() -> usize {
     100_000
 }
 
+/// Default life of a vouch (`vouch_ttl_secs`): how long a revoked node may still get help
+/// from peers that have not fetched this controller's revocation list.
+pub const DEFAULT_VOUCH_TTL_SECS: u64 = 300;
+/// Shortest `vouch_ttl_secs`: a sealed node must have time to ask its peers.
+pub const MIN_VOUCH_TTL_SECS: u64 = 10;
+/// Longest `vouch_ttl_secs`: peers refuse a vouch that lives longer than an hour.
+pub const MAX_VOUCH_TTL_SECS: u64 = lockbox_crypto::vouch::MAX_VOUCH_LIFETIME_MS / 1000;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -110,6 +123,8 @@ pub struct ControllerConfig {
     pub signing_key: PathBuf,
     /// Validity of the attestations it signs.
     pub attestation_ttl: Duration,
+    /// Validity of the vouches it signs (`vouch_ttl_secs`, 10 to 3600 s).
+    pub vouch_ttl: Duration,
     /// Where the hash-chained audit log (a small database) lives.
     pub data_dir: PathBuf,
     /// When set, only these nodes may be attested.
@@ -256,6 +271,18 @@ impl ControllerConfig {
             ));
         }
         let attestation_ttl = duration(path, "attestation_ttl".into(), &raw.attestation_ttl)?;
+        if !(MIN_VOUCH_TTL_SECS..=MAX_VOUCH_TTL_SECS).contains(&raw.vouch_ttl_secs) {
+            return Err(invalid(
+                path,
+                "vouch_ttl_secs".into(),
+                format!(
+                    "{} is not between {MIN_VOUCH_TTL_SECS} and {MAX_VOUCH_TTL_SECS} seconds (a \
+                     vouch must be short-lived: a revoked node keeps its help until its last \
+                     vouch expires, and peers refuse one that lives over an hour)",
+                    raw.vouch_ttl_secs
+                ),
+            ));
+        }
         let mut policy = Vec::new();
         for (i, r) in raw.policy.iter().enumerate() {
             let f = |name: &str| format!("policy[{i}].{name}");
@@ -288,6 +315,7 @@ impl ControllerConfig {
             trust_domain: raw.trust_domain,
             signing_key: raw.signing_key,
             attestation_ttl,
+            vouch_ttl: Duration::from_secs(raw.vouch_ttl_secs),
             data_dir: raw.data_dir,
             allowed_nodes: raw.allowed_nodes,
             log_format: raw.log_format,
@@ -325,8 +353,27 @@ ca = "ca"
         );
         let c = ControllerConfig::parse(&text, Path::new("t")).unwrap();
         assert_eq!(c.attestation_ttl, Duration::from_secs(86400));
+        assert_eq!(c.vouch_ttl, Duration::from_secs(300));
         assert_eq!(c.policy.len(), 1);
         assert_eq!(c.policy[0].max_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn vouch_ttl_is_bounded() {
+        let at = |v: &str| {
+            ControllerConfig::parse(&format!("vouch_ttl_secs = {v}\n{BASE}"), Path::new("t"))
+        };
+        assert_eq!(at("10").unwrap().vouch_ttl, Duration::from_secs(10));
+        assert_eq!(at("3600").unwrap().vouch_ttl, Duration::from_secs(3600));
+        for bad in ["0", "9", "3601", "86400"] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("vouch_ttl_secs") && e.contains("between 10 and 3600 seconds"),
+                "{bad}: {e}"
+            );
+        }
+        let e = at("\"5m\"").unwrap_err().to_string();
+        assert!(e.contains("invalid type"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The lockbox controller: it signs short-lived grants (under policy) and attestations (binding
-//! a node to its keys), and holds no volume keys. Stateless apart from its signing key, config
-//! and audit log, so replicas with different keys serve side by side (M-of-N grants).
+//! The lockbox controller: it signs short-lived grants (under policy), attestations (binding
+//! a node to its keys) and vouches (for peer-assisted unseal), and holds no volume keys.
+//! Stateless apart from its signing key, config, audit log and the list of nodes its operator
+//! revoked, so replicas with different keys serve side by side (M-of-N grants).
 
 pub mod audit;
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod revoked;
 pub mod service;
 
 use std::future::Future;
@@ -47,6 +49,17 @@ pub enum ControllerError {
     /// The audit chain is broken or unreadable.
     #[error("audit log: {0}")]
     Audit(String),
+    /// The revocation list (`data_dir/revoked`) is damaged or cannot be read or written.
+    #[error("revocation list {path}: {message}")]
+    Revoked {
+        /// The file (or `data_dir`, for its lock).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A command-line request is invalid (a bad node name or reason); nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
     /// Cryptography failed (random numbers).
     #[error(transparent)]
     Crypto(#[from] lockbox_crypto::CryptoError),
@@ -115,6 +128,9 @@ pub fn controllers_block(config: &ControllerConfig, identity: &SigningIdentity) 
 /// The controller service's message limit.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// How often the running controller checks `data_dir/revoked` when no request does.
+pub const REVOCATIONS_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The largest grant request (`IssueGrant`, or a grant to `CosignGrant`) this controller's
 /// policy can allow: the most keys any rule allows, each id at its bound with its framing,
 /// plus room for the other fields (bounded too) and signatures. A larger request could only be
@@ -138,7 +154,21 @@ pub async fn run(
         addr: config.data_dir.display().to_string(),
         message: e.to_string(),
     })?;
+    // Under the lock `revoke`/`unrevoke` take, so that a command never opens the audit log
+    // while this process opens it (revoked.rs, "Every change is audited exactly once"); the
+    // list's changes made while stopped are recorded before anything is served.
+    let data_dir = config.data_dir.clone();
+    let dir_lock = tokio::task::spawn_blocking(move || revoked::DirLock::acquire(&data_dir))
+        .await
+        .map_err(|e| ControllerError::Serve {
+            addr: config.data_dir.display().to_string(),
+            message: e.to_string(),
+        })??;
     let audit = Arc::new(audit::AuditLog::open(&config.data_dir.join("audit"))?);
+    let revocations = Arc::new(
+        revoked::Revocations::open(&config.data_dir, audit.clone(), signer.clone()).await?,
+    );
+    drop(dir_lock);
     // Lockboxes (attestation), orchestrators and admins (grants) of this trust domain only:
     // anything else is refused in the handshake, before it can send a request.
     let tls = lockbox_tls::ReloadableServerConfig::load_admitting(
@@ -188,8 +218,34 @@ pub async fn run(
     let rpc_metrics = endpoint
         .as_ref()
         .map(|_| metrics.rpc().layer(lockbox_proto::CONTROLLER_METHODS));
-    let service =
-        service::ControllerService::new(config.clone(), signer, audit.clone(), metrics.clone());
+    // Changes of the list are recorded within this period even when no request comes (each
+    // request re-checks too); a damaged list is logged here and refused to requests.
+    let watcher = {
+        let revocations = revocations.clone();
+        tokio::spawn(async move {
+            let mut last_error = String::new();
+            loop {
+                tokio::time::sleep(REVOCATIONS_POLL).await;
+                match revocations.current().await {
+                    Ok(_) => last_error.clear(),
+                    Err(e) => {
+                        let e = e.to_string();
+                        if e != last_error {
+                            tracing::error!(error = %e, "the revocation list cannot be used");
+                            last_error = e;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let service = service::ControllerService::new(
+        config.clone(),
+        signer,
+        audit.clone(),
+        metrics.clone(),
+        revocations,
+    );
     let server = ControllerServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -203,12 +259,16 @@ pub async fn run(
             ("/lockbox.v1.Controller/Attest", 16 * 1024),
             ("/lockbox.v1.Controller/IssueGrant", grant_cap),
             ("/lockbox.v1.Controller/CosignGrant", grant_cap),
+            // Both requests are empty messages.
+            ("/lockbox.v1.Controller/Vouch", 1024),
+            ("/lockbox.v1.Controller/Revocations", 1024),
         ]))
         .layer(tower::util::option_layer(rpc_metrics))
         .add_service(server)
         .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
         .await;
     reloader.abort();
+    watcher.abort();
     if let Some(endpoint) = endpoint {
         endpoint.stop().await;
     }

@@ -1,5 +1,5 @@
 //! The controller's Prometheus metrics (docs/operations.md "Monitoring"): grants issued,
-//! cosigned and refused, attestations, and which policy rule refused. Label values come from
+//! cosigned and refused, attestations, vouches, and which policy rule refused. Label values come from
 //! fixed sets (ops, outcomes, rule names): never a node name, caller or key id from a request.
 
 use std::sync::Arc;
@@ -32,8 +32,13 @@ pub struct ControllerMetrics {
     rpc: RpcMetrics,
     grants: Family<GrantLabels, Counter>,
     attestations: Family<OutcomeLabel, Counter>,
+    vouches: Family<OutcomeLabel, Counter>,
     policy_refusals: Family<RuleLabel, Counter>,
 }
+
+/// The outcomes [`ControllerMetrics::vouch`] counts: `revoked` apart from other refusals, so
+/// that a revoked node still asking (a stolen host trying to unseal) stands out.
+pub const VOUCH_OUTCOMES: [&str; 3] = ["ok", "revoked", "refused"];
 
 impl std::fmt::Debug for ControllerMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,6 +70,12 @@ impl ControllerMetrics {
             "Attestation requests by outcome (ok, refused)",
             Family::<OutcomeLabel, Counter>::default(),
         );
+        let vouches = add(
+            &mut r,
+            "lockbox_controller_vouches",
+            "Vouch requests by outcome (ok, revoked: the node is revoked here, refused: any other check)",
+            Family::<OutcomeLabel, Counter>::default(),
+        );
         let policy_refusals = add(
             &mut r,
             "lockbox_controller_policy_refusals",
@@ -88,6 +99,9 @@ impl ControllerMetrics {
         for outcome in ["ok", "refused"] {
             let _ = attestations.get_or_create(&OutcomeLabel { outcome });
         }
+        for outcome in VOUCH_OUTCOMES {
+            let _ = vouches.get_or_create(&OutcomeLabel { outcome });
+        }
         for rule in crate::policy::RULES {
             let _ = policy_refusals.get_or_create(&RuleLabel { rule });
         }
@@ -96,6 +110,7 @@ impl ControllerMetrics {
             rpc,
             grants,
             attestations,
+            vouches,
             policy_refusals,
         }
     }
@@ -123,6 +138,11 @@ impl ControllerMetrics {
         self.attestations
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// Counts a vouch request's end (one of [`VOUCH_OUTCOMES`]).
+    pub fn vouch(&self, outcome: &'static str) {
+        self.vouches.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Counts a policy refusal under the check that refused.

@@ -8,13 +8,13 @@ use lockbox_crypto::SigningIdentity;
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::controller_server::Controller;
 use lockbox_tls::{Role, SpiffeId};
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::audit::AuditLog;
 use crate::config::ControllerConfig;
 use crate::metrics::ControllerMetrics;
 use crate::policy::{self, Ask, Op};
+use crate::revoked::{Revocations, rfc3339};
 
 /// Shared state of one controller.
 pub struct ControllerService {
@@ -22,6 +22,14 @@ pub struct ControllerService {
     signer: Arc<SigningIdentity>,
     audit: Arc<AuditLog>,
     metrics: Arc<ControllerMetrics>,
+    revocations: Arc<Revocations>,
+}
+
+/// A refused request of a lockbox about itself (`Attest`, `Vouch`), with the outcome the vouch
+/// metric counts (`metrics::VOUCH_OUTCOMES`): `revoked` or `refused`.
+struct LockboxRefusal {
+    status: Status,
+    outcome: &'static str,
 }
 
 impl ControllerService {
@@ -31,13 +39,75 @@ impl ControllerService {
         signer: Arc<SigningIdentity>,
         audit: Arc<AuditLog>,
         metrics: Arc<ControllerMetrics>,
+        revocations: Arc<Revocations>,
     ) -> Self {
         ControllerService {
             config,
             signer,
             audit,
             metrics,
+            revocations,
         }
+    }
+
+    /// The checks every request about a lockbox itself passes (`Attest`, `Vouch`): the caller
+    /// is a lockbox identity, in `allowed_nodes` when set, and not revoked here. Each refusal
+    /// is audited under `action`; `Err` carries whether the node was revoked.
+    async fn lockbox_caller_checks(
+        &self,
+        caller: &SpiffeId,
+        action: &str,
+        what: &str,
+    ) -> Result<(), LockboxRefusal> {
+        let actor = caller.uri();
+        let refused = |status| LockboxRefusal {
+            status,
+            outcome: "refused",
+        };
+        if caller.role != Role::Lockbox {
+            let s = Status::permission_denied(format!(
+                "only lockbox identities may {what}; caller is {actor}"
+            ));
+            return Err(refused(self.refuse(&actor, action, s).await));
+        }
+        if let Some(allowed) = &self.config.allowed_nodes
+            && !allowed.iter().any(|n| n == &caller.name)
+        {
+            let s = Status::permission_denied(format!(
+                "node {} is not in this controller's allowed_nodes",
+                caller.name
+            ));
+            return Err(refused(self.refuse(&actor, action, s).await));
+        }
+        let revoked = match self.revocations.current().await {
+            Ok(set) => set,
+            Err(e) => {
+                // Fail closed: a list that cannot be read may revoke this very node.
+                let s = Status::unavailable(format!(
+                    "this controller cannot read its revocation list, so it vouches for and \
+                     attests no node: {e}"
+                ));
+                return Err(refused(self.refuse(&actor, action, s).await));
+            }
+        };
+        if let Some(r) = revoked.get(&caller.name) {
+            let reason = if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason)
+            };
+            let s = Status::permission_denied(format!(
+                "node {} was revoked at {} by this controller ({}){reason}",
+                caller.name,
+                rfc3339(r.revoked_unix_ms),
+                self.config.key_id
+            ));
+            return Err(LockboxRefusal {
+                status: self.refuse(&actor, action, s).await,
+                outcome: "revoked",
+            });
+        }
+        Ok(())
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
@@ -118,6 +188,68 @@ impl Controller for ControllerService {
         issued
     }
 
+    async fn vouch(
+        &self,
+        req: Request<pb::VouchRequest>,
+    ) -> Result<Response<pb::SignedVouch>, Status> {
+        match self.vouch_node(req).await {
+            Ok(v) => {
+                self.metrics.vouch("ok");
+                Ok(v)
+            }
+            Err(r) => {
+                self.metrics.vouch(r.outcome);
+                Err(r.status)
+            }
+        }
+    }
+
+    async fn revocations(
+        &self,
+        req: Request<pb::RevocationsRequest>,
+    ) -> Result<Response<pb::SignedRevocations>, Status> {
+        let caller = self.caller(&req)?;
+        let actor = caller.uri();
+        if caller.role != Role::Lockbox {
+            let s = Status::permission_denied(format!(
+                "only lockbox identities may ask for the revocation list; caller is {actor}"
+            ));
+            return Err(self.refuse(&actor, "revocations", s).await);
+        }
+        let revoked = match self.revocations.current().await {
+            Ok(set) => set,
+            Err(e) => {
+                let s = Status::unavailable(format!(
+                    "this controller cannot read its revocation list: {e}"
+                ));
+                return Err(self.refuse(&actor, "revocations", s).await);
+            }
+        };
+        // Sorted by name: the set is a BTreeMap of ASCII names, so its order is bytewise.
+        let body = pb::RevocationsBody {
+            trust_domain: self.config.trust_domain.clone(),
+            revoked: revoked
+                .iter()
+                .map(|(node, r)| pb::Revocation {
+                    node: node.clone(),
+                    revoked_unix_ms: r.revoked_unix_ms,
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+            issued_unix_ms: now_ms(),
+            issuer_key_id: self.config.key_id.clone(),
+        };
+        let bytes = lockbox_crypto::encode_revocations_body(&body).map_err(|e| {
+            tracing::error!(error = %e, "cannot encode the revocation list");
+            Status::internal(format!("cannot encode the revocation list: {e}"))
+        })?;
+        let sig = lockbox_crypto::sign_revocations_body(&self.signer, &self.config.key_id, &bytes);
+        Ok(Response::new(pb::SignedRevocations {
+            body: bytes,
+            signatures: vec![sig],
+        }))
+    }
+
     async fn cosign_grant(
         &self,
         req: Request<pb::CosignGrantRequest>,
@@ -153,21 +285,9 @@ impl ControllerService {
             Err(e) => return Err(Status::unauthenticated(format!("caller certificate: {e}"))),
         };
         let r = req.into_inner();
-        if caller.role != Role::Lockbox {
-            let s = Status::permission_denied(format!(
-                "only lockbox identities may be attested; caller is {actor}"
-            ));
-            return Err(self.refuse(&actor, "attest", s).await);
-        }
-        if let Some(allowed) = &self.config.allowed_nodes
-            && !allowed.iter().any(|n| n == &caller.name)
-        {
-            let s = Status::permission_denied(format!(
-                "node {} is not in this controller's allowed_nodes",
-                caller.name
-            ));
-            return Err(self.refuse(&actor, "attest", s).await);
-        }
+        self.lockbox_caller_checks(&caller, "attest", "be attested")
+            .await
+            .map_err(|r| r.status)?;
         if r.hpke_kem_id != lockbox_crypto::HPKE_KEM_X25519 {
             let s =
                 Status::invalid_argument(format!("unsupported HPKE KEM {:#06x}", r.hpke_kem_id));
@@ -177,6 +297,20 @@ impl ControllerService {
             let s = Status::invalid_argument("public keys must be 32 bytes");
             return Err(self.refuse(&actor, "attest", s).await);
         }
+        // Empty from a node that predates peer-assisted unseal; covered by the proof if not.
+        let assist: Option<[u8; 32]> = match r.assist_public_key.as_slice() {
+            [] => None,
+            k => match <[u8; 32]>::try_from(k) {
+                Ok(k) => Some(k),
+                Err(_) => {
+                    let s = Status::invalid_argument(format!(
+                        "the assist public key must be 32 bytes, got {}",
+                        k.len()
+                    ));
+                    return Err(self.refuse(&actor, "attest", s).await);
+                }
+            },
+        };
         let msg = lockbox_crypto::attest_request_message(
             &caller.name,
             &caller.trust_domain,
@@ -184,6 +318,7 @@ impl ControllerService {
             &r.hpke_public_key,
             &r.signing_public_key,
             &spki,
+            assist.as_ref(),
         );
         if let Err(e) = lockbox_crypto::verify_attest_request(&r.signing_public_key, &msg, &r.proof)
         {
@@ -203,8 +338,17 @@ impl ControllerService {
             not_before_unix_ms: now.saturating_sub(1000),
             expires_unix_ms: now + self.config.attestation_ttl.as_millis() as u64,
             issuer_key_id: self.config.key_id.clone(),
-        }
-        .encode_to_vec();
+            assist_public_key: r.assist_public_key,
+        };
+        // Checked as verifiers will (a signing key of small order, an assist key that is no
+        // ristretto255 point): never sign what peers refuse.
+        let body = match lockbox_crypto::encode_attestation_body(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                let s = Status::invalid_argument(format!("attestation refused: {e}"));
+                return Err(self.refuse(&actor, "attest", s).await);
+            }
+        };
         let sig = lockbox_crypto::sign_attestation_body(&self.signer, &self.config.key_id, &body);
         self.audit
             .append(
@@ -213,9 +357,10 @@ impl ControllerService {
                 "attest",
                 "ok",
                 format!(
-                    "node {} tls-spki {} ttl {}",
+                    "node {} tls-spki {} assist {} ttl {}",
                     caller.name,
                     hex::encode(spki),
+                    assist.map_or_else(|| "none".to_string(), hex::encode),
                     humantime::format_duration(self.config.attestation_ttl)
                 ),
             )
@@ -223,6 +368,63 @@ impl ControllerService {
             .map_err(audit_err)?;
         Ok(Response::new(pb::SignedAttestation {
             body,
+            signatures: vec![sig],
+        }))
+    }
+
+    /// `Vouch`: a short-lived statement that this controller stands for the calling lockbox
+    /// (its node name, trust domain and the TLS key of this very connection) now. Refused, and
+    /// audited, for anything but a lockbox identity, a node outside `allowed_nodes`, or a
+    /// node revoked here.
+    async fn vouch_node(
+        &self,
+        req: Request<pb::VouchRequest>,
+    ) -> Result<Response<pb::SignedVouch>, LockboxRefusal> {
+        let refused = |status| LockboxRefusal {
+            status,
+            outcome: "refused",
+        };
+        let caller = self.caller(&req).map_err(refused)?;
+        let actor = caller.uri();
+        let spki = lockbox_tls::peer_spki_sha256(&req)
+            .map_err(|e| refused(Status::unauthenticated(format!("caller certificate: {e}"))))?;
+        self.lockbox_caller_checks(&caller, "vouch", "be vouched for")
+            .await?;
+        let now = now_ms();
+        let ttl_ms = u64::try_from(self.config.vouch_ttl.as_millis()).unwrap_or(u64::MAX);
+        let body = pb::VouchBody {
+            node: caller.name.clone(),
+            trust_domain: caller.trust_domain.clone(),
+            tls_spki_sha256: spki.to_vec(),
+            not_before_unix_ms: now,
+            expires_unix_ms: now.saturating_add(ttl_ms),
+            issuer_key_id: self.config.key_id.clone(),
+        };
+        let bytes = match lockbox_crypto::encode_vouch_body(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                let s = Status::invalid_argument(format!("vouch refused: {e}"));
+                return Err(refused(self.refuse(&actor, "vouch", s).await));
+            }
+        };
+        let sig = lockbox_crypto::sign_vouch_body(&self.signer, &self.config.key_id, &bytes);
+        self.audit
+            .append(
+                &self.signer,
+                &actor,
+                "vouch",
+                "ok",
+                format!(
+                    "node {} tls-spki {} ttl {}",
+                    caller.name,
+                    hex::encode(spki),
+                    humantime::format_duration(self.config.vouch_ttl)
+                ),
+            )
+            .await
+            .map_err(|e| refused(audit_err(e)))?;
+        Ok(Response::new(pb::SignedVouch {
+            body: bytes,
             signatures: vec![sig],
         }))
     }
@@ -474,12 +676,7 @@ fn validate_request(
             )));
         }
     }
-    let node_ok = |n: &str| {
-        !n.is_empty()
-            && n.len() <= 128
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
+    let node_ok = |n: &str| crate::revoked::check_node_name(n).is_ok();
     if !node_ok(source) || !node_ok(dest) {
         return Err(Status::invalid_argument(
             "source and destination must be node names (letters, digits, - _ .)",

@@ -55,6 +55,9 @@ pub const ENROLLED_SHARE_VERSION: u8 = 0x01;
 /// HKDF info label of the key that seals an enrolled share (followed by `0x00` and the
 /// share's header).
 pub const ASSIST_SHARE_LABEL: &str = "lockbox/v1/assist-share";
+/// HKDF info label deriving a peer's per-owner assist key from its assist key (followed by
+/// `0x00` and the owner's node name).
+pub const ASSIST_OWNER_LABEL: &str = "lockbox/v1/assist-owner";
 /// Bytes of an enrollment id: random, one per slot enrollment, shared by its n shares.
 pub const ENROLLMENT_ID_LEN: usize = 16;
 /// Longest node name in an enrolled share (as in transfers and backups).
@@ -274,6 +277,30 @@ impl AssistIdentity {
             return Err(AssistError::KeyFileMismatch);
         }
         Ok(identity)
+    }
+
+    /// The key this peer answers `owner` with: `s_o = HKDF-SHA256(ikm = s, info =
+    /// "lockbox/v1/assist-owner" 0x00 owner, L = 64)` reduced modulo the group order (SPEC.md
+    /// "Per-owner assist keys").
+    ///
+    /// Why: `X` is blinded, so a peer cannot tell whose share a request opens. Answering every
+    /// caller with one key would let any node the controller vouches for, holding a copy of
+    /// another node's keyring, unseal that node through its peers. With a key per owner, the
+    /// answer a peer gives caller B is `s_B·X`, which opens only shares enrolled to B's key;
+    /// no public function of `S` gives `s_o·G` (the derivation is not linear), so the peer
+    /// hands each owner its key over mTLS at enrollment.
+    pub fn for_owner(&self, owner: &str) -> AssistResult<AssistIdentity> {
+        check_node_param("owner", owner)?;
+        let info = [ASSIST_OWNER_LABEL.as_bytes(), &[0u8], owner.as_bytes()].concat();
+        let mut wide = Zeroizing::new([0u8; 64]);
+        Hkdf::<Sha256>::new(None, self.secret.as_bytes())
+            .expand(&info, wide.as_mut())
+            .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        let s = Zeroizing::new(Scalar::from_bytes_mod_order_wide(&wide));
+        if *s == Scalar::ZERO {
+            return Err(AssistError::ZeroScalar);
+        }
+        Ok(Self::from_scalar(s))
     }
 
     /// The peer's side of an unseal: `Y = s·X` for the owner's blinded point `X`.

@@ -7,6 +7,8 @@
 //! ([`attest_request_message`]). Like grants, bodies are encoded once and signatures cover the
 //! exact bytes.
 
+use curve25519_dalek::ristretto::CompressedRistretto;
+use curve25519_dalek::traits::IsIdentity;
 use ed25519_dalek::VerifyingKey;
 use lockbox_proto::v1::{AttestationBody, Signature, SignedAttestation};
 use prost::Message as _;
@@ -78,6 +80,9 @@ pub struct VerifiedAttestation {
     pub signing_public_key: [u8; 32],
     /// SHA-256 of the node's TLS certificate SubjectPublicKeyInfo (DER).
     pub tls_spki_sha256: [u8; 32],
+    /// The node's ristretto255 assist public key (peer-assisted unseal), which an owner
+    /// enrolls shares to; `None` for a node that predates it (the body field is empty).
+    pub assist_public_key: Option<[u8; 32]>,
     /// Key ids of the controllers counted towards the threshold, one per distinct controller.
     pub valid_signers: Vec<String>,
 }
@@ -204,6 +209,10 @@ pub fn verify_attestation(
         key(&body.signing_public_key)?,
         key(&body.tls_spki_sha256)?,
     );
+    let assist_public_key = match body.assist_public_key.as_slice() {
+        [] => None,
+        k => Some(key(k)?),
+    };
 
     let valid_signers = count_signatures(
         trusted,
@@ -225,6 +234,7 @@ pub fn verify_attestation(
         hpke_public_key,
         signing_public_key,
         tls_spki_sha256,
+        assist_public_key,
         valid_signers,
     };
     check_attestation_claims(&verified, ctx)?;
@@ -282,11 +292,15 @@ pub fn check_attestation_claims(
 /// (SPEC.md "Proof of possession"):
 ///
 /// `lp(node) || lp(trust_domain) || u32(hpke_kem_id) || lp(hpke_public_key) ||
-/// lp(signing_public_key) || tls_spki_sha256`
+/// lp(signing_public_key) || tls_spki_sha256 [|| lp(assist_public_key)]`
 ///
 /// signed as `"lockbox/v1/attest-request" || 0x00 || message`. The node builds it from its own
 /// name and TLS certificate; the controller rebuilds it from the caller's authenticated SPIFFE
 /// id and TLS key, so a proof replayed from another connection or node does not verify.
+///
+/// The assist key is appended only when the node sends one, so that the proofs of nodes that
+/// predate it still verify; when it is sent, it is covered, so no one on the path can swap in
+/// an assist key of their own (which would let them answer for the node's peers' shares).
 ///
 /// # Panics
 /// If an input is 4 GiB or longer, which no caller produces.
@@ -297,6 +311,7 @@ pub fn attest_request_message(
     hpke_public_key: &[u8],
     signing_public_key: &[u8],
     tls_spki_sha256: &[u8; 32],
+    assist_public_key: Option<&[u8; 32]>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         16 + 4
@@ -304,7 +319,8 @@ pub fn attest_request_message(
             + trust_domain.len()
             + hpke_public_key.len()
             + signing_public_key.len()
-            + 32,
+            + 32
+            + 36,
     );
     let lp = |out: &mut Vec<u8>, b: &[u8]| {
         let n = u32::try_from(b.len()).expect("attest request field under 4 GiB");
@@ -317,6 +333,9 @@ pub fn attest_request_message(
     lp(&mut out, hpke_public_key);
     lp(&mut out, signing_public_key);
     out.extend_from_slice(tls_spki_sha256);
+    if let Some(assist) = assist_public_key {
+        lp(&mut out, assist);
+    }
     out
 }
 
@@ -388,6 +407,22 @@ fn validate(body: &AttestationBody) -> std::result::Result<(), Fault> {
     }
     if body.not_before_unix_ms >= body.expires_unix_ms {
         return Err(invalid!("not_before is not before expires"));
+    }
+    // Empty: a node that predates peer-assisted unseal. Otherwise a proper group element, as
+    // the assist module requires of every point (RFC 9496 canonical encoding, not the
+    // identity): an owner must not enroll a share to a key nobody holds.
+    if !body.assist_public_key.is_empty() {
+        let Ok(assist) = <[u8; 32]>::try_from(body.assist_public_key.as_slice()) else {
+            return Err(invalid!("assist public key is not 32 bytes"));
+        };
+        if CompressedRistretto(assist)
+            .decompress()
+            .is_none_or(|p| p.is_identity())
+        {
+            return Err(invalid!(
+                "assist public key is not a usable ristretto255 point"
+            ));
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::assist::PeerSlot;
 use crate::error::{CryptoError, Result};
 use crate::seal::{Kek, RecordKind, sealed_kek_id};
 use crate::secret::{SecretBytes, random_array, random_key};
@@ -21,8 +22,20 @@ use crate::wire::Reader;
 
 /// File magic, so a wrong file is reported as such rather than as a wrong secret.
 pub const KEYRING_MAGIC: &[u8; 4] = b"LBKR";
-/// Keyring format version.
+/// Keyring format version of a single keyfile or passphrase slot (the original layout, still
+/// written for those so older data dirs and tools keep reading them).
 pub const KEYRING_VERSION: u8 = 0x01;
+/// Keyring format version with a slot list: peers slots and a recovery slot need it.
+pub const KEYRING_VERSION_SLOTS: u8 = 0x02;
+/// HKDF info deriving the unseal key of a peers slot from the slot key the peers' shares
+/// rebuild.
+pub const UNSEAL_PEERS_INFO: &[u8] = b"lockbox/v1/unseal/peers";
+/// Leading label of a version-2 slot's root-wrap AAD.
+pub const SLOT_WRAP_AAD_LABEL: &[u8] = b"lockbox/v1/keyring-slot";
+/// Length of the random slot key a peers slot splits among its peers.
+pub const PEERS_SLOT_KEY_LEN: usize = 32;
+/// Most bytes a slot's parameters may take (a 16-peer slot is about 3.3 KiB).
+const MAX_SLOT_PARAMS: usize = 16 * 1024;
 /// HKDF info deriving the unseal key from a key file.
 pub const UNSEAL_KEYFILE_INFO: &[u8] = b"lockbox/v1/unseal/keyfile";
 /// Leading label of the root-secret wrap AAD.
@@ -46,6 +59,9 @@ pub enum UnsealMethod {
     Keyfile,
     /// A human passphrase, stretched with Argon2id to resist guessing.
     Passphrase,
+    /// t of n peer lockboxes each help open one Shamir share of the slot key
+    /// (DESIGN.md §5.5); nothing on this host opens it alone.
+    Peers,
 }
 
 impl UnsealMethod {
@@ -54,6 +70,7 @@ impl UnsealMethod {
         match self {
             UnsealMethod::Keyfile => "keyfile",
             UnsealMethod::Passphrase => "passphrase",
+            UnsealMethod::Peers => "peers",
         }
     }
 
@@ -61,6 +78,16 @@ impl UnsealMethod {
         match self {
             UnsealMethod::Keyfile => 1,
             UnsealMethod::Passphrase => 2,
+            UnsealMethod::Peers => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(UnsealMethod::Keyfile),
+            2 => Some(UnsealMethod::Passphrase),
+            3 => Some(UnsealMethod::Peers),
+            _ => None,
         }
     }
 }
@@ -71,8 +98,11 @@ impl UnsealMethod {
 pub enum UnsealSecret<'a> {
     /// Contents of the key file (must be 32 bytes).
     Keyfile(&'a SecretBytes),
-    /// The passphrase bytes.
+    /// The passphrase bytes: the primary slot's if it is a passphrase slot, else the
+    /// recovery slot's.
     Passphrase(&'a SecretBytes),
+    /// The slot key of a peers slot, as [`crate::assist::SlotUnseal::finish`] rebuilt it.
+    PeersKey(&'a SecretBytes),
 }
 
 impl UnsealSecret<'_> {
@@ -81,6 +111,87 @@ impl UnsealSecret<'_> {
         match self {
             UnsealSecret::Keyfile(_) => UnsealMethod::Keyfile,
             UnsealSecret::Passphrase(_) => UnsealMethod::Passphrase,
+            UnsealSecret::PeersKey(_) => UnsealMethod::Peers,
+        }
+    }
+}
+
+/// A slot to create: the method and what opens it. Used at `lockboxd init` and when the
+/// unseal method is enrolled again ([`Keyring::rewrap`]).
+pub enum NewSlot<'a> {
+    /// A 32-byte key file.
+    Keyfile(&'a SecretBytes),
+    /// A passphrase and its Argon2id cost.
+    Passphrase(&'a SecretBytes, Argon2Params),
+    /// A peer slot already enrolled (its shares sealed to the peers) and the slot key it
+    /// splits; the caller drew the key at random and wipes it after this call.
+    Peers(PeerSlot, &'a SecretBytes),
+}
+
+/// What [`Keyring::rewrap`] does with the recovery slot.
+pub enum RecoveryChange<'a> {
+    /// Keep the current one (byte for byte), or none if there is none.
+    Keep,
+    /// Remove it.
+    Drop,
+    /// Replace it (or add one) with this passphrase and Argon2id cost.
+    Set(&'a SecretBytes, Argon2Params),
+}
+
+/// Whether a slot is the keyring's main way in or the operator's recovery passphrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotRole {
+    Primary,
+    Recovery,
+}
+
+/// How a slot derives its unseal key; the parameters are public.
+#[derive(Debug, Clone)]
+enum SlotKind {
+    Keyfile,
+    Passphrase(Argon2Params),
+    Peers(Box<PeerSlot>),
+}
+
+/// One way to open the root secret: its parameters and the root secret wrapped under the key
+/// they derive. Holds nothing secret.
+#[derive(Debug, Clone)]
+struct Slot {
+    role: SlotRole,
+    kind: SlotKind,
+    salt: [u8; SALT_LEN],
+    wrapped_root: [u8; WRAPPED_LEN],
+}
+
+impl Slot {
+    fn method(&self) -> UnsealMethod {
+        match self.kind {
+            SlotKind::Keyfile => UnsealMethod::Keyfile,
+            SlotKind::Passphrase(_) => UnsealMethod::Passphrase,
+            SlotKind::Peers(_) => UnsealMethod::Peers,
+        }
+    }
+
+    /// `salt || argon2 (passphrase only) || peer slot (peers only)`: the bytes after the
+    /// role and kind in a version-2 keyring.
+    fn params(&self) -> Vec<u8> {
+        let mut out = self.salt.to_vec();
+        match &self.kind {
+            SlotKind::Keyfile => {}
+            SlotKind::Passphrase(a) => {
+                out.extend_from_slice(&a.memory_kib.to_be_bytes());
+                out.extend_from_slice(&a.iterations.to_be_bytes());
+                out.extend_from_slice(&a.parallelism.to_be_bytes());
+            }
+            SlotKind::Peers(p) => out.extend_from_slice(&p.encode()),
+        }
+        out
+    }
+
+    fn role_code(&self) -> u8 {
+        match self.role {
+            SlotRole::Primary => 0,
+            SlotRole::Recovery => 1,
         }
     }
 }
@@ -149,17 +260,17 @@ struct WrappedKek {
 /// The decoded keyring file. Holds only wrapped (encrypted) keys, so it may be cloned and
 /// printed.
 ///
-/// Invariants (checked by `decode`): at least one KEK; ids nonzero and strictly ascending; the
-/// last (highest) is the current KEK. Making "current" the highest id, instead of a separate
-/// field, stops a tampered file from pointing new seals at an old KEK that rotation meant to
-/// shred.
+/// Invariants (checked by `decode` and every constructor): at least one KEK; ids nonzero and
+/// strictly ascending; the last (highest) is the current KEK. Making "current" the highest id,
+/// instead of a separate field, stops a tampered file from pointing new seals at an old KEK
+/// that rotation meant to shred. Exactly one primary slot, first; at most one recovery slot,
+/// a passphrase; a version-1 keyring has exactly one keyfile or passphrase slot.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    method: UnsealMethod,
-    /// All zero for `Keyfile`, so each keyring has one encoding.
-    argon: Argon2Params,
-    salt: [u8; SALT_LEN],
-    wrapped_root: [u8; WRAPPED_LEN],
+    /// [`KEYRING_VERSION`] or [`KEYRING_VERSION_SLOTS`]: which layout `encode` writes and
+    /// which AAD the slots' wraps use.
+    version: u8,
+    slots: Vec<Slot>,
     keks: Vec<WrappedKek>,
 }
 
@@ -213,37 +324,34 @@ impl fmt::Debug for Unsealed {
 }
 
 impl Keyring {
-    /// A new keyring with a fresh random root secret and KEK 1, for `lockboxd init`.
+    /// A new keyring with a fresh random root secret and KEK 1, for `lockboxd init`, opened
+    /// by a key file or a passphrase.
     ///
     /// `argon` applies to passphrases only and is ignored (stored as zero) for a key file.
     pub fn create(secret: UnsealSecret<'_>, argon: Argon2Params) -> Result<(Keyring, Unsealed)> {
-        let method = secret.method();
-        let argon = match method {
-            UnsealMethod::Passphrase => {
-                argon
-                    .check()
-                    .map_err(|reason| CryptoError::Kdf(reason.to_owned()))?;
-                argon
+        let primary = match secret {
+            UnsealSecret::Keyfile(k) => NewSlot::Keyfile(k),
+            UnsealSecret::Passphrase(p) => NewSlot::Passphrase(p, argon),
+            UnsealSecret::PeersKey(_) => {
+                return Err(CryptoError::Malformed(
+                    "keyring request (a peers slot is created with create_slots)",
+                ));
             }
-            UnsealMethod::Keyfile => Argon2Params::ZERO,
         };
-        if let UnsealSecret::Passphrase(p) = secret
-            && p.is_empty()
-        {
-            return Err(CryptoError::Kdf("passphrase is empty".to_owned()));
-        }
-        let mut keyring = Keyring {
-            method,
-            argon,
-            salt: random_array()?,
-            wrapped_root: [0; WRAPPED_LEN],
-            keks: Vec::new(),
-        };
+        Keyring::create_slots(primary, None)
+    }
+
+    /// A new keyring with a fresh random root secret and KEK 1, opened by `primary` and, if
+    /// given, a recovery passphrase. A lone key file or passphrase is written in the version-1
+    /// layout; anything else in the slot layout (SPEC.md "Keyring file").
+    pub fn create_slots(
+        primary: NewSlot<'_>,
+        recovery: Option<(&SecretBytes, Argon2Params)>,
+    ) -> Result<(Keyring, Unsealed)> {
         let root = random_key()?;
-        let unseal_key = keyring.unseal_key(secret)?;
-        keyring.wrapped_root = seal_key(&unseal_key, &root, &keyring.root_aad())?;
         let kek = Kek::generate(1)?;
-        keyring.keks.push(wrap_kek(&root, &kek)?);
+        let keyring =
+            Keyring::with_slots(&root, primary, recovery, None, vec![wrap_kek(&root, &kek)?])?;
         Ok((
             keyring,
             Unsealed {
@@ -253,14 +361,100 @@ impl Keyring {
         ))
     }
 
-    /// How this keyring is unsealed, so the daemon knows what to ask for.
-    pub fn method(&self) -> UnsealMethod {
-        self.method
+    /// The same root secret and KEKs behind new slots: how `lockboxctl unseal enroll` changes
+    /// the unseal method without re-sealing any record. The previous primary slot is gone
+    /// from the result; the recovery slot follows `recovery`.
+    pub fn rewrap(
+        &self,
+        unsealed: &Unsealed,
+        primary: NewSlot<'_>,
+        recovery: RecoveryChange<'_>,
+    ) -> Result<Keyring> {
+        self.check_belongs(unsealed)?;
+        let kept = self.recovery_slot().cloned();
+        let (set, keep) = match recovery {
+            RecoveryChange::Keep => (None, kept),
+            RecoveryChange::Drop => (None, None),
+            RecoveryChange::Set(p, a) => (Some((p, a)), None),
+        };
+        if keep.is_some() && self.version != KEYRING_VERSION_SLOTS {
+            // Only version 2 has recovery slots; decode keeps this invariant.
+            return Err(CryptoError::Malformed(
+                "keyring (recovery slot in version 1)",
+            ));
+        }
+        Keyring::with_slots(&unsealed.root, primary, set, keep, self.keks.clone())
     }
 
-    /// Argon2id parameters, for passphrase keyrings only.
+    fn with_slots(
+        root: &[u8; 32],
+        primary: NewSlot<'_>,
+        recovery: Option<(&SecretBytes, Argon2Params)>,
+        kept_recovery: Option<Slot>,
+        keks: Vec<WrappedKek>,
+    ) -> Result<Keyring> {
+        let lone =
+            recovery.is_none() && kept_recovery.is_none() && !matches!(primary, NewSlot::Peers(..));
+        let version = if lone {
+            KEYRING_VERSION
+        } else {
+            KEYRING_VERSION_SLOTS
+        };
+        let mut slots = vec![new_slot(root, version, SlotRole::Primary, primary)?];
+        if let Some((pass, argon)) = recovery {
+            slots.push(new_slot(
+                root,
+                version,
+                SlotRole::Recovery,
+                NewSlot::Passphrase(pass, argon),
+            )?);
+        }
+        slots.extend(kept_recovery);
+        Ok(Keyring {
+            version,
+            slots,
+            keks,
+        })
+    }
+
+    /// How this keyring is unsealed (its primary slot), so the daemon knows what to ask for.
+    pub fn method(&self) -> UnsealMethod {
+        self.primary().method()
+    }
+
+    /// Argon2id parameters of the primary slot, for passphrase keyrings only.
     pub fn argon_params(&self) -> Option<Argon2Params> {
-        (self.method == UnsealMethod::Passphrase).then_some(self.argon)
+        match self.primary().kind {
+            SlotKind::Passphrase(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The peer slot, when the primary slot is one: what the daemon asks its peers about.
+    pub fn peer_slot(&self) -> Option<&PeerSlot> {
+        match &self.primary().kind {
+            SlotKind::Peers(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether a recovery passphrase slot exists.
+    pub fn has_recovery(&self) -> bool {
+        self.recovery_slot().is_some()
+    }
+
+    /// The format version `encode` writes.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    fn primary(&self) -> &Slot {
+        // Every constructor and `decode` put the primary slot first.
+        &self.slots[0]
+    }
+
+    fn recovery_slot(&self) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.role == SlotRole::Recovery)
     }
 
     /// The KEK that seals new records (the highest id).
@@ -275,13 +469,16 @@ impl Keyring {
 
     /// Opens the keyring with the operator's secret.
     ///
-    /// [`CryptoError::UnsealMethodMismatch`] before any KDF runs; a key file of the wrong size
-    /// is [`CryptoError::BadLength`]; a secret that does not open the root secret is
-    /// [`CryptoError::WrongUnsealSecret`]; a KEK that fails to unwrap under the (right) root
-    /// secret was tampered with: [`CryptoError::IntegrityFailed`].
+    /// A key file or peers key opens the primary slot of that method; a passphrase opens the
+    /// primary slot if it is a passphrase slot, else the recovery slot. No slot for the
+    /// secret's method is [`CryptoError::UnsealMethodMismatch`], before any KDF runs; a key
+    /// file of the wrong size is [`CryptoError::BadLength`]; a secret that does not open the
+    /// root secret is [`CryptoError::WrongUnsealSecret`]; a KEK that fails to unwrap under the
+    /// (right) root secret was tampered with: [`CryptoError::IntegrityFailed`].
     pub fn unseal(&self, secret: UnsealSecret<'_>) -> Result<Unsealed> {
-        let unseal_key = self.unseal_key(secret)?;
-        let root = open_key(&unseal_key, &self.wrapped_root, &self.root_aad())
+        let slot = self.slot_for(&secret)?;
+        let unseal_key = unseal_key(slot, secret)?;
+        let root = open_key(&unseal_key, &slot.wrapped_root, &self.slot_aad(slot))
             .ok_or(CryptoError::WrongUnsealSecret)?;
         let keks = self
             .keks
@@ -289,6 +486,23 @@ impl Keyring {
             .map(|w| unwrap_kek(&root, w))
             .collect::<Result<Vec<_>>>()?;
         Ok(Unsealed { root, keks })
+    }
+
+    fn slot_for(&self, secret: &UnsealSecret<'_>) -> Result<&Slot> {
+        let primary = self.primary();
+        let wanted = secret.method();
+        if primary.method() == wanted {
+            return Ok(primary);
+        }
+        if wanted == UnsealMethod::Passphrase
+            && let Some(r) = self.recovery_slot()
+        {
+            return Ok(r);
+        }
+        Err(CryptoError::UnsealMethodMismatch {
+            keyring: primary.method().as_str(),
+            given: wanted.as_str(),
+        })
     }
 
     /// Starts a rotation: a fresh KEK with id max+1 becomes current; the old ones stay so
@@ -336,8 +550,29 @@ impl Keyring {
     /// The file bytes (SPEC.md "Keyring file").
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + WRAPPED_LEN + 2 + self.keks.len() * 76);
-        out.extend_from_slice(&self.header());
-        out.extend_from_slice(&self.wrapped_root);
+        if self.version == KEYRING_VERSION {
+            let slot = self.primary();
+            out.extend_from_slice(&v1_header(slot));
+            out.extend_from_slice(&slot.wrapped_root);
+        } else {
+            out.extend_from_slice(KEYRING_MAGIC);
+            out.push(self.version);
+            // At most two slots (decode and the constructors keep it so).
+            out.push(u8::try_from(self.slots.len()).unwrap_or(u8::MAX));
+            for slot in &self.slots {
+                out.push(slot.role_code());
+                out.push(slot.method().code());
+                let params = slot.params();
+                // Bounded by MAX_SLOT_PARAMS.
+                out.extend_from_slice(
+                    &u32::try_from(params.len())
+                        .unwrap_or(u32::MAX)
+                        .to_be_bytes(),
+                );
+                out.extend_from_slice(&params);
+                out.extend_from_slice(&slot.wrapped_root);
+            }
+        }
         // `add_kek` and `decode` keep the count within u16.
         let n = u16::try_from(self.keks.len()).unwrap_or(u16::MAX);
         out.extend_from_slice(&n.to_be_bytes());
@@ -348,45 +583,24 @@ impl Keyring {
         out
     }
 
-    /// Parses the file strictly: magic, version, method, parameter bounds, KEK ordering, exact
-    /// length. Nothing is decrypted here.
+    /// Parses the file strictly: magic, version, slots (methods, roles, parameter bounds),
+    /// KEK ordering, exact length. Nothing is decrypted here.
     pub fn decode(bytes: &[u8]) -> Result<Keyring> {
         let mut r = Reader::new(bytes, "keyring (truncated)");
         if &r.array::<4>()? != KEYRING_MAGIC {
             return Err(CryptoError::Malformed("keyring (bad magic)"));
         }
         let version = r.u8()?;
-        if version != KEYRING_VERSION {
-            return Err(CryptoError::UnsupportedVersion {
-                what: "keyring",
-                version,
-            });
-        }
-        let method = match r.u8()? {
-            1 => UnsealMethod::Keyfile,
-            2 => UnsealMethod::Passphrase,
-            _ => return Err(CryptoError::Malformed("keyring (unknown unseal method)")),
-        };
-        let argon = Argon2Params {
-            memory_kib: r.u32()?,
-            iterations: r.u32()?,
-            parallelism: r.u32()?,
-        };
-        match method {
-            UnsealMethod::Keyfile if argon != Argon2Params::ZERO => {
-                return Err(CryptoError::Malformed(
-                    "keyring (argon2 parameters on a keyfile keyring)",
-                ));
+        let slots = match version {
+            KEYRING_VERSION => vec![decode_v1_slot(&mut r)?],
+            KEYRING_VERSION_SLOTS => decode_slots(&mut r)?,
+            _ => {
+                return Err(CryptoError::UnsupportedVersion {
+                    what: "keyring",
+                    version,
+                });
             }
-            UnsealMethod::Passphrase if argon.check().is_err() => {
-                return Err(CryptoError::Malformed(
-                    "keyring (argon2 parameters out of range)",
-                ));
-            }
-            _ => {}
-        }
-        let salt = r.array()?;
-        let wrapped_root = r.array()?;
+        };
         let n = r.u16()?;
         if n == 0 {
             return Err(CryptoError::Malformed("keyring (no kek)"));
@@ -404,64 +618,18 @@ impl Keyring {
         }
         r.finish("keyring (trailing bytes)")?;
         Ok(Keyring {
-            method,
-            argon,
-            salt,
-            wrapped_root,
+            version,
+            slots,
             keks,
         })
     }
 
-    /// magic || version || method || argon2 params || salt: the file header, and the body of
-    /// the root wrap's AAD so none of it can be changed (e.g. weaker parameters) undetected.
-    fn header(&self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
-        h[..4].copy_from_slice(KEYRING_MAGIC);
-        h[4] = KEYRING_VERSION;
-        h[5] = self.method.code();
-        h[6..10].copy_from_slice(&self.argon.memory_kib.to_be_bytes());
-        h[10..14].copy_from_slice(&self.argon.iterations.to_be_bytes());
-        h[14..18].copy_from_slice(&self.argon.parallelism.to_be_bytes());
-        h[18..].copy_from_slice(&self.salt);
-        h
-    }
-
-    fn root_aad(&self) -> Vec<u8> {
-        [ROOT_WRAP_AAD_LABEL, &[0u8][..], &self.header()[..]].concat()
-    }
-
-    /// Derives the key that wraps the root secret (SPEC.md "Unseal key").
-    fn unseal_key(&self, secret: UnsealSecret<'_>) -> Result<Zeroizing<[u8; 32]>> {
-        if secret.method() != self.method {
-            return Err(CryptoError::UnsealMethodMismatch {
-                keyring: self.method.as_str(),
-                given: secret.method().as_str(),
-            });
-        }
-        let mut key = Zeroizing::new([0u8; 32]);
-        match secret {
-            UnsealSecret::Keyfile(file) => {
-                if file.len() != KEYFILE_LEN {
-                    return Err(CryptoError::BadLength {
-                        what: "unseal key file",
-                        expected: KEYFILE_LEN,
-                        got: file.len(),
-                    });
-                }
-                Hkdf::<Sha256>::new(Some(&self.salt[..]), file.expose_secret())
-                    .expand(UNSEAL_KEYFILE_INFO, key.as_mut())
-                    .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-            }
-            UnsealSecret::Passphrase(pass) => {
-                let a = &self.argon;
-                let params = Params::new(a.memory_kib, a.iterations, a.parallelism, Some(32))
-                    .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-                Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-                    .hash_password_into(pass.expose_secret(), &self.salt, key.as_mut())
-                    .map_err(|e| CryptoError::Kdf(e.to_string()))?;
-            }
-        }
-        Ok(key)
+    /// What a slot's root wrap authenticates besides the root secret: in version 1 the file
+    /// header (method, Argon2 parameters, salt); in version 2 the slot's role, method and
+    /// parameters. Weaker parameters, another method or another peer slot make unseal fail
+    /// instead of deriving with attacker-chosen settings.
+    fn slot_aad(&self, slot: &Slot) -> Vec<u8> {
+        slot_aad(self.version, slot)
     }
 
     /// Refuses an `Unsealed` from another keyring (or another rotation step), which would
@@ -481,6 +649,229 @@ impl Keyring {
     }
 }
 
+/// Builds a slot for `root`: fresh salt, parameters checked, root wrapped under the key the
+/// slot's secret derives.
+fn new_slot(root: &[u8; 32], version: u8, role: SlotRole, spec: NewSlot<'_>) -> Result<Slot> {
+    let (kind, secret) = match spec {
+        NewSlot::Keyfile(k) => (SlotKind::Keyfile, UnsealSecret::Keyfile(k)),
+        NewSlot::Passphrase(p, argon) => {
+            argon
+                .check()
+                .map_err(|reason| CryptoError::Kdf(reason.to_owned()))?;
+            if p.is_empty() {
+                return Err(CryptoError::Kdf("passphrase is empty".to_owned()));
+            }
+            (SlotKind::Passphrase(argon), UnsealSecret::Passphrase(p))
+        }
+        NewSlot::Peers(slot, key) => (SlotKind::Peers(Box::new(slot)), UnsealSecret::PeersKey(key)),
+    };
+    let mut slot = Slot {
+        role,
+        kind,
+        salt: random_array()?,
+        wrapped_root: [0; WRAPPED_LEN],
+    };
+    let key = unseal_key(&slot, secret)?;
+    slot.wrapped_root = seal_key(&key, root, &slot_aad(version, &slot))?;
+    Ok(slot)
+}
+
+/// magic || version || method || argon2 params || salt: the version-1 file header, and the
+/// body of its root wrap's AAD.
+fn v1_header(slot: &Slot) -> [u8; HEADER_LEN] {
+    let argon = match slot.kind {
+        SlotKind::Passphrase(a) => a,
+        _ => Argon2Params::ZERO,
+    };
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(KEYRING_MAGIC);
+    h[4] = KEYRING_VERSION;
+    h[5] = slot.method().code();
+    h[6..10].copy_from_slice(&argon.memory_kib.to_be_bytes());
+    h[10..14].copy_from_slice(&argon.iterations.to_be_bytes());
+    h[14..18].copy_from_slice(&argon.parallelism.to_be_bytes());
+    h[18..].copy_from_slice(&slot.salt);
+    h
+}
+
+/// See [`Keyring::slot_aad`].
+fn slot_aad(version: u8, slot: &Slot) -> Vec<u8> {
+    if version == KEYRING_VERSION {
+        return [ROOT_WRAP_AAD_LABEL, &[0u8][..], &v1_header(slot)[..]].concat();
+    }
+    let params = slot.params();
+    let mut aad = Vec::with_capacity(SLOT_WRAP_AAD_LABEL.len() + 8 + params.len());
+    aad.extend_from_slice(SLOT_WRAP_AAD_LABEL);
+    aad.push(0);
+    aad.push(version);
+    aad.push(slot.role_code());
+    aad.push(slot.method().code());
+    aad.extend_from_slice(
+        &u32::try_from(params.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    aad.extend_from_slice(&params);
+    aad
+}
+
+/// The rest of a version-1 file after magic and version: one keyfile or passphrase slot.
+fn decode_v1_slot(r: &mut Reader<'_>) -> Result<Slot> {
+    let kind = match r.u8()? {
+        1 => SlotKind::Keyfile,
+        2 => SlotKind::Passphrase(Argon2Params::ZERO),
+        _ => return Err(CryptoError::Malformed("keyring (unknown unseal method)")),
+    };
+    let argon = Argon2Params {
+        memory_kib: r.u32()?,
+        iterations: r.u32()?,
+        parallelism: r.u32()?,
+    };
+    let kind = match kind {
+        SlotKind::Keyfile if argon != Argon2Params::ZERO => {
+            return Err(CryptoError::Malformed(
+                "keyring (argon2 parameters on a keyfile keyring)",
+            ));
+        }
+        SlotKind::Passphrase(_) if argon.check().is_err() => {
+            return Err(CryptoError::Malformed(
+                "keyring (argon2 parameters out of range)",
+            ));
+        }
+        SlotKind::Passphrase(_) => SlotKind::Passphrase(argon),
+        k => k,
+    };
+    Ok(Slot {
+        role: SlotRole::Primary,
+        kind,
+        salt: r.array()?,
+        wrapped_root: r.array()?,
+    })
+}
+
+/// The slot list of a version-2 file: `n (u8) || n × (role, method, lp32(params), wrapped
+/// root)`, primary first, at most one recovery slot (a passphrase).
+fn decode_slots(r: &mut Reader<'_>) -> Result<Vec<Slot>> {
+    let n = r.u8()?;
+    if !(1..=2).contains(&n) {
+        return Err(CryptoError::Malformed(
+            "keyring (slot count must be 1 or 2)",
+        ));
+    }
+    let mut slots: Vec<Slot> = Vec::with_capacity(usize::from(n));
+    for i in 0..n {
+        let role = match (i, r.u8()?) {
+            (0, 0) => SlotRole::Primary,
+            (1, 1) => SlotRole::Recovery,
+            _ => {
+                return Err(CryptoError::Malformed(
+                    "keyring (slot roles: one primary first, then at most one recovery)",
+                ));
+            }
+        };
+        let method = UnsealMethod::from_code(r.u8()?)
+            .ok_or(CryptoError::Malformed("keyring (unknown slot method)"))?;
+        let len = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+        if len > MAX_SLOT_PARAMS {
+            return Err(CryptoError::Malformed("keyring (slot parameters too long)"));
+        }
+        let params = r.bytes(len)?;
+        let mut p = Reader::new(params, "keyring (slot parameters truncated)");
+        let salt = p.array()?;
+        let kind = match method {
+            UnsealMethod::Keyfile => SlotKind::Keyfile,
+            UnsealMethod::Passphrase => {
+                let argon = Argon2Params {
+                    memory_kib: p.u32()?,
+                    iterations: p.u32()?,
+                    parallelism: p.u32()?,
+                };
+                if argon.check().is_err() {
+                    return Err(CryptoError::Malformed(
+                        "keyring (argon2 parameters out of range)",
+                    ));
+                }
+                SlotKind::Passphrase(argon)
+            }
+            UnsealMethod::Peers => {
+                let rest = p.bytes(p.remaining())?;
+                let slot = PeerSlot::decode(rest)
+                    .map_err(|_| CryptoError::Malformed("keyring (peer slot does not decode)"))?;
+                SlotKind::Peers(Box::new(slot))
+            }
+        };
+        p.finish("keyring (trailing slot parameter bytes)")?;
+        if role == SlotRole::Recovery && method != UnsealMethod::Passphrase {
+            return Err(CryptoError::Malformed(
+                "keyring (a recovery slot must be a passphrase)",
+            ));
+        }
+        slots.push(Slot {
+            role,
+            kind,
+            salt,
+            wrapped_root: r.array()?,
+        });
+    }
+    if slots.len() == 1 && !matches!(slots[0].kind, SlotKind::Peers(_)) {
+        // One keyfile or passphrase slot has exactly one encoding: version 1.
+        return Err(CryptoError::Malformed(
+            "keyring (a lone keyfile or passphrase slot must use version 1)",
+        ));
+    }
+    Ok(slots)
+}
+
+/// Derives the key that wraps the root secret in `slot` (SPEC.md "Unseal key").
+fn unseal_key(slot: &Slot, secret: UnsealSecret<'_>) -> Result<Zeroizing<[u8; 32]>> {
+    if secret.method() != slot.method() {
+        return Err(CryptoError::UnsealMethodMismatch {
+            keyring: slot.method().as_str(),
+            given: secret.method().as_str(),
+        });
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    match (secret, &slot.kind) {
+        (UnsealSecret::Keyfile(file), _) => {
+            if file.len() != KEYFILE_LEN {
+                return Err(CryptoError::BadLength {
+                    what: "unseal key file",
+                    expected: KEYFILE_LEN,
+                    got: file.len(),
+                });
+            }
+            Hkdf::<Sha256>::new(Some(&slot.salt[..]), file.expose_secret())
+                .expand(UNSEAL_KEYFILE_INFO, key.as_mut())
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        }
+        (UnsealSecret::Passphrase(pass), SlotKind::Passphrase(a)) => {
+            let params = Params::new(a.memory_kib, a.iterations, a.parallelism, Some(32))
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password_into(pass.expose_secret(), &slot.salt, key.as_mut())
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        }
+        (UnsealSecret::PeersKey(k), _) => {
+            if k.len() != PEERS_SLOT_KEY_LEN {
+                return Err(CryptoError::BadLength {
+                    what: "peers slot key",
+                    expected: PEERS_SLOT_KEY_LEN,
+                    got: k.len(),
+                });
+            }
+            Hkdf::<Sha256>::new(Some(&slot.salt[..]), k.expose_secret())
+                .expand(UNSEAL_PEERS_INFO, key.as_mut())
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        }
+        // The method check above makes a passphrase meet a passphrase slot.
+        (UnsealSecret::Passphrase(_), _) => {
+            return Err(CryptoError::Malformed(
+                "keyring (passphrase slot without parameters)",
+            ));
+        }
+    }
+    Ok(key)
+}
 /// The key that wraps KEKs, derived so the root secret itself never keys an AEAD directly
 /// and can later derive other keys under other labels.
 fn kek_wrap_key(root: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {

@@ -13,6 +13,8 @@
 //! - [`trust`]: trusted controller keys and the M-of-N signature count.
 //! - [`grant`]: controller-signed permissions to move keys between lockboxes.
 //! - [`attestation`]: controller-signed statements of a node's public keys.
+//! - [`vouch`]: controller-signed vouches ("I stand for node N now") and revocation lists,
+//!   which a lockbox checks before it helps a peer unseal.
 //! - [`wrap`]: keys sealed end to end (HPKE) and signed for a transfer between lockboxes.
 //! - [`receipt`]: the destination's signed receipt for a transfer, checked by the source.
 //! - [`backup`]: offline backups sealed to recovery keys (one HPKE stanza per recipient).
@@ -31,6 +33,7 @@ pub mod receipt;
 pub mod seal;
 pub mod secret;
 pub mod trust;
+pub mod vouch;
 pub mod wrap;
 
 mod wire;
@@ -67,7 +70,9 @@ pub use grant::{
     parse_op, sign_grant_body, verify_grant,
 };
 pub use identity::{HpkeIdentity, SigningIdentity, verify_signature};
-pub use keyring::{Argon2Params, Keyring, UnsealMethod, UnsealSecret, Unsealed};
+pub use keyring::{
+    Argon2Params, Keyring, NewSlot, RecoveryChange, UnsealMethod, UnsealSecret, Unsealed,
+};
 /// The signed formats this crate checks, as the daemon's domain sees them: grants and
 /// receipts are protobuf messages signed as their exact bytes (SPEC.md), so these message
 /// types are their representation; the RPC services stay in `lockbox-proto`'s "services".
@@ -79,6 +84,12 @@ pub use receipt::{
 pub use seal::{Kek, RecordKind, SEAL_FINGERPRINT_LEN, seal_fingerprint, sealed_kek_id};
 pub use secret::{SecretBytes, random_array};
 pub use trust::{TrustedControllers, decode_public_key, encode_public_key};
+pub use vouch::{
+    REVOCATIONS_DOMAIN, RevocationsError, RevokedNode, VOUCH_DOMAIN, VerifiedRevocations,
+    VerifiedVouch, VouchContext, VouchError, decode_revocations_body, decode_vouch_body,
+    encode_revocations_body, encode_vouch_body, sign_revocations_body, sign_vouch_body,
+    verify_revocations, verify_vouch,
+};
 #[cfg(feature = "test-vectors")]
 pub use wrap::seal_batch_deterministic;
 pub use wrap::{

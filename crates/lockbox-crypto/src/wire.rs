@@ -47,6 +47,11 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
+    /// How many bytes are left, for a last field that runs to the end of its container.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// A `u32` length prefix followed by that many bytes.
     pub(crate) fn len_prefixed(&mut self) -> Result<&'a [u8]> {
         let n = self.u32()?;

@@ -2,8 +2,8 @@
 //! reject with the named error.
 //!
 //! Sealed records, keyrings and backup files use random nonces, salts and keys, so their
-//! vectors store the bytes and check that they open (or fail as named). Audit entries, checkpoints, signatures, grants and attestations
-//! are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared.
+//! vectors store the bytes and check that they open (or fail as named). Audit entries, checkpoints, signatures, grants, attestations,
+//! vouches and revocation lists are deterministic (Ed25519 signing is), so those vectors are also regenerated and compared.
 //! Transfer batches are too: their HPKE ephemeral key comes from a fixed seed
 //! (`seal_batch_deterministic`, feature `test-vectors`); so are transfer receipts, and the
 //! peer-assisted unseal file (fixed scalars through `enroll_deterministic`,
@@ -20,8 +20,8 @@ use lockbox_crypto::assist::{
 };
 use lockbox_crypto::*;
 use lockbox_proto::v1::{
-    AttestationBody, GrantBody, GrantOp, ReceiptBody, SignedAttestation, SignedGrant,
-    StoredVersions,
+    AttestationBody, GrantBody, GrantOp, ReceiptBody, Revocation, RevocationsBody,
+    SignedAttestation, SignedGrant, SignedRevocations, SignedVouch, StoredVersions, VouchBody,
 };
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -131,6 +131,8 @@ fn seal_vectors() {
 fn with_secret<T>(secret: &Value, f: impl FnOnce(UnsealSecret<'_>) -> T) -> T {
     if let Some(k) = secret.get("keyfile") {
         f(UnsealSecret::Keyfile(&SecretBytes::new(bytes(k))))
+    } else if let Some(k) = secret.get("peers_key") {
+        f(UnsealSecret::PeersKey(&SecretBytes::new(bytes(k))))
     } else {
         let p = str_of(&secret["passphrase"]).as_bytes().to_vec();
         f(UnsealSecret::Passphrase(&SecretBytes::new(p)))
@@ -473,6 +475,7 @@ fn attestation_body_fields(b: &AttestationBody) -> Value {
         "not_before_unix_ms": b.not_before_unix_ms,
         "expires_unix_ms": b.expires_unix_ms,
         "issuer_key_id": b.issuer_key_id,
+        "assist_public_key": hex::encode(&b.assist_public_key),
     })
 }
 
@@ -487,7 +490,23 @@ fn attestation_body_from(f: &Value) -> AttestationBody {
         not_before_unix_ms: f["not_before_unix_ms"].as_u64().unwrap(),
         expires_unix_ms: f["expires_unix_ms"].as_u64().unwrap(),
         issuer_key_id: str_of(&f["issuer_key_id"]).into(),
+        assist_public_key: bytes(&f["assist_public_key"]),
     }
+}
+
+/// `attest_request_message` of an `attest_requests` entry's fields; `assist_public_key` is
+/// absent for a node that predates it.
+fn attest_request_message_of(f: &Value) -> Vec<u8> {
+    let assist = f.get("assist_public_key").map(array32);
+    attest_request_message(
+        str_of(&f["node"]),
+        str_of(&f["trust_domain"]),
+        u32::try_from(f["hpke_kem_id"].as_u64().unwrap()).unwrap(),
+        &bytes(&f["hpke_public_key"]),
+        &bytes(&f["signing_public_key"]),
+        &array32(&f["tls_spki_sha256"]),
+        assist.as_ref(),
+    )
 }
 
 /// Runs one `cases` entry of attestation.json.
@@ -538,6 +557,11 @@ fn attestation_vectors() {
                 "{name}"
             );
             assert_eq!(a.tls_spki_sha256.to_vec(), a.body.tls_spki_sha256, "{name}");
+            assert_eq!(
+                a.assist_public_key.map(|k| k.to_vec()).unwrap_or_default(),
+                a.body.assist_public_key,
+                "{name}"
+            );
         }
     }
 
@@ -546,14 +570,7 @@ fn attestation_vectors() {
     for case in requests {
         let name = str_of(&case["name"]);
         let f = &case["fields"];
-        let msg = attest_request_message(
-            str_of(&f["node"]),
-            str_of(&f["trust_domain"]),
-            u32::try_from(f["hpke_kem_id"].as_u64().unwrap()).unwrap(),
-            &bytes(&f["hpke_public_key"]),
-            &bytes(&f["signing_public_key"]),
-            &array32(&f["tls_spki_sha256"]),
-        );
+        let msg = attest_request_message_of(f);
         assert_eq!(msg, bytes(&case["message"]), "{name}");
         let r = verify_attest_request(
             &bytes(&f["signing_public_key"]),
@@ -567,6 +584,166 @@ fn attestation_vectors() {
 #[test]
 fn attestation_vectors_are_reproducible() {
     assert_eq!(load("attestation.json"), gen_attestation());
+}
+
+// ---------------------------------------------------------------------------------------------
+// vouches and revocation lists
+
+fn vouch_body_fields(b: &VouchBody) -> Value {
+    json!({
+        "node": b.node,
+        "trust_domain": b.trust_domain,
+        "tls_spki_sha256": hex::encode(&b.tls_spki_sha256),
+        "not_before_unix_ms": b.not_before_unix_ms,
+        "expires_unix_ms": b.expires_unix_ms,
+        "issuer_key_id": b.issuer_key_id,
+    })
+}
+
+fn vouch_body_from(f: &Value) -> VouchBody {
+    VouchBody {
+        node: str_of(&f["node"]).into(),
+        trust_domain: str_of(&f["trust_domain"]).into(),
+        tls_spki_sha256: bytes(&f["tls_spki_sha256"]),
+        not_before_unix_ms: f["not_before_unix_ms"].as_u64().unwrap(),
+        expires_unix_ms: f["expires_unix_ms"].as_u64().unwrap(),
+        issuer_key_id: str_of(&f["issuer_key_id"]).into(),
+    }
+}
+
+/// Runs one `cases` entry of vouch.json.
+fn run_vouch_case(
+    trusted: &TrustedControllers,
+    case: &Value,
+) -> std::result::Result<VerifiedVouch, VouchError> {
+    let signed = SignedVouch::decode(bytes(&case["signed_vouch"]).as_slice()).unwrap();
+    let c = &case["context"];
+    let tls = array32(&c["peer_tls_spki_sha256"]);
+    let ctx = VouchContext {
+        now_unix_ms: c["now_unix_ms"].as_u64().unwrap(),
+        skew_ms: c["skew_ms"].as_u64().unwrap(),
+        threshold: usize::try_from(c["threshold"].as_u64().unwrap()).unwrap(),
+        expected_node: str_of(&c["expected_node"]),
+        peer_tls_spki_sha256: &tls,
+    };
+    verify_vouch(&signed, trusted, &ctx)
+}
+
+#[test]
+fn vouch_vectors() {
+    let v = load("vouch.json");
+    for case in v["bodies"].as_array().unwrap() {
+        let body = vouch_body_from(&case["fields"]);
+        let raw = encode_vouch_body(&body).unwrap();
+        assert_eq!(raw, bytes(&case["bytes"]));
+        assert_eq!(decode_vouch_body(&raw).unwrap(), body);
+        let signed_bytes = [VOUCH_DOMAIN.as_bytes(), &[0], &raw].concat();
+        assert_eq!(signed_bytes, bytes(&case["signed_bytes"]));
+    }
+    let trusted = trusted_from(&v["trusted"]);
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.iter().filter(|c| c["expect"] != "ok").count() >= 20);
+    for case in cases {
+        let name = str_of(&case["name"]);
+        let r = run_vouch_case(&trusted, case);
+        check_verdict(case, &r, VouchError::code);
+        if let Ok(verified) = r {
+            assert_eq!(
+                verified.valid_signers,
+                strings(&case["valid_signers"]),
+                "{name}"
+            );
+            assert_eq!(
+                verified.node,
+                str_of(&case["context"]["expected_node"]),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn vouch_vectors_are_reproducible() {
+    assert_eq!(load("vouch.json"), gen_vouch());
+}
+
+fn revocations_body_fields(b: &RevocationsBody) -> Value {
+    json!({
+        "trust_domain": b.trust_domain,
+        "revoked": b.revoked.iter().map(|r| json!({
+            "node": r.node, "revoked_unix_ms": r.revoked_unix_ms, "reason": r.reason,
+        })).collect::<Vec<_>>(),
+        "issued_unix_ms": b.issued_unix_ms,
+        "issuer_key_id": b.issuer_key_id,
+    })
+}
+
+fn revocations_body_from(f: &Value) -> RevocationsBody {
+    RevocationsBody {
+        trust_domain: str_of(&f["trust_domain"]).into(),
+        revoked: f["revoked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| Revocation {
+                node: str_of(&r["node"]).into(),
+                revoked_unix_ms: r["revoked_unix_ms"].as_u64().unwrap(),
+                reason: str_of(&r["reason"]).into(),
+            })
+            .collect(),
+        issued_unix_ms: f["issued_unix_ms"].as_u64().unwrap(),
+        issuer_key_id: str_of(&f["issuer_key_id"]).into(),
+    }
+}
+
+/// Runs one `cases` entry of revocations.json.
+fn run_revocations_case(
+    trusted: &TrustedControllers,
+    case: &Value,
+) -> std::result::Result<VerifiedRevocations, RevocationsError> {
+    let signed = SignedRevocations::decode(bytes(&case["signed_revocations"]).as_slice()).unwrap();
+    verify_revocations(&signed, trusted)
+}
+
+/// What a verified list says, as revocations.json records it for ok cases.
+fn verified_revocations_json(v: &VerifiedRevocations) -> Value {
+    json!({
+        "issuer_key_id": v.issuer_key_id,
+        "trust_domain": v.trust_domain,
+        "issued_unix_ms": v.issued_unix_ms,
+        "revoked": v.revoked.iter().map(|r| json!({
+            "node": r.node, "revoked_unix_ms": r.revoked_unix_ms, "reason": r.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn revocations_vectors() {
+    let v = load("revocations.json");
+    for case in v["bodies"].as_array().unwrap() {
+        let body = revocations_body_from(&case["fields"]);
+        let raw = encode_revocations_body(&body).unwrap();
+        assert_eq!(raw, bytes(&case["bytes"]));
+        assert_eq!(decode_revocations_body(&raw).unwrap(), body);
+        let signed_bytes = [REVOCATIONS_DOMAIN.as_bytes(), &[0], &raw].concat();
+        assert_eq!(signed_bytes, bytes(&case["signed_bytes"]));
+    }
+    let trusted = trusted_from(&v["trusted"]);
+    let cases = v["cases"].as_array().unwrap();
+    assert!(cases.iter().filter(|c| c["expect"] != "ok").count() >= 15);
+    for case in cases {
+        let name = str_of(&case["name"]);
+        let r = run_revocations_case(&trusted, case);
+        check_verdict(case, &r, RevocationsError::code);
+        if let Ok(list) = r {
+            assert_eq!(verified_revocations_json(&list), case["verified"], "{name}");
+        }
+    }
+}
+
+#[test]
+fn revocations_vectors_are_reproducible() {
+    assert_eq!(load("revocations.json"), gen_revocations());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -902,6 +1079,8 @@ fn regenerate() {
         ("audit.json", gen_audit()),
         ("grant.json", gen_grant()),
         ("attestation.json", gen_attestation()),
+        ("vouch.json", gen_vouch()),
+        ("revocations.json", gen_revocations()),
         ("wrap.json", gen_wrap()),
         ("receipt.json", gen_receipt()),
         ("backup.json", gen_backup()),
@@ -1224,7 +1403,7 @@ fn gen_keyring() -> Value {
         ),
         (
             "fail_bad_version",
-            m(&kb, &|b| b[4] = 2),
+            m(&kb, &|b| b[4] = 3),
             &kf_secret,
             "unsupported_version",
         ),
@@ -1335,11 +1514,164 @@ fn gen_keyring() -> Value {
     for (name, bytes, secret, expect) in &fail {
         cases.push(keyring_case(name, bytes, secret, expect));
     }
+    cases.extend(gen_keyring_slots(&pw, &pw_secret, &kf_secret));
     json!({
         "description": "Keyring files (SPEC.md 'Keyring file'). Decode `keyring`, unseal with `secret`; `expect` is ok or the first error. Ok cases list kek_ids and records to open with the unsealed keyring.",
         "argon2_params_of_passphrase_cases": { "memory_kib": 1024, "iterations": 1, "parallelism": 1 },
         "cases": cases,
     })
+}
+
+/// Version-2 keyrings: a peers slot alone and with a recovery passphrase. The slot key stands
+/// in for what the peers' shares rebuild; the shares themselves are covered by assist.json.
+fn gen_keyring_slots(pw: &SecretBytes, pw_secret: &Value, kf_secret: &Value) -> Vec<Value> {
+    use lockbox_crypto::assist::{AssistPeer, PeerSlot};
+    let peers: Vec<AssistIdentity> = (0..3)
+        .map(|_| AssistIdentity::generate().unwrap())
+        .collect();
+    let names = ["host-b", "host-c", "host-d"];
+    let enroll_to: Vec<AssistPeer<'_>> = peers
+        .iter()
+        .zip(names)
+        .map(|(p, node)| AssistPeer {
+            node,
+            public_key: p.public_key(),
+        })
+        .collect();
+    let slot_key = SecretBytes::new(vec![0x5c; 32]);
+    let key_secret = json!({ "peers_key": hex::encode([0x5c; 32]) });
+    let slot = || PeerSlot::enroll(&slot_key, "host-a", &enroll_to, 2).unwrap();
+    let (k1, u1) = Keyring::create_slots(NewSlot::Peers(slot(), &slot_key), None).unwrap();
+    let (k2, u2) =
+        Keyring::create_slots(NewSlot::Peers(slot(), &slot_key), Some((pw, FAST_ARGON))).unwrap();
+    let mut cases = Vec::new();
+    for (name, k, u, secret) in [
+        ("ok_peers", &k1, &u1, &key_secret),
+        ("ok_peers_with_recovery", &k2, &u2, &key_secret),
+        ("ok_peers_opened_by_recovery", &k2, &u2, pw_secret),
+    ] {
+        let (_, rec) = record(u, b"key-0001", &[7; 32]);
+        let mut c = keyring_case(name, &k.encode(), secret, "ok");
+        c["method"] = json!("peers");
+        c["kek_ids"] = json!([1]);
+        c["records"] = json!([rec]);
+        cases.push(c);
+    }
+    let b1 = k1.encode();
+    let b2 = k2.encode();
+    // First slot: magic(4) version(1) n(1) role(1) method(1) len(4) salt(16), then the peer
+    // slot (SPEC.md "Peer slot") at 28: version, threshold, n, shares.
+    let params_len = u32::from_be_bytes(b2[8..12].try_into().unwrap()) as usize;
+    let second = 12 + params_len + 72; // role byte of the recovery slot
+    let m = |src: &[u8], f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = src.to_vec();
+        f(&mut b);
+        b
+    };
+    // A lone keyfile slot in version 2: one encoding per keyring, so refused.
+    let mut lone = b"LBKR\x02\x01\x00\x01".to_vec();
+    lone.extend_from_slice(&16u32.to_be_bytes());
+    lone.extend_from_slice(&[0x11; 16]);
+    lone.extend_from_slice(&b1[b1.len() - 78 - 72..]);
+    let peers_key = |b: u8, n: usize| json!({ "peers_key": hex::encode(vec![b; n]) });
+    let fail: Vec<(&str, Vec<u8>, Value, &str)> = vec![
+        (
+            "fail_peers_wrong_slot_key",
+            b1.clone(),
+            peers_key(0x5d, 32),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_peers_slot_key_wrong_length",
+            b1.clone(),
+            peers_key(0x5c, 31),
+            "bad_length",
+        ),
+        (
+            "fail_peers_no_recovery_slot",
+            b1.clone(),
+            pw_secret.clone(),
+            "unseal_method_mismatch",
+        ),
+        (
+            "fail_peers_keyfile_given",
+            b1.clone(),
+            kf_secret.clone(),
+            "unseal_method_mismatch",
+        ),
+        (
+            "fail_peers_tampered_salt",
+            m(&b1, &|b| b[12] ^= 1),
+            key_secret.clone(),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_peers_slot_threshold_raised",
+            m(&b1, &|b| b[29] = 3),
+            key_secret.clone(),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_peers_slot_bad_version",
+            m(&b1, &|b| b[28] = 9),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_slot_count_zero",
+            m(&b1, &|b| b[5] = 0),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_slot_count_three",
+            m(&b2, &|b| b[5] = 3),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_slot_params_length_past_end",
+            m(&b1, &|b| b[8..12].copy_from_slice(&60000u32.to_be_bytes())),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_primary_not_first",
+            m(&b2, &|b| b[6] = 1),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_two_primary_slots",
+            m(&b2, &|b| b[second] = 0),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_recovery_slot_not_passphrase",
+            m(&b2, &|b| b[second + 1] = 1),
+            key_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_recovery_argon_weakened",
+            m(&b2, &|b| {
+                b[second + 22..second + 26].copy_from_slice(&512u32.to_be_bytes())
+            }),
+            pw_secret.clone(),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_lone_keyfile_slot_in_version_2",
+            lone,
+            kf_secret.clone(),
+            "malformed",
+        ),
+    ];
+    for (name, bytes, secret, expect) in &fail {
+        cases.push(keyring_case(name, bytes, secret, expect));
+    }
+    cases
 }
 
 fn gen_identity() -> Value {
@@ -2212,8 +2544,20 @@ fn gen_attestation() -> Value {
         not_before_unix_ms: nb,
         expires_unix_ms: exp,
         issuer_key_id: "ctl-1".into(),
+        assist_public_key: Vec::new(),
     };
     let raw = encode_attestation_body(&body).unwrap();
+    // The node's assist key (peer-assisted unseal): scalar 0x03 || 31 x 0x00, i.e. 3·G on
+    // ristretto255 (the RFC 9496 A.1 multiple).
+    let assist =
+        AssistIdentity::from_secret(&SecretBytes::new([&[3u8][..], &[0u8; 31][..]].concat()))
+            .unwrap()
+            .public_key();
+    let with_assist = AttestationBody {
+        assist_public_key: assist.to_vec(),
+        ..body.clone()
+    };
+    let raw_assist = encode_attestation_body(&with_assist).unwrap();
     let sa = |raw: &[u8], sigs: Vec<lockbox_proto::v1::Signature>| SignedAttestation {
         body: raw.to_vec(),
         signatures: sigs,
@@ -2247,9 +2591,11 @@ fn gen_attestation() -> Value {
     let mut flipped = one.clone();
     flipped.signatures[0].signature[33] ^= 0x04;
     let mut unknown_field = raw.clone();
-    unknown_field.extend_from_slice(&[0x50, 0x01]);
+    unknown_field.extend_from_slice(&[0x58, 0x01]);
     let mut small = vec![0u8; 32];
     small[0] = 1;
+    let mut negative = assist;
+    negative[0] |= 1;
 
     let cases: Vec<(&str, SignedAttestation, Value, &str)> = vec![
         ("ok_attestation", one.clone(), base.clone(), "ok"),
@@ -2280,6 +2626,39 @@ fn gen_attestation() -> Value {
             by(&raw, &[9, 1]),
             base.clone(),
             "ok",
+        ),
+        (
+            "ok_with_assist_key",
+            by(&raw_assist, &[1]),
+            base.clone(),
+            "ok",
+        ),
+        (
+            "fail_assist_key_31_bytes",
+            by(
+                &edit(&|b| b.assist_public_key = assist[..31].to_vec()),
+                &[1],
+            ),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_assist_key_not_canonical",
+            by(&edit(&|b| b.assist_public_key = negative.to_vec()), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_assist_key_identity",
+            by(&edit(&|b| b.assist_public_key = vec![0; 32]), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_assist_key_stripped",
+            sa(&raw, by(&raw_assist, &[1]).signatures),
+            base.clone(),
+            "bad_signature",
         ),
         (
             "fail_body_not_protobuf",
@@ -2420,8 +2799,23 @@ fn gen_attestation() -> Value {
         &hpke_pk,
         &sign_pk,
         &tls,
+        None,
     );
     let proof = sign_attest_request(&signing, &msg);
+    let with_key = |mut f: Value, key: &[u8; 32]| {
+        f["assist_public_key"] = json!(hex::encode(key));
+        f
+    };
+    let msg_assist = attest_request_message(
+        "node-b",
+        "example.org",
+        HPKE_KEM_X25519,
+        &hpke_pk,
+        &sign_pk,
+        &tls,
+        Some(&assist),
+    );
+    let proof_assist = sign_attest_request(&signing, &msg_assist);
     let mut flipped_proof = proof.clone();
     flipped_proof[5] ^= 0x20;
     let grant_domain_proof = signing.sign(GRANT_DOMAIN, &msg).to_vec();
@@ -2482,6 +2876,39 @@ fn gen_attestation() -> Value {
             "bad_length",
         ),
         (
+            "ok_proof_with_assist_key",
+            with_key(
+                fields("node-b", "example.org", 0x20, &hpke_pk, &sign_pk, &tls),
+                &assist,
+            ),
+            proof_assist.clone(),
+            "ok",
+        ),
+        (
+            "fail_assist_key_stripped",
+            fields("node-b", "example.org", 0x20, &hpke_pk, &sign_pk, &tls),
+            proof_assist.clone(),
+            "bad_signature",
+        ),
+        (
+            "fail_assist_key_added",
+            with_key(
+                fields("node-b", "example.org", 0x20, &hpke_pk, &sign_pk, &tls),
+                &assist,
+            ),
+            proof.clone(),
+            "bad_signature",
+        ),
+        (
+            "fail_other_assist_key",
+            with_key(
+                fields("node-b", "example.org", 0x20, &hpke_pk, &sign_pk, &tls),
+                &[0x42; 32],
+            ),
+            proof_assist.clone(),
+            "bad_signature",
+        ),
+        (
             "fail_short_signing_key",
             fields(
                 "node-b",
@@ -2498,14 +2925,7 @@ fn gen_attestation() -> Value {
     let requests: Vec<Value> = requests
         .into_iter()
         .map(|(name, f, proof, expect)| {
-            let msg = attest_request_message(
-                str_of(&f["node"]),
-                str_of(&f["trust_domain"]),
-                u32::try_from(f["hpke_kem_id"].as_u64().unwrap()).unwrap(),
-                &bytes(&f["hpke_public_key"]),
-                &bytes(&f["signing_public_key"]),
-                &array32(&f["tls_spki_sha256"]),
-            );
+            let msg = attest_request_message_of(&f);
             let r = verify_attest_request(&bytes(&f["signing_public_key"]), &msg, &proof);
             assert_eq!(outcome(&r), expect, "generating {name}");
             json!({
@@ -2516,21 +2936,426 @@ fn gen_attestation() -> Value {
         .collect();
 
     json!({
-        "description": "Attestations (SPEC.md 'Attestations'). bodies: fields, canonical bytes, bytes signed (\"lockbox/v1/attestation\" || 0x00 || body). cases: verify_attestation(SignedAttestation protobuf bytes, trusted, context); expect is ok or the AttestationError code, error its message. attest_requests: attest_request_message(fields) = message; verify_attest_request(signing_public_key, message, proof). Controllers as in grant.json; the node's Ed25519 seed is 32 x 0xb1, its X25519 secret RFC 7748 6.1 (Bob).",
+        "description": "Attestations (SPEC.md 'Attestations'). bodies: fields, canonical bytes, bytes signed (\"lockbox/v1/attestation\" || 0x00 || body). cases: verify_attestation(SignedAttestation protobuf bytes, trusted, context); expect is ok or the AttestationError code, error its message. attest_requests: attest_request_message(fields) = message (lp(assist_public_key) appended only when the fields have one); verify_attest_request(signing_public_key, message, proof). Controllers as in grant.json; the node's Ed25519 seed is 32 x 0xb1, its X25519 secret RFC 7748 6.1 (Bob), its ristretto255 assist scalar 3 (public key 3·G).",
         "node": {
             "signing_seed": hex::encode([0xb1; 32]),
             "signing_public_key": hex::encode(sign_pk),
             "x25519_secret": hex::encode(&x_secret),
             "hpke_public_key": hex::encode(hpke_pk),
+            "assist_public_key": hex::encode(assist),
         },
         "trusted": trusted_json(),
-        "bodies": [{
-            "fields": attestation_body_fields(&body),
-            "bytes": hex::encode(&raw),
-            "signed_bytes": hex::encode([ATTESTATION_DOMAIN.as_bytes(), &[0], &raw].concat()),
-        }],
+        "bodies": ([&body, &with_assist].iter().map(|b| {
+            let raw = encode_attestation_body(b).unwrap();
+            json!({
+                "fields": attestation_body_fields(b),
+                "bytes": hex::encode(&raw),
+                "signed_bytes": hex::encode([ATTESTATION_DOMAIN.as_bytes(), &[0], &raw].concat()),
+            })
+        }).collect::<Vec<_>>()),
         "cases": cases,
         "attest_requests": requests,
+    })
+}
+
+/// Vouches (SPEC.md "Vouches"): fully deterministic, Ed25519 signing is.
+fn gen_vouch() -> Value {
+    use sha2::Digest;
+    let trusted = trusted_from(&trusted_json());
+    let tls: [u8; 32] = sha2::Sha256::digest(b"example SubjectPublicKeyInfo of node-a").into();
+    let nb = GRANT_T0;
+    let exp = GRANT_T0 + 300_000;
+    let body = VouchBody {
+        node: "node-a".into(),
+        trust_domain: "example.org".into(),
+        tls_spki_sha256: tls.to_vec(),
+        not_before_unix_ms: nb,
+        expires_unix_ms: exp,
+        issuer_key_id: "ctl-1".into(),
+    };
+    let raw = encode_vouch_body(&body).unwrap();
+    let sv = |raw: &[u8], sigs: Vec<lockbox_proto::v1::Signature>| SignedVouch {
+        body: raw.to_vec(),
+        signatures: sigs,
+    };
+    let by = |raw: &[u8], signers: &[u8]| {
+        sv(
+            raw,
+            signers
+                .iter()
+                .map(|&n| ctl_sig(VOUCH_DOMAIN, n, raw))
+                .collect(),
+        )
+    };
+    // Bodies no controller encodes (encode_vouch_body refuses them), signed anyway.
+    let edit = |f: &dyn Fn(&mut VouchBody)| {
+        let mut b = body.clone();
+        f(&mut b);
+        b.encode_to_vec()
+    };
+    let hour = VouchBody {
+        expires_unix_ms: nb + 3_600_000,
+        ..body.clone()
+    };
+    let raw_hour = encode_vouch_body(&hour).unwrap();
+    let skew = 60_000u64;
+    let base = json!({
+        "now_unix_ms": nb + 60_000, "skew_ms": skew, "threshold": 1,
+        "expected_node": "node-a", "peer_tls_spki_sha256": hex::encode(tls),
+    });
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
+    let two = with(&|c| c["threshold"] = json!(2));
+    let one = by(&raw, &[1]);
+    let mut flipped = one.clone();
+    flipped.signatures[0].signature[17] ^= 0x01;
+    let mut unknown_field = raw.clone();
+    unknown_field.extend_from_slice(&[0x38, 0x01]);
+    let mut many = one.clone();
+    many.signatures = vec![one.signatures[0].clone(); 33];
+
+    let cases: Vec<(&str, SignedVouch, Value, &str)> = vec![
+        ("ok_vouch", one.clone(), base.clone(), "ok"),
+        ("ok_two_of_three", by(&raw, &[3, 2]), two.clone(), "ok"),
+        (
+            "ok_unknown_signer_skipped",
+            by(&raw, &[9, 1]),
+            base.clone(),
+            "ok",
+        ),
+        (
+            "ok_one_hour_lifetime",
+            by(&raw_hour, &[1]),
+            base.clone(),
+            "ok",
+        ),
+        (
+            "ok_not_before_at_skew_edge",
+            one.clone(),
+            with(&|c| c["now_unix_ms"] = json!(nb - skew)),
+            "ok",
+        ),
+        (
+            "ok_expires_at_skew_edge",
+            one.clone(),
+            with(&|c| c["now_unix_ms"] = json!(exp + skew - 1)),
+            "ok",
+        ),
+        ("fail_too_many_signatures", many, base.clone(), "malformed"),
+        (
+            "fail_body_not_protobuf",
+            by(&[0xff; 5], &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_body_unknown_field",
+            by(&unknown_field, &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_empty_node",
+            by(&edit(&|b| b.node.clear()), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_node_256_bytes",
+            by(&edit(&|b| b.node = "n".repeat(256)), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_empty_trust_domain",
+            by(&edit(&|b| b.trust_domain.clear()), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_tls_hash_31_bytes",
+            by(&edit(&|b| b.tls_spki_sha256.truncate(31)), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_empty_window",
+            by(&edit(&|b| b.expires_unix_ms = b.not_before_unix_ms), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_issuer_key_id_129_bytes",
+            by(&edit(&|b| b.issuer_key_id = "k".repeat(129)), &[1]),
+            base.clone(),
+            "malformed",
+        ),
+        (
+            "fail_lifetime_one_hour_and_1_ms",
+            by(
+                &edit(&|b| b.expires_unix_ms = b.not_before_unix_ms + 3_600_001),
+                &[1],
+            ),
+            base.clone(),
+            "lifetime_too_long",
+        ),
+        (
+            "fail_lifetime_a_day",
+            by(
+                &edit(&|b| b.expires_unix_ms = b.not_before_unix_ms + 86_400_000),
+                &[1],
+            ),
+            base.clone(),
+            "lifetime_too_long",
+        ),
+        (
+            "fail_unknown_signer",
+            by(&raw, &[9]),
+            base.clone(),
+            "unknown_signer",
+        ),
+        ("fail_bad_signature", flipped, base.clone(), "bad_signature"),
+        (
+            "fail_bad_signature_attestation_domain",
+            sv(&raw, vec![ctl_sig(ATTESTATION_DOMAIN, 1, &raw)]),
+            base.clone(),
+            "bad_signature",
+        ),
+        (
+            "fail_bad_signature_revocations_domain",
+            sv(&raw, vec![ctl_sig(REVOCATIONS_DOMAIN, 1, &raw)]),
+            base.clone(),
+            "bad_signature",
+        ),
+        (
+            "fail_unsigned",
+            by(&raw, &[]),
+            base.clone(),
+            "threshold_not_met",
+        ),
+        (
+            "fail_threshold_not_met",
+            by(&raw, &[3]),
+            two.clone(),
+            "threshold_not_met",
+        ),
+        (
+            "fail_threshold_same_signer_twice",
+            by(&raw, &[3, 3]),
+            two.clone(),
+            "threshold_not_met",
+        ),
+        (
+            "fail_not_yet_valid",
+            one.clone(),
+            with(&|c| c["now_unix_ms"] = json!(nb - skew - 1)),
+            "not_yet_valid",
+        ),
+        (
+            "fail_expired",
+            one.clone(),
+            with(&|c| c["now_unix_ms"] = json!(exp + skew)),
+            "expired",
+        ),
+        (
+            "fail_wrong_node",
+            one.clone(),
+            with(&|c| c["expected_node"] = json!("node-b")),
+            "wrong_node",
+        ),
+        (
+            "fail_wrong_tls_key",
+            one.clone(),
+            with(&|c| c["peer_tls_spki_sha256"] = json!(hex::encode([0x00; 32]))),
+            "wrong_tls_key",
+        ),
+    ];
+    let cases: Vec<Value> = cases
+        .into_iter()
+        .map(|(name, signed, ctx, expect)| {
+            let case = json!({
+                "name": name,
+                "signed_vouch": hex::encode(signed.encode_to_vec()),
+                "context": ctx,
+                "expect": expect,
+            });
+            let r = run_vouch_case(&trusted, &case);
+            settle(case, r, VouchError::code, |v| v.valid_signers.clone())
+        })
+        .collect();
+    json!({
+        "description": "Vouches (SPEC.md 'Vouches'). bodies: fields, canonical bytes, bytes signed (\"lockbox/v1/vouch\" || 0x00 || body). cases: verify_vouch(SignedVouch protobuf bytes, trusted, context); expect is ok or the VouchError code, error its message. Controllers as in grant.json.",
+        "trusted": trusted_json(),
+        "bodies": ([&body, &hour].iter().map(|b| {
+            let raw = encode_vouch_body(b).unwrap();
+            json!({
+                "fields": vouch_body_fields(b),
+                "bytes": hex::encode(&raw),
+                "signed_bytes": hex::encode([VOUCH_DOMAIN.as_bytes(), &[0], &raw].concat()),
+            })
+        }).collect::<Vec<_>>()),
+        "cases": cases,
+    })
+}
+
+/// Revocation lists (SPEC.md "Revocation lists"): fully deterministic.
+fn gen_revocations() -> Value {
+    let trusted = trusted_from(&trusted_json());
+    let r = |node: &str, at: u64, reason: &str| Revocation {
+        node: node.into(),
+        revoked_unix_ms: at,
+        reason: reason.into(),
+    };
+    let body = RevocationsBody {
+        trust_domain: "example.org".into(),
+        revoked: vec![
+            r(
+                "node-c",
+                GRANT_T0 - 86_400_000,
+                "host stolen from rack 4 (ticket SEC-7)",
+            ),
+            r("node-d", GRANT_T0 - 60_000, ""),
+        ],
+        issued_unix_ms: GRANT_T0,
+        issuer_key_id: "ctl-2".into(),
+    };
+    let empty = RevocationsBody {
+        revoked: Vec::new(),
+        ..body.clone()
+    };
+    let raw = encode_revocations_body(&body).unwrap();
+    let raw_empty = encode_revocations_body(&empty).unwrap();
+    let sr = |raw: &[u8], sigs: Vec<lockbox_proto::v1::Signature>| SignedRevocations {
+        body: raw.to_vec(),
+        signatures: sigs,
+    };
+    let by = |raw: &[u8], signers: &[u8]| {
+        sr(
+            raw,
+            signers
+                .iter()
+                .map(|&n| ctl_sig(REVOCATIONS_DOMAIN, n, raw))
+                .collect(),
+        )
+    };
+    let edit = |f: &dyn Fn(&mut RevocationsBody)| {
+        let mut b = body.clone();
+        f(&mut b);
+        b.encode_to_vec()
+    };
+    let one = by(&raw, &[2]);
+    let mut flipped = by(&raw, &[2, 3]);
+    flipped.signatures[1].signature[40] ^= 0x80;
+    let mut unknown_field = raw.clone();
+    unknown_field.extend_from_slice(&[0x28, 0x01]);
+    let mut many = one.clone();
+    many.signatures = vec![one.signatures[0].clone(); 33];
+
+    let cases: Vec<(&str, SignedRevocations, &str)> = vec![
+        ("ok_list", one.clone(), "ok"),
+        ("ok_empty_list", by(&raw_empty, &[2]), "ok"),
+        ("ok_unknown_signer_skipped", by(&raw, &[9, 2]), "ok"),
+        ("ok_cosigned", by(&raw, &[1, 2]), "ok"),
+        ("fail_too_many_signatures", many, "malformed"),
+        ("fail_body_not_protobuf", by(&[0xff; 5], &[2]), "malformed"),
+        (
+            "fail_body_unknown_field",
+            by(&unknown_field, &[2]),
+            "malformed",
+        ),
+        (
+            "fail_empty_trust_domain",
+            by(&edit(&|b| b.trust_domain.clear()), &[2]),
+            "malformed",
+        ),
+        (
+            "fail_empty_issuer_key_id",
+            by(&edit(&|b| b.issuer_key_id.clear()), &[2]),
+            "malformed",
+        ),
+        (
+            "fail_empty_node",
+            by(&edit(&|b| b.revoked[0].node.clear()), &[2]),
+            "malformed",
+        ),
+        (
+            "fail_node_256_bytes",
+            by(
+                &edit(&|b| b.revoked[1].node = format!("node-d{}", "x".repeat(250))),
+                &[2],
+            ),
+            "malformed",
+        ),
+        (
+            "fail_reason_1025_bytes",
+            by(&edit(&|b| b.revoked[0].reason = "r".repeat(1025)), &[2]),
+            "malformed",
+        ),
+        (
+            "fail_not_sorted",
+            by(&edit(&|b| b.revoked.swap(0, 1)), &[2]),
+            "malformed",
+        ),
+        (
+            "fail_node_listed_twice",
+            by(&edit(&|b| b.revoked[1].node = "node-c".into()), &[2]),
+            "malformed",
+        ),
+        ("fail_unknown_signer", by(&raw, &[9]), "unknown_signer"),
+        ("fail_not_signed", by(&raw, &[]), "not_signed"),
+        ("fail_bad_signature", flipped, "bad_signature"),
+        (
+            "fail_bad_signature_vouch_domain",
+            sr(&raw, vec![ctl_sig(VOUCH_DOMAIN, 2, &raw)]),
+            "bad_signature",
+        ),
+        (
+            "fail_issuer_not_signer",
+            by(&raw, &[1]),
+            "issuer_not_signer",
+        ),
+        (
+            "fail_untrusted_issuer",
+            by(&edit(&|b| b.issuer_key_id = "ctl-9".into()), &[9, 1]),
+            "issuer_not_signer",
+        ),
+    ];
+    let cases: Vec<Value> = cases
+        .into_iter()
+        .map(|(name, signed, expect)| {
+            let mut case = json!({
+                "name": name,
+                "signed_revocations": hex::encode(signed.encode_to_vec()),
+                "expect": expect,
+            });
+            match run_revocations_case(&trusted, &case) {
+                Ok(v) => {
+                    assert_eq!(expect, "ok", "generating {name}");
+                    case["verified"] = verified_revocations_json(&v);
+                }
+                Err(e) => {
+                    assert_eq!(expect, e.code(), "generating {name}: {e}");
+                    case["error"] = json!(e.to_string());
+                }
+            }
+            case
+        })
+        .collect();
+    json!({
+        "description": "Revocation lists (SPEC.md 'Revocation lists'). bodies: fields, canonical bytes, bytes signed (\"lockbox/v1/revocations\" || 0x00 || body). cases: verify_revocations(SignedRevocations protobuf bytes, trusted); expect is ok or the RevocationsError code, error its message; verified is what an ok case yields. One valid signature by a trusted controller suffices; it must include the issuer's. Controllers as in grant.json.",
+        "trusted": trusted_json(),
+        "bodies": ([&body, &empty].iter().map(|b| {
+            let raw = encode_revocations_body(b).unwrap();
+            json!({
+                "fields": revocations_body_fields(b),
+                "bytes": hex::encode(&raw),
+                "signed_bytes": hex::encode([REVOCATIONS_DOMAIN.as_bytes(), &[0], &raw].concat()),
+            })
+        }).collect::<Vec<_>>()),
+        "cases": cases,
     })
 }
 

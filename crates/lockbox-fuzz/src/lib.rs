@@ -39,6 +39,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_controller", config_controller),
     ("spiffe", spiffe),
     ("assist", assist),
+    ("vouch", vouch),
+    ("revocations", revocations),
+    ("revoked_file", revoked_file),
 ];
 
 /// Fixed keys, so a run is reproducible from its inputs.
@@ -150,6 +153,61 @@ pub fn attestation(data: &[u8]) {
     }
 }
 
+/// A controller's vouch body (peer-assisted unseal), signed by a trusted controller: every
+/// check a helping peer makes behind the signature.
+pub fn vouch(data: &[u8]) {
+    let _ = lockbox_crypto::decode_vouch_body(data);
+    let k = keys();
+    let signed = pb::SignedVouch {
+        body: data.to_vec(),
+        signatures: vec![lockbox_crypto::sign_vouch_body(
+            &k.controller,
+            "ctl-1",
+            data,
+        )],
+    };
+    let spki = [5u8; 32];
+    let ctx = lockbox_crypto::VouchContext {
+        now_unix_ms: NOW,
+        skew_ms: 30_000,
+        threshold: 1,
+        expected_node: "host-a",
+        peer_tls_spki_sha256: &spki,
+    };
+    let _ = lockbox_crypto::verify_vouch(&signed, &k.trusted, &ctx);
+}
+
+/// A controller's revocation list body, signed by a trusted controller, as peers fetch and
+/// keep it.
+pub fn revocations(data: &[u8]) {
+    let _ = lockbox_crypto::decode_revocations_body(data);
+    let k = keys();
+    let signed = pb::SignedRevocations {
+        body: data.to_vec(),
+        signatures: vec![lockbox_crypto::sign_revocations_body(
+            &k.controller,
+            "ctl-1",
+            data,
+        )],
+    };
+    if let Ok(v) = lockbox_crypto::verify_revocations(&signed, &k.trusted) {
+        let _ = v.find("host-a");
+    }
+}
+
+/// The controller's `data_dir/revoked` file: what parses must re-encode to the same text.
+pub fn revoked_file(data: &[u8]) {
+    if let Some(text) = utf8(data)
+        && let Ok(f) = lockbox_controller::revoked::RevokedFile::parse(text)
+    {
+        assert_eq!(
+            f.encode(),
+            text,
+            "a revoked file that parses re-encodes identically"
+        );
+    }
+}
+
 /// A receipt body, signed by the destination: every field check behind the signature.
 pub fn receipt(data: &[u8]) {
     let k = keys();
@@ -213,11 +271,20 @@ pub fn sealed_record(data: &[u8]) {
     }
 }
 
-/// The keyring file, and unsealing it.
+/// The keyring file (both versions), and unsealing it with a key file or a peers slot key
+/// (not a passphrase: Argon2 at the bounds a file may name is slow on purpose). What decodes
+/// must re-encode to the same bytes: one encoding per keyring.
 pub fn keyring(data: &[u8]) {
     if let Ok(ring) = lockbox_crypto::Keyring::decode(data) {
+        assert_eq!(
+            ring.encode(),
+            data,
+            "a keyring that decodes re-encodes identically"
+        );
         let secret = SecretBytes::new(vec![4; 32]);
         let _ = ring.unseal(lockbox_crypto::UnsealSecret::Keyfile(&secret));
+        let _ = ring.unseal(lockbox_crypto::UnsealSecret::PeersKey(&secret));
+        let _ = ring.peer_slot().map(|s| s.begin_unseal("host-a"));
     }
 }
 

@@ -31,16 +31,38 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         }
         "keyring" => {
             let secret = SecretBytes::new(vec![4; 32]);
-            lockbox_crypto::Keyring::create(
-                lockbox_crypto::UnsealSecret::Keyfile(&secret),
-                lockbox_crypto::Argon2Params {
-                    memory_kib: 64,
-                    iterations: 1,
-                    parallelism: 1,
-                },
-            )
-            .map(|(ring, _)| vec![ring.encode()])
-            .unwrap_or_default()
+            let argon = lockbox_crypto::Argon2Params {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            };
+            let mut seeds: Vec<Vec<u8>> =
+                lockbox_crypto::Keyring::create(lockbox_crypto::UnsealSecret::Keyfile(&secret), argon)
+                    .map(|(ring, _)| vec![ring.encode()])
+                    .unwrap_or_default();
+            // Version 2: a peers slot with a recovery passphrase slot.
+            let peers: Vec<lockbox_crypto::assist::AssistIdentity> = (0..3)
+                .filter_map(|_| lockbox_crypto::assist::AssistIdentity::generate().ok())
+                .collect();
+            let names = ["host-b", "host-c", "host-d"];
+            let to: Vec<lockbox_crypto::assist::AssistPeer<'_>> = peers
+                .iter()
+                .zip(names)
+                .map(|(p, node)| lockbox_crypto::assist::AssistPeer {
+                    node,
+                    public_key: p.public_key(),
+                })
+                .collect();
+            let pass = SecretBytes::new(b"recovery passphrase".to_vec());
+            if let Ok(slot) = lockbox_crypto::assist::PeerSlot::enroll(&secret, "host-a", &to, 2)
+                && let Ok((ring, _)) = lockbox_crypto::Keyring::create_slots(
+                    lockbox_crypto::NewSlot::Peers(slot, &secret),
+                    Some((&pass, argon)),
+                )
+            {
+                seeds.push(ring.encode());
+            }
+            seeds
         }
         "audit_entry" => vec![
             AuditEntry {
@@ -72,6 +94,36 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             b"version = 1\nkey_id = \"ctl-1\"\ntrust_domain = \"example.org\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"ca\"\n[[policy]]\ncaller = \"spiffe://example.org/orchestrator/*\"\nops = [\"copy\"]\n".to_vec(),
         ],
         "assist" => assist_seeds(),
+        "vouch" => lockbox_crypto::encode_vouch_body(&pb::VouchBody {
+            node: "host-a".into(),
+            trust_domain: "example.org".into(),
+            tls_spki_sha256: vec![5; 32],
+            not_before_unix_ms: NOW - 1000,
+            expires_unix_ms: NOW + 300_000,
+            issuer_key_id: "ctl-1".into(),
+        })
+        .map(|b| vec![b])
+        .unwrap_or_default(),
+        "revocations" => lockbox_crypto::encode_revocations_body(&pb::RevocationsBody {
+            trust_domain: "example.org".into(),
+            revoked: vec![
+                pb::Revocation {
+                    node: "host-a".into(),
+                    revoked_unix_ms: NOW - 5000,
+                    reason: "stolen".into(),
+                },
+                pb::Revocation {
+                    node: "host-z".into(),
+                    revoked_unix_ms: NOW - 4000,
+                    reason: String::new(),
+                },
+            ],
+            issued_unix_ms: NOW,
+            issuer_key_id: "ctl-1".into(),
+        })
+        .map(|b| vec![b])
+        .unwrap_or_default(),
+        "revoked_file" => revoked_file_seeds(),
         "spiffe" => vec![
             b"spiffe://example.org/lockbox/host-a".to_vec(),
             b"spiffe://example.org/admin/alice".to_vec(),
@@ -133,6 +185,17 @@ fn signed_grant() -> pb::SignedGrant {
     }
 }
 
+fn revoked_file_seeds() -> Vec<Vec<u8>> {
+    let Ok(mut f) = lockbox_controller::revoked::RevokedFile::new() else {
+        return Vec::new();
+    };
+    let empty = f.encode().into_bytes();
+    let _ = f.revoke("host-a", "stolen chassis", "uid:0", NOW);
+    let _ = f.revoke("host-b", "", "uid:0", NOW + 1);
+    let _ = f.unrevoke("host-b", "uid:0", NOW + 2);
+    vec![empty, f.encode().into_bytes()]
+}
+
 fn attestation_body() -> Vec<u8> {
     let k = keys();
     lockbox_crypto::encode_attestation_body(&pb::AttestationBody {
@@ -145,6 +208,9 @@ fn attestation_body() -> Vec<u8> {
         not_before_unix_ms: NOW - 1000,
         expires_unix_ms: NOW + 600_000,
         issuer_key_id: "ctl-1".into(),
+        assist_public_key: lockbox_crypto::assist::AssistIdentity::generate()
+            .map(|a| a.public_key().to_vec())
+            .unwrap_or_default(),
     })
     .unwrap_or_default()
 }

@@ -41,6 +41,7 @@ pub const LOCKBOX_METHODS: &[&str] = &[
     "/lockbox.v1.Lockbox/Status",
     "/lockbox.v1.Lockbox/Seal",
     "/lockbox.v1.Lockbox/Unseal",
+    "/lockbox.v1.Lockbox/EnrollUnseal",
     "/lockbox.v1.Lockbox/RotateKek",
     "/lockbox.v1.Lockbox/AuditTail",
     "/lockbox.v1.Lockbox/AuditVerify",
@@ -53,11 +54,18 @@ pub const LOCKBOX_METHODS: &[&str] = &[
 
 /// Every method of the `Peer` service (lockbox to lockbox, mTLS), as gRPC paths (see
 /// [`LOCKBOX_METHODS`]).
-pub const PEER_METHODS: &[&str] = &["/lockbox.v1.Peer/Identity", "/lockbox.v1.Peer/Deliver"];
+pub const PEER_METHODS: &[&str] = &[
+    "/lockbox.v1.Peer/Identity",
+    "/lockbox.v1.Peer/Deliver",
+    "/lockbox.v1.Peer/AssistKey",
+    "/lockbox.v1.Peer/Assist",
+];
 
 /// Every method of the `Controller` service, as gRPC paths (see [`LOCKBOX_METHODS`]).
 pub const CONTROLLER_METHODS: &[&str] = &[
     "/lockbox.v1.Controller/Attest",
     "/lockbox.v1.Controller/IssueGrant",
     "/lockbox.v1.Controller/CosignGrant",
+    "/lockbox.v1.Controller/Vouch",
+    "/lockbox.v1.Controller/Revocations",
 ];

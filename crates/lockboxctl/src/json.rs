@@ -140,11 +140,53 @@ pub struct Status<'a> {
     pub key_count: u64,
     pub memory_locked: bool,
     pub node_id: &'a str,
+    pub revoked_nodes: &'a [String],
     pub sealed: bool,
     pub signing_public_key: &'a str,
+    pub unseal: Unseal<'a>,
     pub unseal_method: &'a str,
     pub uptime_seconds: u64,
     pub version: &'a str,
+}
+
+/// `status`'s `unseal` object: the keyring's method and, for peers, who helped.
+#[derive(Serialize)]
+pub struct Unseal<'a> {
+    pub answered: &'a [String],
+    pub method: &'a str,
+    pub missing: &'a [String],
+    /// Why each missing peer is missing, by name.
+    pub missing_errors: BTreeMap<&'a str, &'a str>,
+    pub recovery: bool,
+    pub unsealed_by: &'a str,
+}
+
+impl<'a> Unseal<'a> {
+    fn new(s: &'a pb::StatusResponse) -> Unseal<'a> {
+        match &s.unseal {
+            Some(u) => Unseal {
+                answered: &u.answered,
+                method: &u.method,
+                missing: &u.missing,
+                missing_errors: u
+                    .missing
+                    .iter()
+                    .zip(&u.missing_errors)
+                    .map(|(p, e)| (p.as_str(), e.as_str()))
+                    .collect(),
+                recovery: u.recovery,
+                unsealed_by: &u.unsealed_by,
+            },
+            None => Unseal {
+                answered: &[],
+                method: &s.unseal_method,
+                missing: &[],
+                missing_errors: BTreeMap::new(),
+                recovery: false,
+                unsealed_by: "",
+            },
+        }
+    }
 }
 
 impl<'a> Status<'a> {
@@ -161,8 +203,10 @@ impl<'a> Status<'a> {
             key_count: s.key_count,
             memory_locked: s.memory_locked,
             node_id: &s.node_id,
+            revoked_nodes: &s.revoked_nodes,
             sealed: s.sealed,
             signing_public_key: &s.signing_public_key,
+            unseal: Unseal::new(s),
             unseal_method: &s.unseal_method,
             uptime_seconds: s.uptime_seconds,
             version: &s.version,
@@ -600,6 +644,15 @@ mod tests {
             memory_locked: true,
             core_dumps_disabled: true,
             assist_public_key: "ab12".into(),
+            unseal: Some(pb::UnsealInfo {
+                method: "peers".into(),
+                answered: vec!["host-b".into(), "host-c".into()],
+                missing: vec!["host-d".into()],
+                missing_errors: vec!["unreachable".into()],
+                recovery: true,
+                unsealed_by: "peers".into(),
+            }),
+            revoked_nodes: vec!["host-z".into()],
         };
         same(
             &Status::new(&s),
@@ -620,6 +673,15 @@ mod tests {
                 "memory_locked": s.memory_locked,
                 "core_dumps_disabled": s.core_dumps_disabled,
                 "assist_public_key": s.assist_public_key,
+                "unseal": {
+                    "method": "peers",
+                    "answered": ["host-b", "host-c"],
+                    "missing": ["host-d"],
+                    "missing_errors": {"host-d": "unreachable"},
+                    "recovery": true,
+                    "unsealed_by": "peers",
+                },
+                "revoked_nodes": ["host-z"],
             }),
         );
     }

@@ -55,11 +55,16 @@ enum Command {
     Status,
     /// Forget the KEK: only status and unseal work until the next unseal.
     Seal,
-    /// Unseal (the keyfile method re-reads its key file; the passphrase method needs one).
+    /// Unseal (the keyfile method re-reads its key file; the passphrase method needs one;
+    /// the peers method asks its peers again). A passphrase file opens the recovery slot of
+    /// any method. `unseal enroll` re-wraps the root secret for the config's [unseal].
     Unseal {
-        /// File holding the passphrase (first line); prompts when absent.
+        /// File holding the passphrase (first line): the passphrase method's, or the
+        /// recovery passphrase of any other method. Prompts when the method needs one.
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<UnsealCommand>,
     },
     /// Key-encryption key management.
     #[command(subcommand)]
@@ -166,6 +171,23 @@ enum KeyCommand {
         /// Also destroy every key id sharing its material.
         #[arg(long)]
         cascade: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UnsealCommand {
+    /// Re-read [unseal] from the config lockboxd was started with and re-wrap the root
+    /// secret for it (new slots; no record is re-sealed; the recovery slot is kept unless the
+    /// config drops it). The peers must be reachable. Audited.
+    Enroll {
+        /// File holding the recovery passphrase (first line), to add or replace the recovery
+        /// slot when the config asks for one.
+        #[arg(long)]
+        recovery_passphrase_file: Option<PathBuf>,
+        /// File holding the new passphrase (first line), when the config's method is
+        /// passphrase.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -279,6 +301,23 @@ fn print_status(s: &pb::StatusResponse) {
     outln!("node:     {}", s.node_id);
     outln!("sealed:   {}", if s.sealed { "yes" } else { "no" });
     outln!("unseal:   {}", s.unseal_method);
+    if let Some(u) = &s.unseal {
+        if u.recovery {
+            outln!("recovery: passphrase slot");
+        }
+        if !u.answered.is_empty() {
+            outln!("answered: {}", u.answered.join(" "));
+        }
+        for (p, e) in u.missing.iter().zip(&u.missing_errors) {
+            outln!("missing:  {p} ({e})");
+        }
+        if !u.unsealed_by.is_empty() {
+            outln!("unsealed by: {}", u.unsealed_by);
+        }
+    }
+    if !s.revoked_nodes.is_empty() {
+        outln!("revoked:  {}", s.revoked_nodes.join(" "));
+    }
     outln!("kek:      {}", s.kek_id);
     outln!("keys:     {}", s.key_count);
     outln!("audit:    {} records", s.audit_records);
@@ -619,13 +658,46 @@ async fn run(cli: Cli) -> Result<()> {
             let s = c.seal(pb::SealRequest {}).await.map_err(err)?.into_inner();
             emit(j, &json::Status::new(&s), || outln!("sealed"))?;
         }
-        Command::Unseal { passphrase_file } => {
+        Command::Unseal {
+            command:
+                Some(UnsealCommand::Enroll {
+                    recovery_passphrase_file,
+                    passphrase_file,
+                }),
+            ..
+        } => {
+            let recovery = match &recovery_passphrase_file {
+                Some(f) => read_secret_line(Some(f))?,
+                None => Zeroizing::new(Vec::new()),
+            };
+            let passphrase = match &passphrase_file {
+                Some(f) => read_secret_line(Some(f))?,
+                None => Zeroizing::new(Vec::new()),
+            };
+            let s = c
+                .enroll_unseal(pb::EnrollUnsealRequest {
+                    recovery_passphrase: recovery.to_vec(),
+                    passphrase: passphrase.to_vec(),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            emit(j, &json::Status::new(&s), || {
+                outln!("enrolled: unseal method {}", s.unseal_method)
+            })?;
+        }
+        Command::Unseal {
+            passphrase_file,
+            command: None,
+        } => {
             let status = c
                 .status(pb::StatusRequest {})
                 .await
                 .map_err(err)?
                 .into_inner();
-            let passphrase = if status.unseal_method == "passphrase" && status.sealed {
+            let passphrase = if passphrase_file.is_some()
+                || (status.unseal_method == "passphrase" && status.sealed)
+            {
                 read_secret_line(passphrase_file.as_ref())?
             } else {
                 Zeroizing::new(Vec::new())

@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use lockbox_crypto::{
-    AssistIdentity, AuditEntry, AuditEvent, GENESIS_HASH, HpkeIdentity, Keyring, RecordKind,
-    SecretBytes, SigningIdentity, UnsealMethod, UnsealSecret, Unsealed,
+    AssistIdentity, AuditEntry, AuditEvent, GENESIS_HASH, HpkeIdentity, Keyring, NewSlot,
+    RecordKind, SecretBytes, SigningIdentity, UnsealMethod, UnsealSecret, Unsealed,
 };
 use lockbox_store::{Batch, Ns, Store, write_file_atomic};
 use tokio::sync::Mutex;
@@ -73,7 +73,16 @@ pub fn read_keyfile(path: &Path) -> Result<SecretBytes> {
     Ok(bytes)
 }
 
-/// Creates the keyfile (32 random bytes, mode 0600) unless it exists.
+/// A passphrase long enough to set (at least 8 bytes).
+fn check_passphrase<'a>(p: &'a SecretBytes, what: &str) -> Result<&'a SecretBytes> {
+    if p.len() < 8 {
+        return Err(CustodyError::InvalidArgument(format!(
+            "{what} too short (at least 8 bytes)"
+        )));
+    }
+    Ok(p)
+}
+
 /// Reads this node's assist key, creating it (0600, written atomically) when the data dir has
 /// none: at `init`, or at the first start of a data dir of an earlier release. A file others may
 /// read, or one that does not decode strictly, stops the start naming the file.
@@ -104,7 +113,8 @@ pub(super) fn load_or_create_assist(path: &Path) -> Result<AssistIdentity> {
         .map_err(|e| CustodyError::Corrupt(format!("{}: {e}", path.display())))
 }
 
-fn ensure_keyfile(path: &Path) -> Result<()> {
+/// Creates the keyfile (32 random bytes, mode 0600) unless it exists.
+pub fn ensure_keyfile(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
@@ -125,9 +135,20 @@ fn ensure_keyfile(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What `init` needs besides the config: the secrets of the slots it creates.
+#[derive(Default)]
+pub struct InitSecrets {
+    /// The passphrase method's passphrase.
+    pub passphrase: Option<SecretBytes>,
+    /// The recovery passphrase (`[unseal] recovery = "passphrase"`).
+    pub recovery: Option<SecretBytes>,
+    /// The peers method's slot, already enrolled to the peers, and the slot key it splits.
+    pub peers: Option<(lockbox_crypto::assist::PeerSlot, SecretBytes)>,
+}
+
 /// Initializes a data dir: keyring (root secret + first KEK), node identities, the first audit
 /// record. Refuses a dir that already has a keyring or a database.
-pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretBytes>) -> Result<()> {
+pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let keyring_path = config.keyring_path();
     let db_path = config.db_path();
@@ -150,24 +171,36 @@ pub async fn init(config: &Config, policy: &Policy, passphrase: Option<SecretByt
         parallelism: 1,
     };
     load_or_create_assist(&config.assist_key_path())?;
-    let (keyring, unsealed) = match policy.method {
+    let recovery = match (&secrets.recovery, policy.recovery) {
+        (Some(r), true) => Some((check_passphrase(r, "recovery passphrase")?, argon)),
+        (None, true) => {
+            return Err(CustodyError::InvalidArgument(
+                "[unseal] recovery = \"passphrase\" needs a recovery passphrase".into(),
+            ));
+        }
+        (_, false) => None,
+    };
+    let keyfile;
+    let primary = match policy.method {
         UnsealMethod::Keyfile => {
             ensure_keyfile(&config.unseal.keyfile)?;
-            let secret = read_keyfile(&config.unseal.keyfile)?;
-            Keyring::create(UnsealSecret::Keyfile(&secret), argon)?
+            keyfile = read_keyfile(&config.unseal.keyfile)?;
+            NewSlot::Keyfile(&keyfile)
         }
         UnsealMethod::Passphrase => {
-            let pass = passphrase.ok_or_else(|| {
+            let pass = secrets.passphrase.as_ref().ok_or_else(|| {
                 CustodyError::InvalidArgument("the passphrase method needs a passphrase".into())
             })?;
-            if pass.len() < 8 {
-                return Err(CustodyError::InvalidArgument(
-                    "passphrase too short (at least 8 bytes)".into(),
-                ));
-            }
-            Keyring::create(UnsealSecret::Passphrase(&pass), argon)?
+            NewSlot::Passphrase(check_passphrase(pass, "passphrase")?, argon)
+        }
+        UnsealMethod::Peers => {
+            let (slot, key) = secrets.peers.as_ref().ok_or_else(|| {
+                CustodyError::InvalidArgument("the peers method needs its peers enrolled".into())
+            })?;
+            NewSlot::Peers(slot.clone(), key)
         }
     };
+    let (keyring, unsealed) = Keyring::create_slots(primary, recovery)?;
     // From here on the store is this call's own: if init fails before the keyring is written,
     // remove it, so that init can simply be run again (a crash leaves it; see UnfinishedInit).
     let written = init_store(config, &policy.method, &unsealed, &db_path).await;
@@ -269,11 +302,14 @@ impl Custody {
             source,
         })?;
         if keyring.method() != policy.method {
-            return Err(CustodyError::InvalidArgument(format!(
-                "the keyring was initialized with unseal method {}, but the config says {}",
-                keyring.method().as_str(),
-                policy.method.as_str()
-            )));
+            // The keyring decides how this node unseals; the config's [unseal] is what
+            // `lockboxctl unseal enroll` switches it to.
+            tracing::warn!(
+                keyring = keyring.method().as_str(),
+                config = policy.method.as_str(),
+                "the keyring's unseal method is not the config's; run `lockboxctl unseal \
+                 enroll` to switch"
+            );
         }
         let store = Store::open(&config.db_path(), config.cache_capacity_mb << 20)?;
         let (audit_seq, audit_hash) = match store.last(Ns::Audit)? {
@@ -508,7 +544,7 @@ impl Custody {
         NodeStatus {
             node_id: self.node_id.clone(),
             sealed: u.is_none(),
-            unseal_method: self.policy.method.as_str(),
+            unseal_method: self.keyring().method().as_str(),
             kek_id: self.keyring().current_kek_id(),
             key_count: ws.key_count,
             audit_records: ws.audit_seq,

@@ -57,6 +57,7 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
     ("lockbox_kek_rotations_total", Kind::Counter, &[]),
     ("lockbox_audit_records_total", Kind::Counter, &[]),
     ("lockbox_memory_locked", Kind::Gauge, &[]),
+    ("lockbox_unseal_assists_total", Kind::Counter, &["outcome"]),
     ("lockbox_build_info", Kind::Gauge, &["version"]),
     // lockbox-controller
     (
@@ -66,6 +67,11 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
     ),
     (
         "lockbox_controller_attestations_total",
+        Kind::Counter,
+        &["outcome"],
+    ),
+    (
+        "lockbox_controller_vouches_total",
         Kind::Counter,
         &["outcome"],
     ),

@@ -169,6 +169,42 @@ fn answer_refuses_identity_and_non_canonical_points() {
 // the exchange
 
 #[test]
+fn per_owner_keys_are_deterministic_distinct_and_do_not_cross() {
+    let p = peer(3);
+    let a = p.for_owner("owner-a").unwrap();
+    assert_eq!(a.public_key(), p.for_owner("owner-a").unwrap().public_key());
+    let b = p.for_owner("owner-b").unwrap();
+    assert_ne!(a.public_key(), b.public_key());
+    assert_ne!(a.public_key(), p.public_key());
+    // Another peer's derivation for the same owner differs too.
+    assert_ne!(
+        peer(4).for_owner("owner-a").unwrap().public_key(),
+        a.public_key()
+    );
+    // A share enrolled to A's key opens with A's answers, never with the answer the peer
+    // gives B (a vouched node replaying A's request under its own name).
+    let context = ctx("owner-a", "peer-1");
+    let enrolled = enroll(&a.public_key(), &share(), &context).unwrap();
+    assert!(exchange(&enrolled, &a, &context).is_ok());
+    assert!(matches!(
+        exchange(&enrolled, &b, &context),
+        Err(AssistError::ShareAuthFailed)
+    ));
+    assert!(matches!(
+        exchange(&enrolled, &p, &context),
+        Err(AssistError::ShareAuthFailed)
+    ));
+    assert!(matches!(
+        p.for_owner(""),
+        Err(AssistError::BadParameters(_))
+    ));
+    assert!(matches!(
+        p.for_owner(&"x".repeat(256)),
+        Err(AssistError::BadParameters(_))
+    ));
+}
+
+#[test]
 fn round_trip_one_peer() {
     let p = AssistIdentity::generate().unwrap();
     let context = ctx("owner-a", "peer-1");

@@ -34,6 +34,20 @@ fn body() -> AttestationBody {
         not_before_unix_ms: NOT_BEFORE,
         expires_unix_ms: EXPIRES,
         issuer_key_id: "ctl-1".into(),
+        assist_public_key: Vec::new(),
+    }
+}
+
+/// The assist key in bodies and requests that carry one: the ristretto255 generator, a
+/// proper group element.
+fn assist_key() -> [u8; 32] {
+    curve25519_dalek::constants::RISTRETTO_BASEPOINT_COMPRESSED.to_bytes()
+}
+
+fn body_with_assist() -> AttestationBody {
+    AttestationBody {
+        assist_public_key: assist_key().to_vec(),
+        ..body()
     }
 }
 
@@ -88,6 +102,7 @@ fn verifies_and_extracts_keys() {
     assert_eq!(v.hpke_public_key, node_hpke().public_key());
     assert_eq!(v.signing_public_key, node_signing().public_key());
     assert_eq!(v.tls_spki_sha256, TLS);
+    assert_eq!(v.assist_public_key, None);
     assert_eq!(v.valid_signers, ["ctl-2"]);
     // Nothing expected: only signatures and time are checked.
     let open = AttestationContext {
@@ -192,7 +207,7 @@ fn unsupported_kem() {
 fn decoding_is_strict() {
     let bytes = encode_attestation_body(&body()).unwrap();
     let mut unknown = bytes.clone();
-    unknown.extend_from_slice(&[0x50, 0x01]); // field 10
+    unknown.extend_from_slice(&[0x58, 0x01]); // field 11
     let mut repeated = bytes.clone();
     repeated.extend_from_slice(&[0x0a, 0x01, b'x']); // node again
     for (name, raw, reason) in [
@@ -474,6 +489,7 @@ fn request_message() -> Vec<u8> {
         &node_hpke().public_key(),
         &node_signing().public_key(),
         &TLS,
+        None,
     )
 }
 
@@ -493,7 +509,7 @@ fn attest_request_message_layout() {
     want.extend_from_slice(&TLS);
     assert_eq!(msg, want);
     // Length prefixes keep field boundaries apart.
-    let m = |n: &str, d: &str| attest_request_message(n, d, 0x20, &[], &[], &TLS);
+    let m = |n: &str, d: &str| attest_request_message(n, d, 0x20, &[], &[], &TLS, None);
     assert_ne!(m("ab", "c"), m("a", "bc"));
 }
 
@@ -510,12 +526,12 @@ fn proof_of_possession() {
     // The controller rebuilds the message from what it sees; any difference fails.
     let hpke = node_hpke().public_key();
     let variants = [
-        attest_request_message("node-c", "example.org", 0x20, &hpke, &pk, &TLS),
-        attest_request_message("node-b", "example.net", 0x20, &hpke, &pk, &TLS),
-        attest_request_message("node-b", "example.org", 0x21, &hpke, &pk, &TLS),
-        attest_request_message("node-b", "example.org", 0x20, &[0; 32], &pk, &TLS),
-        attest_request_message("node-b", "example.org", 0x20, &hpke, &[0; 32], &TLS),
-        attest_request_message("node-b", "example.org", 0x20, &hpke, &pk, &[0; 32]),
+        attest_request_message("node-c", "example.org", 0x20, &hpke, &pk, &TLS, None),
+        attest_request_message("node-b", "example.net", 0x20, &hpke, &pk, &TLS, None),
+        attest_request_message("node-b", "example.org", 0x21, &hpke, &pk, &TLS, None),
+        attest_request_message("node-b", "example.org", 0x20, &[0; 32], &pk, &TLS, None),
+        attest_request_message("node-b", "example.org", 0x20, &hpke, &[0; 32], &TLS, None),
+        attest_request_message("node-b", "example.org", 0x20, &hpke, &pk, &[0; 32], None),
     ];
     for other in &variants {
         assert!(matches!(
@@ -556,6 +572,112 @@ fn proof_of_possession() {
             ..
         })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// assist public key
+
+#[test]
+fn assist_key_is_optional_and_checked_when_present() {
+    let v = verify(&signed(&body_with_assist(), &[1]), &ctx()).unwrap();
+    assert_eq!(v.assist_public_key, Some(assist_key()));
+    assert_eq!(v.body, body_with_assist());
+    // Present, it changes the signed bytes: it cannot be stripped or swapped unnoticed.
+    let with = signed(&body_with_assist(), &[1]);
+    let without = signed(&body(), &[1]);
+    assert_ne!(with.body, without.body);
+    let swapped = SignedAttestation {
+        body: without.body.clone(),
+        signatures: with.signatures.clone(),
+    };
+    assert_eq!(
+        err(&swapped, &ctx()),
+        AttestationError::BadSignature("ctl-1".into())
+    );
+
+    let cases: [(&str, Vec<u8>); 5] = [
+        (
+            "assist public key is not 32 bytes",
+            assist_key()[..31].to_vec(),
+        ),
+        (
+            "assist public key is not 32 bytes",
+            [&assist_key()[..], &[0]].concat(),
+        ),
+        // All ones: above the field prime, so not a canonical encoding.
+        (
+            "assist public key is not a usable ristretto255 point",
+            vec![0xff; 32],
+        ),
+        // The identity: every answer to it would be the identity too.
+        (
+            "assist public key is not a usable ristretto255 point",
+            vec![0; 32],
+        ),
+        // A negative field element (low bit set) is never a canonical ristretto255 encoding.
+        ("assist public key is not a usable ristretto255 point", {
+            let mut k = assist_key().to_vec();
+            k[0] |= 1;
+            k
+        }),
+    ];
+    for (reason, key) in cases {
+        let b = AttestationBody {
+            assist_public_key: key,
+            ..body()
+        };
+        assert_eq!(
+            encode_attestation_body(&b).unwrap_err().to_string(),
+            format!("malformed attestation body ({reason})")
+        );
+        let a = signed_bytes(b.encode_to_vec(), &[1]);
+        assert_eq!(err(&a, &ctx()), AttestationError::Malformed(reason.into()));
+    }
+}
+
+#[test]
+fn attest_request_message_appends_the_assist_key_when_sent() {
+    let without = request_message();
+    let with = attest_request_message(
+        "node-b",
+        "example.org",
+        HPKE_KEM_X25519,
+        &node_hpke().public_key(),
+        &node_signing().public_key(),
+        &TLS,
+        Some(&assist_key()),
+    );
+    let mut want = without.clone();
+    want.extend_from_slice(&32u32.to_be_bytes());
+    want.extend_from_slice(&assist_key());
+    assert_eq!(with, want);
+
+    // A proof covers the key: it does not verify without it, nor with another one.
+    let id = node_signing();
+    let pk = id.public_key();
+    let proof = sign_attest_request(&id, &with);
+    verify_attest_request(&pk, &with, &proof).unwrap();
+    assert!(matches!(
+        verify_attest_request(&pk, &without, &proof),
+        Err(CryptoError::BadSignature)
+    ));
+    let other = attest_request_message(
+        "node-b",
+        "example.org",
+        HPKE_KEM_X25519,
+        &node_hpke().public_key(),
+        &pk,
+        &TLS,
+        Some(&[0x42; 32]),
+    );
+    assert!(matches!(
+        verify_attest_request(&pk, &other, &proof),
+        Err(CryptoError::BadSignature)
+    ));
+    // An older node's proof (no key) still verifies against a message without one.
+    let old = sign_attest_request(&id, &without);
+    verify_attest_request(&pk, &without, &old).unwrap();
+    assert!(verify_attest_request(&pk, &with, &old).is_err());
 }
 
 mod props {

@@ -216,6 +216,129 @@ fn foreign_unsealed_is_refused() {
     ));
 }
 
+fn peer_slot(key: &SecretBytes) -> crate::assist::PeerSlot {
+    let ids: Vec<crate::assist::AssistIdentity> = (0..3)
+        .map(|_| crate::assist::AssistIdentity::generate().unwrap())
+        .collect();
+    let names = ["b", "c", "d"];
+    let peers: Vec<crate::assist::AssistPeer<'_>> = ids
+        .iter()
+        .zip(names)
+        .map(|(i, node)| crate::assist::AssistPeer {
+            node,
+            public_key: i.public_key(),
+        })
+        .collect();
+    crate::assist::PeerSlot::enroll(key, "a", &peers, 2).unwrap()
+}
+
+#[test]
+fn rewrap_changes_slots_and_keeps_keks() {
+    let (k, u, kf) = keyfile_ring();
+    let sealed = u.seal(RecordKind::Material, b"k", b"v").unwrap();
+    let slot_key = SecretBytes::new(vec![9; 32]);
+    let pw = SecretBytes::new(b"recover me".to_vec());
+    // keyfile -> peers with a recovery passphrase: version 2, both open the same KEKs.
+    let p = k
+        .rewrap(
+            &u,
+            NewSlot::Peers(peer_slot(&slot_key), &slot_key),
+            RecoveryChange::Set(&pw, FAST),
+        )
+        .unwrap();
+    assert_eq!(p.version(), KEYRING_VERSION_SLOTS);
+    assert_eq!(p.method(), UnsealMethod::Peers);
+    assert!(p.has_recovery() && p.peer_slot().is_some());
+    let p = Keyring::decode(&p.encode()).unwrap();
+    for secret in [
+        UnsealSecret::PeersKey(&slot_key),
+        UnsealSecret::Passphrase(&pw),
+    ] {
+        let opened = p.unseal(secret).unwrap();
+        assert_eq!(
+            opened
+                .open(RecordKind::Material, b"k", &sealed)
+                .unwrap()
+                .expose_secret(),
+            b"v"
+        );
+    }
+    assert!(matches!(
+        p.unseal(UnsealSecret::Keyfile(&kf)),
+        Err(CryptoError::UnsealMethodMismatch { .. })
+    ));
+    assert!(matches!(
+        p.unseal(UnsealSecret::Passphrase(&SecretBytes::new(
+            b"nope".to_vec()
+        ))),
+        Err(CryptoError::WrongUnsealSecret)
+    ));
+    // Rotation keeps the slots.
+    let (p2, u2) = p
+        .add_kek(&p.unseal(UnsealSecret::PeersKey(&slot_key)).unwrap())
+        .unwrap();
+    let p2 = Keyring::decode(&p2.encode()).unwrap();
+    assert_eq!(p2.kek_ids(), vec![1, 2]);
+    assert!(p2.unseal(UnsealSecret::Passphrase(&pw)).is_ok());
+    // peers -> keyfile keeping recovery: still version 2, the recovery slot byte for byte.
+    let kf2 = keyfile(0x43);
+    let back = p2
+        .rewrap(&u2, NewSlot::Keyfile(&kf2), RecoveryChange::Keep)
+        .unwrap();
+    assert_eq!(back.method(), UnsealMethod::Keyfile);
+    assert!(back.unseal(UnsealSecret::Keyfile(&kf2)).is_ok());
+    assert!(back.unseal(UnsealSecret::Passphrase(&pw)).is_ok());
+    assert!(back.unseal(UnsealSecret::Keyfile(&kf)).is_err());
+    // ... and dropping recovery returns to the version-1 layout.
+    let plain = back
+        .rewrap(&u2, NewSlot::Keyfile(&kf2), RecoveryChange::Drop)
+        .unwrap();
+    assert_eq!(plain.version(), KEYRING_VERSION);
+    assert!(!plain.has_recovery());
+    let plain = Keyring::decode(&plain.encode()).unwrap();
+    assert!(plain.unseal(UnsealSecret::Keyfile(&kf2)).is_ok());
+    assert!(matches!(
+        plain.unseal(UnsealSecret::Passphrase(&pw)),
+        Err(CryptoError::UnsealMethodMismatch { .. })
+    ));
+    // An Unsealed of another keyring is refused.
+    let (_, other, _) = keyfile_ring();
+    assert!(
+        k.rewrap(&other, NewSlot::Keyfile(&kf2), RecoveryChange::Keep)
+            .is_err()
+    );
+}
+
+#[test]
+fn v2_decode_every_truncation_and_flip_is_refused_or_fails_unseal() {
+    let (k, u, _) = keyfile_ring();
+    let slot_key = SecretBytes::new(vec![9; 32]);
+    let pw = SecretBytes::new(b"recover me".to_vec());
+    let p = k
+        .rewrap(
+            &u,
+            NewSlot::Peers(peer_slot(&slot_key), &slot_key),
+            RecoveryChange::Set(&pw, FAST),
+        )
+        .unwrap();
+    let bytes = p.encode();
+    for n in 0..bytes.len() {
+        assert!(Keyring::decode(&bytes[..n]).is_err(), "truncated to {n}");
+    }
+    // Every single-bit flip in the slot part (before the KEKs) is refused by decode or makes
+    // the slot it falls in fail to open the root secret.
+    let slots_end = bytes.len() - 2 - 76;
+    for i in 0..slots_end {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        if let Ok(d) = Keyring::decode(&b) {
+            let both = d.unseal(UnsealSecret::PeersKey(&slot_key)).is_ok()
+                && d.unseal(UnsealSecret::Passphrase(&pw)).is_ok();
+            assert!(!both, "flip at {i} left both slots opening");
+        }
+    }
+}
+
 #[test]
 fn decode_is_strict() {
     let (k, _, _) = keyfile_ring();
@@ -229,14 +352,18 @@ fn decode_is_strict() {
     b[0] = b'X';
     assert!(is_malformed(&b));
     let mut b = bytes.clone();
-    b[4] = 2;
+    b[4] = 3;
     assert!(matches!(
         Keyring::decode(&b),
         Err(CryptoError::UnsupportedVersion {
             what: "keyring",
-            version: 2
+            version: 3
         })
     ));
+    // Version 2 has another layout: these bytes are not a slot list.
+    let mut b = bytes.clone();
+    b[4] = 2;
+    assert!(is_malformed(&b));
     let mut b = bytes.clone();
     b[5] = 3;
     assert!(is_malformed(&b));

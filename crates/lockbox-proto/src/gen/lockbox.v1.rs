@@ -71,6 +71,10 @@ pub struct AttestationBody {
     pub expires_unix_ms: u64,
     #[prost(string, tag = "9")]
     pub issuer_key_id: ::prost::alloc::string::String,
+    /// ristretto255 public key (32 bytes) of the node's assist key (peer-assisted unseal); empty
+    /// from nodes that predate it.
+    #[prost(bytes = "vec", tag = "10")]
+    pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
 }
 /// An attestation as it travels.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -92,6 +96,74 @@ pub struct AttestRequest {
     /// binding the node name and the TLS key it calls from.
     #[prost(bytes = "vec", tag = "4")]
     pub proof: ::prost::alloc::vec::Vec<u8>,
+    /// The node's assist public key (32 bytes, ristretto255), covered by the proof when set.
+    #[prost(bytes = "vec", tag = "5")]
+    pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VouchRequest {}
+/// The signed content of a vouch: the controller stands for this node (its TLS key) now, and
+/// has not revoked it. Short-lived (minutes): a revoked node stops getting help when its last
+/// vouch expires.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VouchBody {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub trust_domain: ::prost::alloc::string::String,
+    /// SHA-256 of the node's TLS certificate SubjectPublicKeyInfo (DER), as it called.
+    #[prost(bytes = "vec", tag = "3")]
+    pub tls_spki_sha256: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub not_before_unix_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub expires_unix_ms: u64,
+    #[prost(string, tag = "6")]
+    pub issuer_key_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignedVouch {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub signatures: ::prost::alloc::vec::Vec<Signature>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevocationsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Revocation {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub revoked_unix_ms: u64,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// The signed list of every node one controller has revoked, as of issued_unix_ms.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RevocationsBody {
+    #[prost(string, tag = "1")]
+    pub trust_domain: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub revoked: ::prost::alloc::vec::Vec<Revocation>,
+    #[prost(uint64, tag = "3")]
+    pub issued_unix_ms: u64,
+    #[prost(string, tag = "4")]
+    pub issuer_key_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignedRevocations {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub signatures: ::prost::alloc::vec::Vec<Signature>,
+}
+/// The file a lockbox keeps its known revocation lists in (one per controller), so a restart
+/// during a controller outage still refuses revoked nodes.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignedRevocationsList {
+    #[prost(message, repeated, tag = "1")]
+    pub lists: ::prost::alloc::vec::Vec<SignedRevocations>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct IssueGrantRequest {
@@ -311,6 +383,55 @@ pub mod controller_client {
                 .insert(GrpcMethod::new("lockbox.v1.Controller", "CosignGrant"));
             self.inner.unary(req, path, codec).await
         }
+        /// A lockbox, sealed or not (its TLS identity is all it needs), asks for a short-lived
+        /// statement that this controller vouches for it now: what a peer asks for before helping it
+        /// unseal (peer-assisted unseal). Refused to revoked nodes.
+        pub async fn vouch(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VouchRequest>,
+        ) -> std::result::Result<tonic::Response<super::SignedVouch>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Controller/Vouch",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Controller", "Vouch"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Any lockbox asks which nodes this controller has revoked (signed, so peers can keep it).
+        pub async fn revocations(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevocationsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SignedRevocations>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Controller/Revocations",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Controller", "Revocations"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -344,6 +465,21 @@ pub mod controller_server {
             &self,
             request: tonic::Request<super::CosignGrantRequest>,
         ) -> std::result::Result<tonic::Response<super::SignedGrant>, tonic::Status>;
+        /// A lockbox, sealed or not (its TLS identity is all it needs), asks for a short-lived
+        /// statement that this controller vouches for it now: what a peer asks for before helping it
+        /// unseal (peer-assisted unseal). Refused to revoked nodes.
+        async fn vouch(
+            &self,
+            request: tonic::Request<super::VouchRequest>,
+        ) -> std::result::Result<tonic::Response<super::SignedVouch>, tonic::Status>;
+        /// Any lockbox asks which nodes this controller has revoked (signed, so peers can keep it).
+        async fn revocations(
+            &self,
+            request: tonic::Request<super::RevocationsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SignedRevocations>,
+            tonic::Status,
+        >;
     }
     /// Controller authorizes; it never sees a volume key.
     #[derive(Debug)]
@@ -555,6 +691,94 @@ pub mod controller_server {
                     };
                     Box::pin(fut)
                 }
+                "/lockbox.v1.Controller/Vouch" => {
+                    #[allow(non_camel_case_types)]
+                    struct VouchSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::VouchRequest>
+                    for VouchSvc<T> {
+                        type Response = super::SignedVouch;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VouchRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::vouch(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VouchSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Controller/Revocations" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevocationsSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::RevocationsRequest>
+                    for RevocationsSvc<T> {
+                        type Response = super::SignedRevocations;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevocationsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::revocations(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevocationsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -597,6 +821,38 @@ pub mod controller_server {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct IdentityRequest {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssistKeyRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssistKeyResponse {
+    /// This node's assist public key (as in its attestation).
+    #[prost(bytes = "vec", tag = "1")]
+    pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// The key derived from it for the caller (SPEC.md "Per-owner assist keys").
+    #[prost(bytes = "vec", tag = "2")]
+    pub owner_public_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AssistRequest {
+    /// A controller's current vouch for the caller (Controller.Vouch).
+    #[prost(message, optional, tag = "1")]
+    pub vouch: ::core::option::Option<SignedVouch>,
+    /// The node whose slot this request opens: must be the caller.
+    #[prost(string, tag = "2")]
+    pub owner_node: ::prost::alloc::string::String,
+    /// The slot enrollment the request is for (16 bytes), for the audit record.
+    #[prost(bytes = "vec", tag = "3")]
+    pub enrollment_id: ::prost::alloc::vec::Vec<u8>,
+    /// X = C + r·G (32 bytes, ristretto255).
+    #[prost(bytes = "vec", tag = "4")]
+    pub blinded: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssistResponse {
+    /// Y = s_owner·X.
+    #[prost(bytes = "vec", tag = "1")]
+    pub answer: ::prost::alloc::vec::Vec<u8>,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DeliverRequest {
     #[prost(oneof = "deliver_request::Msg", tags = "1, 2, 3")]
@@ -840,6 +1096,53 @@ pub mod peer_client {
             req.extensions_mut().insert(GrpcMethod::new("lockbox.v1.Peer", "Deliver"));
             self.inner.client_streaming(req, path, codec).await
         }
+        /// Peer-assisted unseal, enrollment: this node's assist public key for the caller as owner
+        /// (each owner gets its own key, so an answer to one node cannot open another's share).
+        /// Answered sealed or not.
+        pub async fn assist_key(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AssistKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AssistKeyResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Peer/AssistKey",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("lockbox.v1.Peer", "AssistKey"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Peer-assisted unseal: the caller (the owner, sealed) sends a blinded point; this node
+        /// answers with its per-owner assist key, if a controller vouches for the caller and no
+        /// controller revoked it. Answered sealed or not; audited; rate-limited per caller.
+        pub async fn assist(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AssistRequest>,
+        ) -> std::result::Result<tonic::Response<super::AssistResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lockbox.v1.Peer/Assist");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("lockbox.v1.Peer", "Assist"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -869,6 +1172,23 @@ pub mod peer_server {
             &self,
             request: tonic::Request<tonic::Streaming<super::DeliverRequest>>,
         ) -> std::result::Result<tonic::Response<super::Receipt>, tonic::Status>;
+        /// Peer-assisted unseal, enrollment: this node's assist public key for the caller as owner
+        /// (each owner gets its own key, so an answer to one node cannot open another's share).
+        /// Answered sealed or not.
+        async fn assist_key(
+            &self,
+            request: tonic::Request<super::AssistKeyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AssistKeyResponse>,
+            tonic::Status,
+        >;
+        /// Peer-assisted unseal: the caller (the owner, sealed) sends a blinded point; this node
+        /// answers with its per-owner assist key, if a controller vouches for the caller and no
+        /// controller revoked it. Answered sealed or not; audited; rate-limited per caller.
+        async fn assist(
+            &self,
+            request: tonic::Request<super::AssistRequest>,
+        ) -> std::result::Result<tonic::Response<super::AssistResponse>, tonic::Status>;
     }
     /// Peer moves keys between lockboxes under a grant.
     #[derive(Debug)]
@@ -1033,6 +1353,92 @@ pub mod peer_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Peer/AssistKey" => {
+                    #[allow(non_camel_case_types)]
+                    struct AssistKeySvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::AssistKeyRequest>
+                    for AssistKeySvc<T> {
+                        type Response = super::AssistKeyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AssistKeyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::assist_key(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AssistKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Peer/Assist" => {
+                    #[allow(non_camel_case_types)]
+                    struct AssistSvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::AssistRequest>
+                    for AssistSvc<T> {
+                        type Response = super::AssistResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AssistRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::assist(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AssistSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
@@ -1296,13 +1702,49 @@ pub struct StatusResponse {
     /// peers unseal (peer-assisted unseal); known even while sealed.
     #[prost(string, tag = "16")]
     pub assist_public_key: ::prost::alloc::string::String,
+    /// How the root secret is protected now and, for peers, who helped.
+    #[prost(message, optional, tag = "17")]
+    pub unseal: ::core::option::Option<UnsealInfo>,
+    /// Nodes a controller revoked, as this node knows them (it refuses to help them unseal).
+    #[prost(string, repeated, tag = "18")]
+    pub revoked_nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnsealInfo {
+    /// keyfile | passphrase | peers | tpm2 | tpm2+peers (the primary slot).
+    #[prost(string, tag = "1")]
+    pub method: ::prost::alloc::string::String,
+    /// The peers whose answers opened the slot at the last (or current) unseal.
+    #[prost(string, repeated, tag = "2")]
+    pub answered: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The peers asked and not (yet) answered, with why in missing_errors.
+    #[prost(string, repeated, tag = "3")]
+    pub missing: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "4")]
+    pub missing_errors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Whether a recovery passphrase slot exists.
+    #[prost(bool, tag = "5")]
+    pub recovery: bool,
+    /// How the node was last unsealed: keyfile | passphrase | peers | recovery.
+    #[prost(string, tag = "6")]
+    pub unsealed_by: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SealRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UnsealRequest {
-    /// Only for the passphrase method.
+    /// The passphrase method's passphrase, or the recovery passphrase of any other method.
     #[prost(bytes = "vec", tag = "1")]
+    pub passphrase: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EnrollUnsealRequest {
+    /// The recovery passphrase, when the config asks for a recovery slot and none exists yet
+    /// (or to replace it).
+    #[prost(bytes = "vec", tag = "1")]
+    pub recovery_passphrase: ::prost::alloc::vec::Vec<u8>,
+    /// The new passphrase, when the config's method is passphrase.
+    #[prost(bytes = "vec", tag = "2")]
     pub passphrase: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1933,6 +2375,29 @@ pub mod lockbox_client {
             req.extensions_mut().insert(GrpcMethod::new("lockbox.v1.Lockbox", "Unseal"));
             self.inner.unary(req, path, codec).await
         }
+        /// Re-reads \[unseal\] from the config lockboxd was started with and re-wraps the root secret
+        /// for it (new slots; the recovery slot kept unless the config drops it). Unix socket only.
+        pub async fn enroll_unseal(
+            &mut self,
+            request: impl tonic::IntoRequest<super::EnrollUnsealRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/lockbox.v1.Lockbox/EnrollUnseal",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lockbox.v1.Lockbox", "EnrollUnseal"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Re-seals every live record under a fresh KEK and drops the old one.
         pub async fn rotate_kek(
             &mut self,
@@ -2221,6 +2686,12 @@ pub mod lockbox_server {
         async fn unseal(
             &self,
             request: tonic::Request<super::UnsealRequest>,
+        ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+        /// Re-reads \[unseal\] from the config lockboxd was started with and re-wraps the root secret
+        /// for it (new slots; the recovery slot kept unless the config drops it). Unix socket only.
+        async fn enroll_unseal(
+            &self,
+            request: tonic::Request<super::EnrollUnsealRequest>,
         ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
         /// Re-seals every live record under a fresh KEK and drops the old one.
         async fn rotate_kek(
@@ -2835,6 +3306,51 @@ pub mod lockbox_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UnsealSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lockbox.v1.Lockbox/EnrollUnseal" => {
+                    #[allow(non_camel_case_types)]
+                    struct EnrollUnsealSvc<T: Lockbox>(pub Arc<T>);
+                    impl<
+                        T: Lockbox,
+                    > tonic::server::UnaryService<super::EnrollUnsealRequest>
+                    for EnrollUnsealSvc<T> {
+                        type Response = super::StatusResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::EnrollUnsealRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Lockbox>::enroll_unseal(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EnrollUnsealSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

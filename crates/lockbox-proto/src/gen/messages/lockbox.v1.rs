@@ -71,6 +71,10 @@ pub struct AttestationBody {
     pub expires_unix_ms: u64,
     #[prost(string, tag = "9")]
     pub issuer_key_id: ::prost::alloc::string::String,
+    /// ristretto255 public key (32 bytes) of the node's assist key (peer-assisted unseal); empty
+    /// from nodes that predate it.
+    #[prost(bytes = "vec", tag = "10")]
+    pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
 }
 /// An attestation as it travels.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -92,6 +96,74 @@ pub struct AttestRequest {
     /// binding the node name and the TLS key it calls from.
     #[prost(bytes = "vec", tag = "4")]
     pub proof: ::prost::alloc::vec::Vec<u8>,
+    /// The node's assist public key (32 bytes, ristretto255), covered by the proof when set.
+    #[prost(bytes = "vec", tag = "5")]
+    pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VouchRequest {}
+/// The signed content of a vouch: the controller stands for this node (its TLS key) now, and
+/// has not revoked it. Short-lived (minutes): a revoked node stops getting help when its last
+/// vouch expires.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VouchBody {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub trust_domain: ::prost::alloc::string::String,
+    /// SHA-256 of the node's TLS certificate SubjectPublicKeyInfo (DER), as it called.
+    #[prost(bytes = "vec", tag = "3")]
+    pub tls_spki_sha256: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub not_before_unix_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub expires_unix_ms: u64,
+    #[prost(string, tag = "6")]
+    pub issuer_key_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignedVouch {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub signatures: ::prost::alloc::vec::Vec<Signature>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevocationsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Revocation {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub revoked_unix_ms: u64,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+}
+/// The signed list of every node one controller has revoked, as of issued_unix_ms.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RevocationsBody {
+    #[prost(string, tag = "1")]
+    pub trust_domain: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub revoked: ::prost::alloc::vec::Vec<Revocation>,
+    #[prost(uint64, tag = "3")]
+    pub issued_unix_ms: u64,
+    #[prost(string, tag = "4")]
+    pub issuer_key_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignedRevocations {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub signatures: ::prost::alloc::vec::Vec<Signature>,
+}
+/// The file a lockbox keeps its known revocation lists in (one per controller), so a restart
+/// during a controller outage still refuses revoked nodes.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SignedRevocationsList {
+    #[prost(message, repeated, tag = "1")]
+    pub lists: ::prost::alloc::vec::Vec<SignedRevocations>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct IssueGrantRequest {
@@ -152,6 +224,38 @@ impl GrantOp {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct IdentityRequest {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssistKeyRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssistKeyResponse {
+    /// This node's assist public key (as in its attestation).
+    #[prost(bytes = "vec", tag = "1")]
+    pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// The key derived from it for the caller (SPEC.md "Per-owner assist keys").
+    #[prost(bytes = "vec", tag = "2")]
+    pub owner_public_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AssistRequest {
+    /// A controller's current vouch for the caller (Controller.Vouch).
+    #[prost(message, optional, tag = "1")]
+    pub vouch: ::core::option::Option<SignedVouch>,
+    /// The node whose slot this request opens: must be the caller.
+    #[prost(string, tag = "2")]
+    pub owner_node: ::prost::alloc::string::String,
+    /// The slot enrollment the request is for (16 bytes), for the audit record.
+    #[prost(bytes = "vec", tag = "3")]
+    pub enrollment_id: ::prost::alloc::vec::Vec<u8>,
+    /// X = C + r·G (32 bytes, ristretto255).
+    #[prost(bytes = "vec", tag = "4")]
+    pub blinded: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssistResponse {
+    /// Y = s_owner·X.
+    #[prost(bytes = "vec", tag = "1")]
+    pub answer: ::prost::alloc::vec::Vec<u8>,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DeliverRequest {
     #[prost(oneof = "deliver_request::Msg", tags = "1, 2, 3")]
@@ -480,13 +584,49 @@ pub struct StatusResponse {
     /// peers unseal (peer-assisted unseal); known even while sealed.
     #[prost(string, tag = "16")]
     pub assist_public_key: ::prost::alloc::string::String,
+    /// How the root secret is protected now and, for peers, who helped.
+    #[prost(message, optional, tag = "17")]
+    pub unseal: ::core::option::Option<UnsealInfo>,
+    /// Nodes a controller revoked, as this node knows them (it refuses to help them unseal).
+    #[prost(string, repeated, tag = "18")]
+    pub revoked_nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnsealInfo {
+    /// keyfile | passphrase | peers | tpm2 | tpm2+peers (the primary slot).
+    #[prost(string, tag = "1")]
+    pub method: ::prost::alloc::string::String,
+    /// The peers whose answers opened the slot at the last (or current) unseal.
+    #[prost(string, repeated, tag = "2")]
+    pub answered: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The peers asked and not (yet) answered, with why in missing_errors.
+    #[prost(string, repeated, tag = "3")]
+    pub missing: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "4")]
+    pub missing_errors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Whether a recovery passphrase slot exists.
+    #[prost(bool, tag = "5")]
+    pub recovery: bool,
+    /// How the node was last unsealed: keyfile | passphrase | peers | recovery.
+    #[prost(string, tag = "6")]
+    pub unsealed_by: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SealRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct UnsealRequest {
-    /// Only for the passphrase method.
+    /// The passphrase method's passphrase, or the recovery passphrase of any other method.
     #[prost(bytes = "vec", tag = "1")]
+    pub passphrase: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EnrollUnsealRequest {
+    /// The recovery passphrase, when the config asks for a recovery slot and none exists yet
+    /// (or to replace it).
+    #[prost(bytes = "vec", tag = "1")]
+    pub recovery_passphrase: ::prost::alloc::vec::Vec<u8>,
+    /// The new passphrase, when the config's method is passphrase.
+    #[prost(bytes = "vec", tag = "2")]
     pub passphrase: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,158 @@
+//! The unseal slots (DESIGN.md §5.5): what opens the root secret, changed without re-sealing
+//! any record, and this node's part as a peer that helps others unseal.
+//!
+//! Asking peers and answering them over the network are the adapters' (`unseal_peers.rs`,
+//! `assist.rs`); here are the keyring and the audit records.
+
+use lockbox_crypto::assist::PeerSlot;
+use lockbox_crypto::{NewSlot, RecoveryChange, SecretBytes, UnsealMethod};
+use lockbox_store::write_file_atomic;
+
+use super::txn::Event;
+use super::{Caller, Custody};
+use crate::error::{CustodyError, Result};
+
+/// What `status` shows of the keyring's slots.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// The primary slot's method.
+    pub method: UnsealMethod,
+    /// Whether a recovery passphrase slot exists.
+    pub recovery: bool,
+    /// The peer slot's peers, in slot order, and its threshold (peers method only).
+    pub peers: Vec<String>,
+    /// See [`SlotInfo::peers`].
+    pub threshold: u8,
+}
+
+/// The new primary slot of an enrollment.
+pub enum Enroll<'a> {
+    /// The configured key file (created when missing).
+    Keyfile(&'a SecretBytes),
+    /// A peer slot enrolled to the peers' per-owner keys, with the slot key it splits.
+    Peers(PeerSlot, &'a SecretBytes),
+    /// A passphrase and its Argon2id cost.
+    Passphrase(&'a SecretBytes, lockbox_crypto::Argon2Params),
+}
+
+impl Custody {
+    /// The keyring's slots as they are now (not as the config says).
+    pub fn slot_info(&self) -> SlotInfo {
+        let k = self.keyring();
+        let (peers, threshold) = match k.peer_slot() {
+            Some(s) => (
+                s.shares()
+                    .iter()
+                    .map(|e| e.peer_node().to_owned())
+                    .collect(),
+                s.threshold(),
+            ),
+            None => (Vec::new(), 0),
+        };
+        SlotInfo {
+            method: k.method(),
+            recovery: k.has_recovery(),
+            peers,
+            threshold,
+        }
+    }
+
+    /// The peer slot to ask the peers about, when the primary slot is one.
+    pub fn peer_slot(&self) -> Option<PeerSlot> {
+        self.keyring().peer_slot().cloned()
+    }
+
+    /// Re-wraps the root secret for a new primary slot (and recovery as `recovery` says),
+    /// with the writer lock held so no rotation interleaves: the keyring file is replaced
+    /// atomically, no record is re-sealed, and the change is audited. Unsealed only.
+    pub async fn enroll_slots(
+        &self,
+        caller: &Caller,
+        primary: Enroll<'_>,
+        recovery: RecoveryChange<'_>,
+        detail: String,
+    ) -> Result<()> {
+        let res = async {
+            let u = self.unlocked()?;
+            let mut txn = self.write_txn().await;
+            let keyring = self.keyring();
+            let slot = match primary {
+                Enroll::Keyfile(k) => NewSlot::Keyfile(k),
+                Enroll::Peers(s, k) => NewSlot::Peers(s, k),
+                Enroll::Passphrase(p, a) => NewSlot::Passphrase(p, a),
+            };
+            let next = keyring.rewrap(&u.unsealed, slot, recovery)?;
+            write_file_atomic(&self.keyring_path, &next.encode(), 0o600)?;
+            self.set_keyring(next);
+            txn.audit(Some(&u), caller, Event::ok("unseal-enroll", "", detail))?;
+            txn.apply()?.durable().await
+        }
+        .await;
+        if let Err(e) = &res {
+            self.audit_refusal(caller, "unseal-enroll", "", e).await;
+        }
+        res
+    }
+
+    /// This node's assist public key (what its attestation carries). Works sealed.
+    pub fn assist_public_key(&self) -> [u8; 32] {
+        self.assist.public_key()
+    }
+
+    /// This node's assist public key for `owner` (SPEC.md "Per-owner assist keys"): what an
+    /// owner enrolls a share to. Works sealed.
+    pub fn assist_key_for(&self, owner: &str) -> Result<([u8; 32], [u8; 32])> {
+        let derived = self
+            .assist
+            .for_owner(owner)
+            .map_err(|e| CustodyError::InvalidArgument(e.to_string()))?;
+        Ok((self.assist.public_key(), derived.public_key()))
+    }
+
+    /// Answers an owner's blinded point with this node's per-owner key and audits it. The
+    /// adapter has checked who `owner` is (the caller's mTLS identity, a controller's vouch,
+    /// revocations) before this runs. Works sealed: a whole-cluster cold start unseals.
+    pub async fn assist_answer(
+        &self,
+        caller: &Caller,
+        owner: &str,
+        enrollment: &str,
+        blinded: &[u8; 32],
+    ) -> Result<[u8; 32]> {
+        let answered = self
+            .assist
+            .for_owner(owner)
+            .and_then(|k| k.answer(blinded))
+            .map_err(|e| CustodyError::InvalidArgument(format!("assist request: {e}")));
+        let (event, detail) = match &answered {
+            Ok(_) => ("ok", format!("owner {owner} enrollment {enrollment}")),
+            Err(e) => (
+                "refused",
+                format!("owner {owner} enrollment {enrollment}: {e}"),
+            ),
+        };
+        self.audit_any(caller, "unseal-assist", event, detail)
+            .await?;
+        answered
+    }
+
+    /// Audits an event sealed or not (the chain's records written while sealed are covered by
+    /// the next sealed head, as refused unseal attempts are), and waits until it is durable.
+    pub async fn audit_any(
+        &self,
+        caller: &Caller,
+        action: &str,
+        outcome: &str,
+        detail: String,
+    ) -> Result<()> {
+        let u = self.unlocked().ok();
+        let mut txn = self.write_txn().await;
+        let event = if outcome == "ok" {
+            Event::ok(action, "", detail)
+        } else {
+            Event::refused(action, "", detail)
+        };
+        txn.audit(u.as_deref(), caller, event)?;
+        txn.apply()?.durable().await
+    }
+}
