@@ -44,6 +44,16 @@ esac
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 [ -t 1 ] || say() { printf '\n== %s\n' "$*"; }
 
+# lockboxd links libtss2 (the tpm2 unseal method): building it needs Debian's libtss2-dev and
+# pkg-config.
+if ! { command -v pkg-config && pkg-config --exists tss2-esys; } >/dev/null 2>&1; then
+  say "installing libtss2-dev pkg-config (lockboxd links the TPM library)"
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  "${as_root[@]}" apt-get update
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y libtss2-dev pkg-config
+fi
+
 say "building lockboxd, lockbox-controller and lockboxctl ($profile; the first build takes a few minutes)"
 if [ "$profile" = dev ]; then
   # deploy/test.sh's build (one feature resolution with the tests): after the tests, as in CI,

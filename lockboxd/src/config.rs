@@ -344,6 +344,8 @@ pub struct Policy {
     pub unseal_threshold: u8,
     /// Whether the config asks for a recovery passphrase slot.
     pub recovery: bool,
+    /// `[unseal.tpm2]`, checked (required by the tpm2 methods).
+    pub tpm2: Option<lockbox_tpm::Tpm2Config>,
     /// Controller keys trusted for grants and attestations.
     pub controllers: lockbox_crypto::TrustedControllers,
     /// Tolerated clock skew.
@@ -420,16 +422,8 @@ impl Config {
             "keyfile" => lockbox_crypto::UnsealMethod::Keyfile,
             "passphrase" => lockbox_crypto::UnsealMethod::Passphrase,
             "peers" => lockbox_crypto::UnsealMethod::Peers,
-            "tpm2" | "tpm2+peers" => {
-                return Err(invalid(
-                    "unseal.method",
-                    format!(
-                        "{:?} is not available in this build yet; use \"peers\", \"keyfile\" \
-                         or \"passphrase\"",
-                        cfg.unseal.method
-                    ),
-                ));
-            }
+            "tpm2" => lockbox_crypto::UnsealMethod::Tpm2,
+            "tpm2+peers" => lockbox_crypto::UnsealMethod::Tpm2Peers,
             other => {
                 return Err(invalid(
                     "unseal.method",
@@ -452,14 +446,31 @@ impl Config {
                 ));
             }
         };
-        if let Some(t) = &cfg.unseal.tpm2
-            && (t.tcti.is_empty() || t.pcrs.iter().any(|p| *p > 23))
-        {
-            return Err(invalid(
-                "unseal.tpm2",
-                "tcti must be set and pcrs must be PCR indices 0..=23".into(),
-            ));
-        }
+        let uses_tpm = matches!(
+            method,
+            lockbox_crypto::UnsealMethod::Tpm2 | lockbox_crypto::UnsealMethod::Tpm2Peers
+        );
+        let tpm2 = match &cfg.unseal.tpm2 {
+            Some(t) => {
+                let c = lockbox_tpm::Tpm2Config {
+                    tcti: t.tcti.clone(),
+                    pcrs: t.pcrs.clone(),
+                };
+                c.validate()
+                    .map_err(|e| invalid("unseal.tpm2", e.to_string()))?;
+                Some(c)
+            }
+            None if uses_tpm => {
+                return Err(invalid(
+                    "unseal.tpm2",
+                    format!(
+                        "method {:?} needs [unseal.tpm2] with a tcti",
+                        cfg.unseal.method
+                    ),
+                ));
+            }
+            None => None,
+        };
         if cfg.unseal.argon2_memory_kib < 64 || cfg.unseal.argon2_iterations == 0 {
             return Err(invalid(
                 "unseal.argon2_memory_kib",
@@ -610,6 +621,7 @@ impl Config {
                 unseal_peers,
                 unseal_threshold,
                 recovery,
+                tpm2,
             },
         ))
     }
@@ -644,12 +656,17 @@ fn check_unseal_peers(
     method: lockbox_crypto::UnsealMethod,
 ) -> Result<(Vec<String>, u8), (&'static str, String)> {
     let u = &cfg.unseal;
-    if method != lockbox_crypto::UnsealMethod::Peers {
+    let uses_peers = matches!(
+        method,
+        lockbox_crypto::UnsealMethod::Peers | lockbox_crypto::UnsealMethod::Tpm2Peers
+    );
+    if !uses_peers {
         if !u.peers.is_empty() || u.threshold != 0 {
             return Err((
                 "unseal.peers",
                 format!(
-                    "peers and threshold are for method \"peers\", not {:?}",
+                    "peers and threshold are for methods \"peers\" and \"tpm2+peers\", not \
+                     {:?}",
                     u.method
                 ),
             ));

@@ -17,6 +17,24 @@ use crate::custody::{self, Caller, CloneMode, Custody, Enroll, KeyInfo, KeyState
 use crate::transfer::Transfers;
 use crate::unseal_peers::PeerUnsealer;
 
+/// Seals a fresh slot key to the TPM `policy` names.
+async fn seal_tpm(policy: &crate::config::Policy) -> Result<(Vec<u8>, SecretBytes), Status> {
+    let cfg = policy.tpm2.as_ref().ok_or_else(|| {
+        Status::failed_precondition("the tpm2 methods need [unseal.tpm2] in the config")
+    })?;
+    crate::tpm::seal_new_key(cfg)
+        .await
+        .map_err(Status::unavailable)
+}
+
+/// The audit detail of a TPM enrollment: the TPM and the PCRs it is bound to.
+fn tpm_detail(policy: &crate::config::Policy, method: &str) -> String {
+    match &policy.tpm2 {
+        Some(t) if !t.pcrs.is_empty() => format!("method {method} (pcrs {:?})", t.pcrs),
+        _ => format!("method {method}"),
+    }
+}
+
 /// Refuses a passphrase shorter than 8 bytes, naming which one.
 fn check_passphrase_len(p: &SecretBytes, what: &str) -> Result<(), Status> {
     if p.len() < 8 {
@@ -140,6 +158,31 @@ impl LocalApi {
         }
     }
 
+    /// A new peer slot for `policy`'s peers (every one must be reachable and attested).
+    async fn enroll_peers(
+        &self,
+        policy: &crate::config::Policy,
+    ) -> Result<(lockbox_crypto::assist::PeerSlot, SecretBytes), Status> {
+        let reach = self
+            .unsealer
+            .as_ref()
+            .and_then(|u| u.reach())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the peers methods need [tls] and [[controllers]] in the config lockboxd \
+                     was started with",
+                )
+            })?;
+        reach
+            .enroll(
+                self.custody.node_id(),
+                &policy.unseal_peers,
+                policy.unseal_threshold,
+            )
+            .await
+            .map_err(Status::unavailable)
+    }
+
     /// `EnrollUnseal`: the slots the config's `[unseal]` asks for, replacing the keyring's.
     async fn enroll(&self, who: &Caller, req: pb::EnrollUnsealRequest) -> Result<(), Status> {
         let (config, policy) = crate::config::Config::load(&self.config_source)
@@ -177,6 +220,7 @@ impl LocalApi {
         };
         let keyfile;
         let peers;
+        let tpm;
         let (primary, detail) = match policy.method {
             UnsealMethod::Keyfile => {
                 custody::ensure_keyfile(&config.unseal.keyfile)?;
@@ -191,25 +235,36 @@ impl LocalApi {
                 )
             }
             UnsealMethod::Peers => {
-                let unsealer = self.unsealer.as_ref().ok_or_else(|| {
-                    Status::failed_precondition(
-                        "the peers method needs [tls] and [[controllers]] in the config \
-                         lockboxd was started with",
-                    )
-                })?;
-                peers = unsealer
-                    .reach()
-                    .enroll(
-                        self.custody.node_id(),
-                        &policy.unseal_peers,
-                        policy.unseal_threshold,
-                    )
-                    .await
-                    .map_err(Status::unavailable)?;
+                peers = self.enroll_peers(&policy).await?;
                 (
                     Enroll::Peers(peers.0.clone(), &peers.1),
                     format!(
                         "method peers ({} of {})",
+                        policy.unseal_threshold,
+                        policy.unseal_peers.join(",")
+                    ),
+                )
+            }
+            UnsealMethod::Tpm2 => {
+                tpm = seal_tpm(&policy).await?;
+                (
+                    Enroll::Tpm2(tpm.0.clone(), &tpm.1),
+                    tpm_detail(&policy, "tpm2"),
+                )
+            }
+            UnsealMethod::Tpm2Peers => {
+                tpm = seal_tpm(&policy).await?;
+                peers = self.enroll_peers(&policy).await?;
+                (
+                    Enroll::Tpm2Peers {
+                        blob: tpm.0.clone(),
+                        tpm_key: &tpm.1,
+                        slot: peers.0.clone(),
+                        peers_key: &peers.1,
+                    },
+                    format!(
+                        "{} and peers ({} of {})",
+                        tpm_detail(&policy, "tpm2+peers"),
                         policy.unseal_threshold,
                         policy.unseal_peers.join(",")
                     ),
@@ -464,9 +519,9 @@ impl Lockbox for LocalApi {
                     "invalid argument: this lockbox unseals with a passphrase (--passphrase-file)",
                 ));
             }
-            UnsealMethod::Peers => {
+            UnsealMethod::Peers | UnsealMethod::Tpm2 | UnsealMethod::Tpm2Peers => {
                 let u = self.unsealer.as_ref().ok_or_else(|| {
-                    Status::failed_precondition("the peers method needs [tls] and [[controllers]]")
+                    Status::failed_precondition("this lockboxd runs without its unsealer")
                 })?;
                 u.attempt().await.map_err(|e| {
                     Status::unavailable(format!(

@@ -18,6 +18,7 @@ pub mod metrics;
 mod par;
 pub mod peer;
 pub mod settle;
+pub mod tpm;
 pub mod transfer;
 pub mod unseal_peers;
 
@@ -270,7 +271,7 @@ pub async fn run(
     let mut transfers = None;
     let mut peer_server = None;
     let mut revocations = None;
-    let mut unsealer = None;
+    let mut reach = None;
     if let (Some(tls), false) = (&config.tls, config.controllers.is_empty()) {
         let files = lockbox_tls::TlsFiles {
             cert: tls.cert.clone(),
@@ -295,20 +296,13 @@ pub async fn run(
             own.trust_domain.clone(),
         );
         tokio::spawn(r.clone().run(REVOCATIONS_EVERY));
-        let u = unseal_peers::PeerUnsealer::new(
-            custody.clone(),
-            unseal_peers::Reach {
-                tls: files.clone(),
-                addresses: config.peers.clone(),
-                controllers: config.controllers.clone(),
-                trusted: policy.controllers.clone(),
-                skew_ms: custody.clock_skew_ms(),
-            },
-        );
-        if custody.unseal_method() == UnsealMethod::Peers {
-            tokio::spawn(u.clone().run());
-        }
-        unsealer = Some(u);
+        reach = Some(unseal_peers::Reach {
+            tls: files.clone(),
+            addresses: config.peers.clone(),
+            controllers: config.controllers.clone(),
+            trusted: policy.controllers.clone(),
+            skew_ms: custody.clock_skew_ms(),
+        });
         transfers = Some(Arc::new(transfer::Transfers::new(
             custody.clone(),
             a.clone(),
@@ -333,6 +327,18 @@ pub async fn run(
         revocations = Some(r);
         tokio::spawn(prune_grants(custody.clone()));
     }
+    let unsealer = unseal_peers::PeerUnsealer::new(
+        custody.clone(),
+        reach,
+        policy.tpm2.as_ref().map(|t| t.tcti.clone()),
+    );
+    if matches!(
+        custody.unseal_method(),
+        UnsealMethod::Peers | UnsealMethod::Tpm2 | UnsealMethod::Tpm2Peers
+    ) {
+        tokio::spawn(unsealer.clone().run());
+    }
+    let unsealer = Some(unsealer);
     let endpoint = match policy.metrics {
         Some(at) => Some(start_metrics(at, &custody, attestor.clone()).await?),
         None => None,

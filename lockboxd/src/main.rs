@@ -136,7 +136,16 @@ fn main() -> ExitCode {
                 if policy.recovery {
                     secrets.recovery = Some(read_passphrase(recovery_passphrase_file.as_ref())?);
                 }
-                if policy.method == lockbox_crypto::UnsealMethod::Peers {
+                use lockbox_crypto::UnsealMethod::{Peers, Tpm2, Tpm2Peers};
+                if matches!(policy.method, Tpm2 | Tpm2Peers) {
+                    let cfg = policy.tpm2.as_ref().context("[unseal.tpm2] is missing")?;
+                    secrets.tpm2 = Some(
+                        lockboxd::tpm::seal_new_key(cfg)
+                            .await
+                            .map_err(anyhow::Error::msg)?,
+                    );
+                }
+                if matches!(policy.method, Peers | Tpm2Peers) {
                     secrets.peers = Some(enroll_peers(&config, &policy).await?);
                 }
                 lockboxd::custody::init(&config, &policy, secrets).await?;

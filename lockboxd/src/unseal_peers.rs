@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use lockbox_crypto::assist::{AssistPeer, PeerSlot};
 use lockbox_crypto::{
-    AttestationContext, SecretBytes, TrustedControllers, UnsealSecret, verify_attestation,
+    AttestationContext, SecretBytes, TrustedControllers, UnsealMethod, UnsealSecret,
+    verify_attestation,
 };
 use lockbox_proto::v1 as pb;
 use lockbox_proto::v1::controller_client::ControllerClient;
@@ -259,26 +260,35 @@ impl Reach {
     }
 }
 
-/// Unseals this node with its peers' help.
+/// Unseals this node without a person: with its TPM (`tpm2`), its peers' help (`peers`), or
+/// both (`tpm2+peers`), at start and on `lockboxctl unseal`.
 pub struct PeerUnsealer {
     custody: Arc<Custody>,
-    reach: Reach,
+    /// Where the peers and controllers are; `None` without `[tls]` and `[[controllers]]`
+    /// (then only the TPM part can run).
+    reach: Option<Reach>,
+    /// The TPM the tpm2 methods use (`[unseal.tpm2] tcti` of the start-up config).
+    tcti: Option<String>,
     progress: RwLock<Progress>,
 }
 
+/// The name under which the TPM appears in `status`'s answered and missing lists.
+pub const TPM_PART: &str = "tpm2";
+
 impl PeerUnsealer {
     /// Builds the unsealer; [`PeerUnsealer::run`] does the asking.
-    pub fn new(custody: Arc<Custody>, reach: Reach) -> Arc<Self> {
+    pub fn new(custody: Arc<Custody>, reach: Option<Reach>, tcti: Option<String>) -> Arc<Self> {
         Arc::new(PeerUnsealer {
             custody,
             reach,
+            tcti,
             progress: RwLock::new(Progress::default()),
         })
     }
 
-    /// Where the peers and controllers are (also for enrollment).
-    pub fn reach(&self) -> &Reach {
-        &self.reach
+    /// Where the peers and controllers are (also for enrollment), when configured.
+    pub fn reach(&self) -> Option<&Reach> {
+        self.reach.as_ref()
     }
 
     /// The last round's outcome, for `status`.
@@ -293,19 +303,109 @@ impl PeerUnsealer {
         *self.progress.write().unwrap_or_else(|p| p.into_inner()) = p;
     }
 
-    /// Records how the node was unsealed when it was not by its peers.
+    /// Records how the node was unsealed when it was not by this unsealer.
     pub fn unsealed_by(&self, how: &str) {
         let mut p = self.progress();
         p.unsealed_by = how.to_owned();
         self.set_progress(p);
     }
 
-    /// One round: a vouch, then every peer asked in parallel with a fresh blinded point.
-    /// `Ok(true)` once the node is unsealed (by this round or already).
+    /// The TPM part: the key the slot's TPM object unseals.
+    async fn tpm_key(&self) -> Result<SecretBytes, String> {
+        let tcti = self
+            .tcti
+            .as_deref()
+            .ok_or("tpm2: the config lockboxd was started with has no [unseal.tpm2]")?;
+        let blob = self
+            .custody
+            .tpm2_blob()
+            .ok_or("tpm2: the keyring has no tpm2 slot")?;
+        crate::tpm::unseal_key(tcti, &blob).await
+    }
+
+    /// One round for the keyring's method. `Ok(true)` once the node is unsealed (by this
+    /// round or already).
     pub async fn attempt(&self) -> Result<bool, String> {
         if !self.custody.status().await.sealed {
             return Ok(true);
         }
+        let method = self.custody.unseal_method();
+        let (tpm, peers) = match method {
+            UnsealMethod::Tpm2 => (true, false),
+            UnsealMethod::Peers => (false, true),
+            UnsealMethod::Tpm2Peers => (true, true),
+            other => {
+                return Err(format!(
+                    "the {} method does not unseal by itself",
+                    other.as_str()
+                ));
+            }
+        };
+        let mut progress = Progress::default();
+        let tpm_key = if tpm {
+            match self.tpm_key().await {
+                Ok(k) => {
+                    progress.answered.push(TPM_PART.into());
+                    Some(k)
+                }
+                Err(e) => {
+                    progress.missing.push((TPM_PART.into(), e.clone()));
+                    if !peers {
+                        self.set_progress(progress);
+                        return Err(e);
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let peers_key = if peers {
+            match self.peers_round(&mut progress).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.set_progress(progress);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let secret = match (&tpm_key, &peers_key) {
+            (Some(t), Some(p)) => UnsealSecret::Tpm2PeersKeys { tpm: t, peers: p },
+            (Some(t), None) if !peers => UnsealSecret::Tpm2Key(t),
+            (None, Some(p)) if !tpm => UnsealSecret::PeersKey(p),
+            _ => {
+                self.set_progress(progress);
+                return Err("the TPM part is missing (see status)".into());
+            }
+        };
+        let caller = Caller {
+            actor: format!(
+                "lockboxd ({} {})",
+                method.as_str(),
+                progress.answered.join(",")
+            ),
+        };
+        // Recorded before the keyring opens, so no `status` sees the node unsealed without
+        // knowing how; taken back if it does not open.
+        progress.unsealed_by = method.as_str().into();
+        self.set_progress(progress.clone());
+        if let Err(e) = self.custody.unseal(&caller, secret).await {
+            progress.unsealed_by.clear();
+            self.set_progress(progress);
+            return Err(format!("unseal with the {} part(s): {e}", method.as_str()));
+        }
+        Ok(true)
+    }
+
+    /// The peers part: a vouch, then every peer asked in parallel with a fresh blinded point;
+    /// the rebuilt slot key once t answers open their shares. Records who answered and who
+    /// is missing in `progress`.
+    async fn peers_round(&self, progress: &mut Progress) -> Result<SecretBytes, String> {
+        let Some(reach) = &self.reach else {
+            return Err("the peers method needs [tls] and [[controllers]]".into());
+        };
         let Some(slot) = self.custody.peer_slot() else {
             return Err("the keyring has no peers slot".into());
         };
@@ -315,14 +415,12 @@ impl PeerUnsealer {
             .iter()
             .map(|s| s.peer_node().to_owned())
             .collect();
-        let vouch = match self.reach.vouch().await {
+        let vouch = match reach.vouch().await {
             Ok(v) => v,
             Err(e) => {
-                self.set_progress(Progress {
-                    answered: Vec::new(),
-                    missing: peers.iter().map(|p| (p.clone(), e.clone())).collect(),
-                    unsealed_by: String::new(),
-                });
+                progress
+                    .missing
+                    .extend(peers.iter().map(|p| (p.clone(), e.clone())));
                 return Err(e);
             }
         };
@@ -332,7 +430,7 @@ impl PeerUnsealer {
         let enrollment = slot.enrollment_id();
         let mut tasks = tokio::task::JoinSet::new();
         for r in unseal.requests() {
-            let reach = self.reach.clone();
+            let reach = reach.clone();
             let (peer, vouch, owner) = (r.peer_node.clone(), vouch.clone(), owner.clone());
             let (position, blinded) = (r.peer, r.blinded);
             tasks.spawn(async move {
@@ -358,13 +456,9 @@ impl PeerUnsealer {
         answered.sort();
         missing.sort();
         let answered: Vec<String> = answered.into_iter().map(|(_, p)| p).collect();
-        let ready = unseal.is_ready();
-        self.set_progress(Progress {
-            answered: answered.clone(),
-            missing: missing.clone(),
-            unsealed_by: String::new(),
-        });
-        if !ready {
+        progress.answered.extend(answered.iter().cloned());
+        progress.missing.extend(missing.iter().cloned());
+        if !unseal.is_ready() {
             return Err(format!(
                 "{} of {} peers answered, {} needed; missing: {}",
                 answered.len(),
@@ -377,37 +471,32 @@ impl PeerUnsealer {
                     .join(", ")
             ));
         }
-        let key = unseal.finish().map_err(|e| format!("peers slot: {e}"))?;
-        let caller = Caller {
-            actor: format!("lockboxd (peers {})", answered.join(",")),
-        };
-        self.custody
-            .unseal(&caller, UnsealSecret::PeersKey(&key))
-            .await
-            .map_err(|e| format!("unseal with the peers' answers: {e}"))?;
-        self.set_progress(Progress {
-            answered,
-            missing,
-            unsealed_by: "peers".into(),
-        });
-        Ok(true)
+        unseal.finish().map_err(|e| format!("peers slot: {e}"))
     }
 
-    /// Asks, with backoff (1 s doubling to 30 s), until the node is unsealed (by its peers,
-    /// or by an operator with the recovery passphrase).
+    /// At start: asks until the node is unsealed (by this unsealer, or by an operator with
+    /// the recovery passphrase), with backoff (1 s doubling to 30 s) while peers are part of
+    /// the method; a lone TPM is asked once (`lockboxctl unseal` asks again).
     pub async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
         loop {
             match self.attempt().await {
                 Ok(_) => {
-                    tracing::info!("unsealed with the peers' help");
+                    tracing::info!(
+                        method = self.custody.unseal_method().as_str(),
+                        "unsealed without a person"
+                    );
                     return;
                 }
                 Err(e) => {
                     if !self.custody.status().await.sealed {
                         return;
                     }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "peers unseal: still sealed");
+                    if self.custody.unseal_method() == UnsealMethod::Tpm2 {
+                        tracing::error!(error = %e, "tpm2 unseal failed: staying sealed");
+                        return;
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "still sealed");
                 }
             }
             tokio::time::sleep(backoff).await;

@@ -186,6 +186,37 @@ pub enum UnsealMethod {
         /// The recovery passphrase, if any.
         recovery: Option<String>,
     },
+    /// `method = "tpm2"` with `[unseal.tpm2] tcti` (a test's swtpm), and a recovery
+    /// passphrase slot when `recovery` is set.
+    Tpm2 {
+        /// `[unseal.tpm2] tcti`.
+        tcti: String,
+        /// The recovery passphrase, if any.
+        recovery: Option<String>,
+    },
+    /// `method = "tpm2+peers"`: both parts needed.
+    Tpm2Peers {
+        /// `[unseal.tpm2] tcti`.
+        tcti: String,
+        /// `[unseal] peers`.
+        peers: Vec<String>,
+        /// `[unseal] threshold`.
+        threshold: u32,
+        /// The recovery passphrase, if any.
+        recovery: Option<String>,
+    },
+}
+
+impl UnsealMethod {
+    /// The recovery passphrase these options set, if any.
+    pub fn recovery(&self) -> Option<&str> {
+        match self {
+            UnsealMethod::Peers { recovery, .. }
+            | UnsealMethod::Tpm2 { recovery, .. }
+            | UnsealMethod::Tpm2Peers { recovery, .. } => recovery.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The `[keys] shred_rotation` policy.
@@ -297,10 +328,11 @@ impl Node {
     pub fn write_secrets(&self) {
         match &self.opts.unseal {
             UnsealMethod::Passphrase(p) => fs::write(self.passphrase_file(), p).unwrap(),
-            UnsealMethod::Peers {
-                recovery: Some(r), ..
-            } => fs::write(self.recovery_file(), r).unwrap(),
-            _ => {}
+            other => {
+                if let Some(r) = other.recovery() {
+                    fs::write(self.recovery_file(), r).unwrap();
+                }
+            }
         }
     }
 
@@ -352,24 +384,38 @@ impl Node {
                 s.push_str("argon2_iterations = 1\n");
             }
             UnsealMethod::Peers {
-                peers,
-                threshold,
-                recovery,
+                peers, threshold, ..
+            }
+            | UnsealMethod::Tpm2Peers {
+                peers, threshold, ..
             } => {
                 let list: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
-                s.push_str("method = \"peers\"\n");
+                let method = match &o.unseal {
+                    UnsealMethod::Peers { .. } => "peers",
+                    _ => "tpm2+peers",
+                };
+                s.push_str(&format!("method = \"{method}\"\n"));
                 s.push_str(&format!("peers = [{}]\n", list.join(", ")));
                 s.push_str(&format!("threshold = {threshold}\n"));
-                s.push_str(&format!(
-                    "keyfile = \"{}\"\n",
-                    self.keyfile_path().display()
-                ));
-                s.push_str("argon2_memory_kib = 1024\n");
-                s.push_str("argon2_iterations = 1\n");
-                if recovery.is_some() {
-                    s.push_str("recovery = \"passphrase\"\n");
-                }
             }
+            UnsealMethod::Tpm2 { .. } => s.push_str("method = \"tpm2\"\n"),
+        }
+        if matches!(
+            o.unseal,
+            UnsealMethod::Peers { .. } | UnsealMethod::Tpm2 { .. } | UnsealMethod::Tpm2Peers { .. }
+        ) {
+            s.push_str(&format!(
+                "keyfile = \"{}\"\n",
+                self.keyfile_path().display()
+            ));
+            s.push_str("argon2_memory_kib = 1024\n");
+            s.push_str("argon2_iterations = 1\n");
+            if o.unseal.recovery().is_some() {
+                s.push_str("recovery = \"passphrase\"\n");
+            }
+        }
+        if let UnsealMethod::Tpm2 { tcti, .. } | UnsealMethod::Tpm2Peers { tcti, .. } = &o.unseal {
+            s.push_str(&format!("\n[unseal.tpm2]\ntcti = \"{tcti}\"\n"));
         }
         if o.clone_policy.is_some() || o.shred_rotation.is_some() {
             s.push_str("\n[keys]\n");
@@ -450,13 +496,12 @@ impl Node {
             UnsealMethod::Passphrase(_) => {
                 cmd.arg("--passphrase-file").arg(self.passphrase_file());
             }
-            UnsealMethod::Peers {
-                recovery: Some(_), ..
-            } => {
-                cmd.arg("--recovery-passphrase-file")
-                    .arg(self.recovery_file());
+            other => {
+                if other.recovery().is_some() {
+                    cmd.arg("--recovery-passphrase-file")
+                        .arg(self.recovery_file());
+                }
             }
-            _ => {}
         }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);

@@ -30,6 +30,14 @@ pub const KEYRING_VERSION_SLOTS: u8 = 0x02;
 /// HKDF info deriving the unseal key of a peers slot from the slot key the peers' shares
 /// rebuild.
 pub const UNSEAL_PEERS_INFO: &[u8] = b"lockbox/v1/unseal/peers";
+/// HKDF info deriving the unseal key of a tpm2 slot from the key the TPM unseals.
+pub const UNSEAL_TPM2_INFO: &[u8] = b"lockbox/v1/unseal/tpm2";
+/// HKDF info deriving the unseal key of a tpm2+peers slot from both keys.
+pub const UNSEAL_TPM2_PEERS_INFO: &[u8] = b"lockbox/v1/unseal/tpm2+peers";
+/// Length of the random key a tpm2 slot seals to the TPM.
+pub const TPM2_SLOT_KEY_LEN: usize = 32;
+/// Most bytes of the TPM's sealed object (public and private areas, marshalled) in a slot.
+pub const MAX_TPM2_BLOB: usize = 8 * 1024;
 /// Leading label of a version-2 slot's root-wrap AAD.
 pub const SLOT_WRAP_AAD_LABEL: &[u8] = b"lockbox/v1/keyring-slot";
 /// Length of the random slot key a peers slot splits among its peers.
@@ -62,6 +70,11 @@ pub enum UnsealMethod {
     /// t of n peer lockboxes each help open one Shamir share of the slot key
     /// (DESIGN.md §5.5); nothing on this host opens it alone.
     Peers,
+    /// The slot key is sealed to this host's TPM 2.0 (optionally to PCR values): the disks
+    /// alone, or a copy of the data dir on another machine, do not open it.
+    Tpm2,
+    /// Both: a key from the TPM and a key from t of n peers, each useless alone.
+    Tpm2Peers,
 }
 
 impl UnsealMethod {
@@ -71,6 +84,8 @@ impl UnsealMethod {
             UnsealMethod::Keyfile => "keyfile",
             UnsealMethod::Passphrase => "passphrase",
             UnsealMethod::Peers => "peers",
+            UnsealMethod::Tpm2 => "tpm2",
+            UnsealMethod::Tpm2Peers => "tpm2+peers",
         }
     }
 
@@ -79,6 +94,8 @@ impl UnsealMethod {
             UnsealMethod::Keyfile => 1,
             UnsealMethod::Passphrase => 2,
             UnsealMethod::Peers => 3,
+            UnsealMethod::Tpm2 => 4,
+            UnsealMethod::Tpm2Peers => 5,
         }
     }
 
@@ -87,6 +104,8 @@ impl UnsealMethod {
             1 => Some(UnsealMethod::Keyfile),
             2 => Some(UnsealMethod::Passphrase),
             3 => Some(UnsealMethod::Peers),
+            4 => Some(UnsealMethod::Tpm2),
+            5 => Some(UnsealMethod::Tpm2Peers),
             _ => None,
         }
     }
@@ -103,6 +122,15 @@ pub enum UnsealSecret<'a> {
     Passphrase(&'a SecretBytes),
     /// The slot key of a peers slot, as [`crate::assist::SlotUnseal::finish`] rebuilt it.
     PeersKey(&'a SecretBytes),
+    /// The key a tpm2 slot's TPM object unsealed.
+    Tpm2Key(&'a SecretBytes),
+    /// Both keys of a tpm2+peers slot.
+    Tpm2PeersKeys {
+        /// What the TPM unsealed.
+        tpm: &'a SecretBytes,
+        /// What the peers' shares rebuilt.
+        peers: &'a SecretBytes,
+    },
 }
 
 impl UnsealSecret<'_> {
@@ -112,6 +140,8 @@ impl UnsealSecret<'_> {
             UnsealSecret::Keyfile(_) => UnsealMethod::Keyfile,
             UnsealSecret::Passphrase(_) => UnsealMethod::Passphrase,
             UnsealSecret::PeersKey(_) => UnsealMethod::Peers,
+            UnsealSecret::Tpm2Key(_) => UnsealMethod::Tpm2,
+            UnsealSecret::Tpm2PeersKeys { .. } => UnsealMethod::Tpm2Peers,
         }
     }
 }
@@ -126,6 +156,20 @@ pub enum NewSlot<'a> {
     /// A peer slot already enrolled (its shares sealed to the peers) and the slot key it
     /// splits; the caller drew the key at random and wipes it after this call.
     Peers(PeerSlot, &'a SecretBytes),
+    /// The TPM's sealed object (opaque bytes, at most [`MAX_TPM2_BLOB`]; the `lockbox-tpm`
+    /// format) and the key it seals.
+    Tpm2(Vec<u8>, &'a SecretBytes),
+    /// A TPM-sealed key and a peer slot; the unseal key needs both.
+    Tpm2Peers {
+        /// The TPM's sealed object.
+        blob: Vec<u8>,
+        /// The key it seals.
+        tpm_key: &'a SecretBytes,
+        /// The peer slot.
+        slot: PeerSlot,
+        /// The key the peer slot splits.
+        peers_key: &'a SecretBytes,
+    },
 }
 
 /// What [`Keyring::rewrap`] does with the recovery slot.
@@ -151,6 +195,8 @@ enum SlotKind {
     Keyfile,
     Passphrase(Argon2Params),
     Peers(Box<PeerSlot>),
+    Tpm2(Vec<u8>),
+    Tpm2Peers(Vec<u8>, Box<PeerSlot>),
 }
 
 /// One way to open the root secret: its parameters and the root secret wrapped under the key
@@ -169,6 +215,8 @@ impl Slot {
             SlotKind::Keyfile => UnsealMethod::Keyfile,
             SlotKind::Passphrase(_) => UnsealMethod::Passphrase,
             SlotKind::Peers(_) => UnsealMethod::Peers,
+            SlotKind::Tpm2(_) => UnsealMethod::Tpm2,
+            SlotKind::Tpm2Peers(..) => UnsealMethod::Tpm2Peers,
         }
     }
 
@@ -184,6 +232,11 @@ impl Slot {
                 out.extend_from_slice(&a.parallelism.to_be_bytes());
             }
             SlotKind::Peers(p) => out.extend_from_slice(&p.encode()),
+            SlotKind::Tpm2(blob) => put_lp(&mut out, blob),
+            SlotKind::Tpm2Peers(blob, p) => {
+                put_lp(&mut out, blob);
+                out.extend_from_slice(&p.encode());
+            }
         }
         out
     }
@@ -332,9 +385,11 @@ impl Keyring {
         let primary = match secret {
             UnsealSecret::Keyfile(k) => NewSlot::Keyfile(k),
             UnsealSecret::Passphrase(p) => NewSlot::Passphrase(p, argon),
-            UnsealSecret::PeersKey(_) => {
+            UnsealSecret::PeersKey(_)
+            | UnsealSecret::Tpm2Key(_)
+            | UnsealSecret::Tpm2PeersKeys { .. } => {
                 return Err(CryptoError::Malformed(
-                    "keyring request (a peers slot is created with create_slots)",
+                    "keyring request (peers and tpm2 slots are created with create_slots)",
                 ));
             }
         };
@@ -393,8 +448,9 @@ impl Keyring {
         kept_recovery: Option<Slot>,
         keks: Vec<WrappedKek>,
     ) -> Result<Keyring> {
-        let lone =
-            recovery.is_none() && kept_recovery.is_none() && !matches!(primary, NewSlot::Peers(..));
+        let lone = recovery.is_none()
+            && kept_recovery.is_none()
+            && matches!(primary, NewSlot::Keyfile(_) | NewSlot::Passphrase(..));
         let version = if lone {
             KEYRING_VERSION
         } else {
@@ -430,10 +486,20 @@ impl Keyring {
         }
     }
 
-    /// The peer slot, when the primary slot is one: what the daemon asks its peers about.
+    /// The peer slot, when the primary slot has one (peers, tpm2+peers): what the daemon
+    /// asks its peers about.
     pub fn peer_slot(&self) -> Option<&PeerSlot> {
         match &self.primary().kind {
-            SlotKind::Peers(p) => Some(p),
+            SlotKind::Peers(p) | SlotKind::Tpm2Peers(_, p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The TPM's sealed object, when the primary slot has one (tpm2, tpm2+peers): what the
+    /// daemon asks the TPM to unseal.
+    pub fn tpm2_blob(&self) -> Option<&[u8]> {
+        match &self.primary().kind {
+            SlotKind::Tpm2(b) | SlotKind::Tpm2Peers(b, _) => Some(b),
             _ => None,
         }
     }
@@ -664,6 +730,25 @@ fn new_slot(root: &[u8; 32], version: u8, role: SlotRole, spec: NewSlot<'_>) -> 
             (SlotKind::Passphrase(argon), UnsealSecret::Passphrase(p))
         }
         NewSlot::Peers(slot, key) => (SlotKind::Peers(Box::new(slot)), UnsealSecret::PeersKey(key)),
+        NewSlot::Tpm2(blob, key) => {
+            check_tpm2_blob(&blob)?;
+            (SlotKind::Tpm2(blob), UnsealSecret::Tpm2Key(key))
+        }
+        NewSlot::Tpm2Peers {
+            blob,
+            tpm_key,
+            slot,
+            peers_key,
+        } => {
+            check_tpm2_blob(&blob)?;
+            (
+                SlotKind::Tpm2Peers(blob, Box::new(slot)),
+                UnsealSecret::Tpm2PeersKeys {
+                    tpm: tpm_key,
+                    peers: peers_key,
+                },
+            )
+        }
     };
     let mut slot = Slot {
         role,
@@ -793,11 +878,11 @@ fn decode_slots(r: &mut Reader<'_>) -> Result<Vec<Slot>> {
                 }
                 SlotKind::Passphrase(argon)
             }
-            UnsealMethod::Peers => {
-                let rest = p.bytes(p.remaining())?;
-                let slot = PeerSlot::decode(rest)
-                    .map_err(|_| CryptoError::Malformed("keyring (peer slot does not decode)"))?;
-                SlotKind::Peers(Box::new(slot))
+            UnsealMethod::Peers => SlotKind::Peers(Box::new(decode_peer_slot(&mut p)?)),
+            UnsealMethod::Tpm2 => SlotKind::Tpm2(decode_tpm2_blob(&mut p)?),
+            UnsealMethod::Tpm2Peers => {
+                let blob = decode_tpm2_blob(&mut p)?;
+                SlotKind::Tpm2Peers(blob, Box::new(decode_peer_slot(&mut p)?))
             }
         };
         p.finish("keyring (trailing slot parameter bytes)")?;
@@ -813,13 +898,59 @@ fn decode_slots(r: &mut Reader<'_>) -> Result<Vec<Slot>> {
             wrapped_root: r.array()?,
         });
     }
-    if slots.len() == 1 && !matches!(slots[0].kind, SlotKind::Peers(_)) {
+    if slots.len() == 1 && matches!(slots[0].kind, SlotKind::Keyfile | SlotKind::Passphrase(_)) {
         // One keyfile or passphrase slot has exactly one encoding: version 1.
         return Err(CryptoError::Malformed(
             "keyring (a lone keyfile or passphrase slot must use version 1)",
         ));
     }
     Ok(slots)
+}
+
+/// A fixed-length secret given by a caller.
+fn check_len(k: &SecretBytes, expected: usize, what: &'static str) -> Result<()> {
+    if k.len() != expected {
+        return Err(CryptoError::BadLength {
+            what,
+            expected,
+            got: k.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A TPM object as a slot may hold it: 1 to [`MAX_TPM2_BLOB`] bytes (its own format is the
+/// TPM crate's; the slot's AAD authenticates it).
+fn check_tpm2_blob(blob: &[u8]) -> Result<()> {
+    if blob.is_empty() || blob.len() > MAX_TPM2_BLOB {
+        return Err(CryptoError::Malformed(
+            "keyring (tpm2 object must be 1 to 8192 bytes)",
+        ));
+    }
+    Ok(())
+}
+
+fn decode_tpm2_blob(p: &mut Reader<'_>) -> Result<Vec<u8>> {
+    let len = usize::try_from(p.u32()?).unwrap_or(usize::MAX);
+    if len == 0 || len > MAX_TPM2_BLOB {
+        return Err(CryptoError::Malformed(
+            "keyring (tpm2 object must be 1 to 8192 bytes)",
+        ));
+    }
+    Ok(p.bytes(len)?.to_vec())
+}
+
+/// The peer slot that runs to the end of a slot's parameters.
+fn decode_peer_slot(p: &mut Reader<'_>) -> Result<PeerSlot> {
+    let rest = p.bytes(p.remaining())?;
+    PeerSlot::decode(rest)
+        .map_err(|_| CryptoError::Malformed("keyring (peer slot does not decode)"))
+}
+
+/// `u32(len) || bytes`; lengths here are bounded by [`MAX_TPM2_BLOB`].
+fn put_lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// Derives the key that wraps the root secret in `slot` (SPEC.md "Unseal key").
@@ -861,6 +992,20 @@ fn unseal_key(slot: &Slot, secret: UnsealSecret<'_>) -> Result<Zeroizing<[u8; 32
             }
             Hkdf::<Sha256>::new(Some(&slot.salt[..]), k.expose_secret())
                 .expand(UNSEAL_PEERS_INFO, key.as_mut())
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        }
+        (UnsealSecret::Tpm2Key(k), _) => {
+            check_len(k, TPM2_SLOT_KEY_LEN, "tpm2 slot key")?;
+            Hkdf::<Sha256>::new(Some(&slot.salt[..]), k.expose_secret())
+                .expand(UNSEAL_TPM2_INFO, key.as_mut())
+                .map_err(|e| CryptoError::Kdf(e.to_string()))?;
+        }
+        (UnsealSecret::Tpm2PeersKeys { tpm, peers }, _) => {
+            check_len(tpm, TPM2_SLOT_KEY_LEN, "tpm2 slot key")?;
+            check_len(peers, PEERS_SLOT_KEY_LEN, "peers slot key")?;
+            let ikm = Zeroizing::new([tpm.expose_secret(), peers.expose_secret()].concat());
+            Hkdf::<Sha256>::new(Some(&slot.salt[..]), &ikm)
+                .expand(UNSEAL_TPM2_PEERS_INFO, key.as_mut())
                 .map_err(|e| CryptoError::Kdf(e.to_string()))?;
         }
         // The method check above makes a passphrase meet a passphrase slot.

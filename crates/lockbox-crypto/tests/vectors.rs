@@ -131,6 +131,13 @@ fn seal_vectors() {
 fn with_secret<T>(secret: &Value, f: impl FnOnce(UnsealSecret<'_>) -> T) -> T {
     if let Some(k) = secret.get("keyfile") {
         f(UnsealSecret::Keyfile(&SecretBytes::new(bytes(k))))
+    } else if let (Some(t), Some(p)) = (secret.get("tpm2_key"), secret.get("peers_key")) {
+        f(UnsealSecret::Tpm2PeersKeys {
+            tpm: &SecretBytes::new(bytes(t)),
+            peers: &SecretBytes::new(bytes(p)),
+        })
+    } else if let Some(k) = secret.get("tpm2_key") {
+        f(UnsealSecret::Tpm2Key(&SecretBytes::new(bytes(k))))
     } else if let Some(k) = secret.get("peers_key") {
         f(UnsealSecret::PeersKey(&SecretBytes::new(bytes(k))))
     } else {
@@ -1665,6 +1672,115 @@ fn gen_keyring_slots(pw: &SecretBytes, pw_secret: &Value, kf_secret: &Value) -> 
             "fail_lone_keyfile_slot_in_version_2",
             lone,
             kf_secret.clone(),
+            "malformed",
+        ),
+    ];
+    for (name, bytes, secret, expect) in &fail {
+        cases.push(keyring_case(name, bytes, secret, expect));
+    }
+    cases.extend(gen_keyring_tpm2(&k1, &u1, &slot_key, &enroll_to));
+    cases
+}
+
+/// tpm2 and tpm2+peers slots: the TPM object is opaque to the keyring (any bytes stand in for
+/// it here); what the TPM unseals and what the peers rebuild are given as secrets.
+fn gen_keyring_tpm2(
+    base: &Keyring,
+    unsealed: &Unsealed,
+    peers_key: &SecretBytes,
+    enroll_to: &[lockbox_crypto::assist::AssistPeer<'_>],
+) -> Vec<Value> {
+    use lockbox_crypto::assist::PeerSlot;
+    let tpm_key = SecretBytes::new(vec![0x7a; 32]);
+    let blob: Vec<u8> = (0..200u8).collect();
+    let t = base
+        .rewrap(
+            unsealed,
+            NewSlot::Tpm2(blob.clone(), &tpm_key),
+            RecoveryChange::Keep,
+        )
+        .unwrap();
+    let tp = base
+        .rewrap(
+            unsealed,
+            NewSlot::Tpm2Peers {
+                blob,
+                tpm_key: &tpm_key,
+                slot: PeerSlot::enroll(peers_key, "host-a", enroll_to, 2).unwrap(),
+                peers_key,
+            },
+            RecoveryChange::Keep,
+        )
+        .unwrap();
+    let tpm_secret = json!({ "tpm2_key": hex::encode([0x7a; 32]) });
+    let both = json!({ "tpm2_key": hex::encode([0x7a; 32]), "peers_key": hex::encode([0x5c; 32]) });
+    let mut cases = Vec::new();
+    for (name, k, secret, method) in [
+        ("ok_tpm2", &t, &tpm_secret, "tpm2"),
+        ("ok_tpm2_peers", &tp, &both, "tpm2+peers"),
+    ] {
+        let (_, rec) = record(unsealed, b"key-0001", &[7; 32]);
+        let mut c = keyring_case(name, &k.encode(), secret, "ok");
+        c["method"] = json!(method);
+        c["kek_ids"] = json!([1]);
+        c["records"] = json!([rec]);
+        cases.push(c);
+    }
+    let tb = t.encode();
+    let tpb = tp.encode();
+    let m = |src: &[u8], f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = src.to_vec();
+        f(&mut b);
+        b
+    };
+    // params at 12: salt (16), then u32 blob length at 28, the blob at 32.
+    let fail: Vec<(&str, Vec<u8>, Value, &str)> = vec![
+        (
+            "fail_tpm2_wrong_key",
+            tb.clone(),
+            json!({ "tpm2_key": hex::encode([0x7b; 32]) }),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_tpm2_tampered_object",
+            m(&tb, &|b| b[40] ^= 1),
+            tpm_secret.clone(),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_tpm2_empty_object",
+            m(&tb, &|b| b[28..32].copy_from_slice(&0u32.to_be_bytes())),
+            tpm_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_tpm2_object_too_long",
+            m(&tb, &|b| b[28..32].copy_from_slice(&9000u32.to_be_bytes())),
+            tpm_secret.clone(),
+            "malformed",
+        ),
+        (
+            "fail_tpm2_peers_only_tpm_key",
+            tpb.clone(),
+            json!({ "tpm2_key": hex::encode([0x7a; 32]), "peers_key": hex::encode([0x7a; 32]) }),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_tpm2_peers_only_peers_key",
+            tpb.clone(),
+            json!({ "tpm2_key": hex::encode([0x5c; 32]), "peers_key": hex::encode([0x5c; 32]) }),
+            "wrong_unseal_secret",
+        ),
+        (
+            "fail_tpm2_peers_given_tpm2_key",
+            tpb.clone(),
+            tpm_secret.clone(),
+            "unseal_method_mismatch",
+        ),
+        (
+            "fail_tpm2_relabelled_tpm2_peers",
+            m(&tb, &|b| b[7] = 5),
+            tpm_secret.clone(),
             "malformed",
         ),
     ];

@@ -144,6 +144,8 @@ pub struct InitSecrets {
     pub recovery: Option<SecretBytes>,
     /// The peers method's slot, already enrolled to the peers, and the slot key it splits.
     pub peers: Option<(lockbox_crypto::assist::PeerSlot, SecretBytes)>,
+    /// The tpm2 methods' TPM object and the key it seals.
+    pub tpm2: Option<(Vec<u8>, SecretBytes)>,
 }
 
 /// Initializes a data dir: keyring (root secret + first KEK), node identities, the first audit
@@ -198,6 +200,30 @@ pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Res
                 CustodyError::InvalidArgument("the peers method needs its peers enrolled".into())
             })?;
             NewSlot::Peers(slot.clone(), key)
+        }
+        UnsealMethod::Tpm2 => {
+            let (blob, key) = secrets.tpm2.as_ref().ok_or_else(|| {
+                CustodyError::InvalidArgument("the tpm2 method needs its key sealed".into())
+            })?;
+            NewSlot::Tpm2(blob.clone(), key)
+        }
+        UnsealMethod::Tpm2Peers => {
+            let ((blob, tpm_key), (slot, peers_key)) = secrets
+                .tpm2
+                .as_ref()
+                .zip(secrets.peers.as_ref())
+                .ok_or_else(|| {
+                    CustodyError::InvalidArgument(
+                        "the tpm2+peers method needs its TPM key sealed and its peers enrolled"
+                            .into(),
+                    )
+                })?;
+            NewSlot::Tpm2Peers {
+                blob: blob.clone(),
+                tpm_key,
+                slot: slot.clone(),
+                peers_key,
+            }
         }
     };
     let (keyring, unsealed) = Keyring::create_slots(primary, recovery)?;

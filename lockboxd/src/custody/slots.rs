@@ -33,6 +33,19 @@ pub enum Enroll<'a> {
     Peers(PeerSlot, &'a SecretBytes),
     /// A passphrase and its Argon2id cost.
     Passphrase(&'a SecretBytes, lockbox_crypto::Argon2Params),
+    /// A key sealed to the TPM: the TPM's object and the key.
+    Tpm2(Vec<u8>, &'a SecretBytes),
+    /// A TPM-sealed key and a peer slot, with both keys.
+    Tpm2Peers {
+        /// The TPM's object.
+        blob: Vec<u8>,
+        /// The key it seals.
+        tpm_key: &'a SecretBytes,
+        /// The peer slot.
+        slot: PeerSlot,
+        /// The key the peer slot splits.
+        peers_key: &'a SecretBytes,
+    },
 }
 
 impl Custody {
@@ -57,9 +70,14 @@ impl Custody {
         }
     }
 
-    /// The peer slot to ask the peers about, when the primary slot is one.
+    /// The peer slot to ask the peers about, when the primary slot has one.
     pub fn peer_slot(&self) -> Option<PeerSlot> {
         self.keyring().peer_slot().cloned()
+    }
+
+    /// The TPM object to unseal, when the primary slot has one.
+    pub fn tpm2_blob(&self) -> Option<Vec<u8>> {
+        self.keyring().tpm2_blob().map(<[u8]>::to_vec)
     }
 
     /// Re-wraps the root secret for a new primary slot (and recovery as `recovery` says),
@@ -80,6 +98,18 @@ impl Custody {
                 Enroll::Keyfile(k) => NewSlot::Keyfile(k),
                 Enroll::Peers(s, k) => NewSlot::Peers(s, k),
                 Enroll::Passphrase(p, a) => NewSlot::Passphrase(p, a),
+                Enroll::Tpm2(b, k) => NewSlot::Tpm2(b, k),
+                Enroll::Tpm2Peers {
+                    blob,
+                    tpm_key,
+                    slot,
+                    peers_key,
+                } => NewSlot::Tpm2Peers {
+                    blob,
+                    tpm_key,
+                    slot,
+                    peers_key,
+                },
             };
             let next = keyring.rewrap(&u.unsealed, slot, recovery)?;
             write_file_atomic(&self.keyring_path, &next.encode(), 0o600)?;

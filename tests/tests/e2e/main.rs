@@ -23,3 +23,4 @@ mod transfer;
 mod transfer_adversarial;
 mod transfer_crash;
 mod unseal_peers;
+mod unseal_tpm;

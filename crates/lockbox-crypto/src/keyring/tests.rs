@@ -310,6 +310,108 @@ fn rewrap_changes_slots_and_keeps_keks() {
 }
 
 #[test]
+fn tpm2_and_tpm2_peers_slots_need_their_keys() {
+    let (k, u, _) = keyfile_ring();
+    let sealed = u.seal(RecordKind::Material, b"k", b"v").unwrap();
+    let tpm_key = SecretBytes::new(vec![7; 32]);
+    let peers_key = SecretBytes::new(vec![8; 32]);
+    let blob = vec![0xab; 300];
+    let t = k
+        .rewrap(
+            &u,
+            NewSlot::Tpm2(blob.clone(), &tpm_key),
+            RecoveryChange::Keep,
+        )
+        .unwrap();
+    assert_eq!(t.version(), KEYRING_VERSION_SLOTS);
+    assert_eq!(t.method(), UnsealMethod::Tpm2);
+    assert_eq!(t.tpm2_blob(), Some(&blob[..]));
+    assert!(t.peer_slot().is_none());
+    let t = Keyring::decode(&t.encode()).unwrap();
+    let opened = t.unseal(UnsealSecret::Tpm2Key(&tpm_key)).unwrap();
+    assert_eq!(
+        opened
+            .open(RecordKind::Material, b"k", &sealed)
+            .unwrap()
+            .expose_secret(),
+        b"v"
+    );
+    assert!(matches!(
+        t.unseal(UnsealSecret::Tpm2Key(&peers_key)),
+        Err(CryptoError::WrongUnsealSecret)
+    ));
+    // The blob is authenticated: another object in the slot makes it fail.
+    let mut bytes = t.encode();
+    let at = bytes.iter().position(|b| *b == 0xab).unwrap();
+    bytes[at] ^= 1;
+    assert!(matches!(
+        Keyring::decode(&bytes)
+            .unwrap()
+            .unseal(UnsealSecret::Tpm2Key(&tpm_key)),
+        Err(CryptoError::WrongUnsealSecret)
+    ));
+
+    let both = k
+        .rewrap(
+            &u,
+            NewSlot::Tpm2Peers {
+                blob: blob.clone(),
+                tpm_key: &tpm_key,
+                slot: peer_slot(&peers_key),
+                peers_key: &peers_key,
+            },
+            RecoveryChange::Keep,
+        )
+        .unwrap();
+    let both = Keyring::decode(&both.encode()).unwrap();
+    assert_eq!(both.method(), UnsealMethod::Tpm2Peers);
+    assert!(both.peer_slot().is_some() && both.tpm2_blob().is_some());
+    assert!(
+        both.unseal(UnsealSecret::Tpm2PeersKeys {
+            tpm: &tpm_key,
+            peers: &peers_key
+        })
+        .is_ok()
+    );
+    // Either part alone, or swapped, opens nothing.
+    for (tpm, peers) in [
+        (&tpm_key, &tpm_key),
+        (&peers_key, &peers_key),
+        (&peers_key, &tpm_key),
+    ] {
+        assert!(matches!(
+            both.unseal(UnsealSecret::Tpm2PeersKeys { tpm, peers }),
+            Err(CryptoError::WrongUnsealSecret)
+        ));
+    }
+    assert!(matches!(
+        both.unseal(UnsealSecret::Tpm2Key(&tpm_key)),
+        Err(CryptoError::UnsealMethodMismatch { .. })
+    ));
+    assert!(matches!(
+        both.unseal(UnsealSecret::PeersKey(&peers_key)),
+        Err(CryptoError::UnsealMethodMismatch { .. })
+    ));
+    // An empty or oversized object is refused when the slot is made.
+    assert!(
+        k.rewrap(
+            &u,
+            NewSlot::Tpm2(Vec::new(), &tpm_key),
+            RecoveryChange::Keep
+        )
+        .is_err()
+    );
+    assert!(
+        k.rewrap(
+            &u,
+            NewSlot::Tpm2(vec![1; MAX_TPM2_BLOB + 1], &tpm_key),
+            RecoveryChange::Keep
+        )
+        .is_err()
+    );
+}
+
+#[test]
 fn v2_decode_every_truncation_and_flip_is_refused_or_fails_unseal() {
     let (k, u, _) = keyfile_ring();
     let slot_key = SecretBytes::new(vec![9; 32]);
