@@ -119,11 +119,19 @@ fn tpm2_peers_needs_both_parts() {
         tcti: tpm.tcti(),
         peers: vec!["host-b".into(), "host-c".into()],
         threshold: 2,
-        recovery: None,
+        recovery: Some(RECOVERY.into()),
     };
     a.write_config();
-    let s = a.ctl_json(&["unseal", "enroll"]);
+    a.write_secrets();
+    let rf = a.recovery_file();
+    let s = a.ctl_json(&[
+        "unseal",
+        "enroll",
+        "--recovery-passphrase-file",
+        rf.to_str().unwrap(),
+    ]);
     assert_eq!(s["unseal"]["method"], "tpm2+peers", "{s}");
+    assert_eq!(s["unseal"]["recovery"], true, "{s}");
 
     // Both parts there: a restart unseals.
     c.node_mut("host-a").restart();
@@ -162,7 +170,7 @@ fn tpm2_peers_needs_both_parts() {
         tcti: other.tcti(),
         peers: vec!["host-b".into(), "host-c".into()],
         threshold: 2,
-        recovery: None,
+        recovery: Some(RECOVERY.into()),
     };
     a.write_config();
     a.spawn_ready();
@@ -174,5 +182,12 @@ fn tpm2_peers_needs_both_parts() {
     );
     assert_eq!(s["sealed"], true, "{s}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(c.node("host-a").status()["sealed"], true);
+    let a = c.node("host-a");
+    assert_eq!(a.status()["sealed"], true);
+    // The recovery passphrase opens this variant too.
+    let rf = a.recovery_file();
+    let s = a.ctl_json(&["unseal", "--passphrase-file", rf.to_str().unwrap()]);
+    assert_eq!(s["sealed"], false, "{s}");
+    assert_eq!(s["unseal"]["unsealed_by"], "recovery", "{s}");
+    assert_eq!(a.key_bytes(&key), bytes);
 }
