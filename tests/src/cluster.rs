@@ -137,12 +137,7 @@ impl Controller {
             .prefix("lbctl")
             .tempdir_in("/tmp")
             .unwrap();
-        // Reserve a port: bind, read, release. The controller binds it right after.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let config = dir.path().join("controller.toml");
         let text = format!(
             "version = 1\nkey_id = \"{key_id}\"\nlisten = \"127.0.0.1:{port}\"\ntrust_domain = \"{TRUST_DOMAIN}\"\nsigning_key = \"{}\"\nattestation_ttl = \"{attestation_ttl}\"\ndata_dir = \"{}\"\n{}\n{policy}\n",
@@ -307,13 +302,33 @@ pub fn lockboxctl(args: &[String]) -> Output {
     )
 }
 
-/// A free port on 127.0.0.1 (bind, read, release: the daemon binds it right after).
+/// A port on 127.0.0.1 that nothing listens on, for a daemon the test starts right after.
+///
+/// Not the kernel's port 0: that hands out ports from the ephemeral range (32768 and up), the
+/// same range every outgoing connection of every parallel test takes its source port from, so
+/// between the probe and the daemon's bind a client could take it ("address already in use",
+/// seen in CI). Ports here come from 10000..20000, below the ephemeral range, each handed out
+/// at most once per test process (a counter from a random start), and probed free; swtpm
+/// draws from 20000..32000 ([`lockbox_tpm::swtpm`]), so the two never meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 10_000;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        AtomicU32::new((h.finish() % u64::from(SPAN)) as u32)
+    });
+    for _ in 0..SPAN {
+        let port = (FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// What a [`Cluster`] may vary beyond its node names.
