@@ -393,16 +393,18 @@ impl Lockbox for LocalApi {
         let r = req.into_inner();
         let policy = policy_from_pb(r.clone_policy)?;
         let key_id = (!r.key_id.is_empty()).then_some(r.key_id);
-        let (key_id, created) = self
+        let (key_id, created, needs) = self
             .custody
             .create(&who, r.length, labels(r.labels), policy, key_id)
             .await?;
+        crate::settle::answer_needs(needs);
         Ok(Response::new(pb::CreateKeyResponse { key_id, created }))
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> R<pb::GetKeyResponse> {
         let r = req.into_inner();
         let released = self.custody.get(&r.key_id, r.version)?;
+        crate::settle::answer_needs(released.needs);
         // The response owns a copy that prost will drop without zeroizing; this is the one
         // place plaintext is meant to leave, and only over the Unix socket.
         Ok(Response::new(pb::GetKeyResponse {

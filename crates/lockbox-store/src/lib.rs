@@ -288,6 +288,40 @@ struct Shared {
     failed: AtomicBool,
     /// Told of every successful sync (metrics); set at most once, after open.
     observer: std::sync::OnceLock<SyncObserver>,
+    /// Which records have a write applied but not yet durable ([`Store::unsynced`]).
+    pending: Mutex<Pending>,
+}
+
+/// Batches with more changes than this are not indexed record by record in [`Pending`]: a
+/// transfer's batch of 100,000 keys would cost more to index than its readers save.
+const PENDING_INDEX_MAX_OPS: usize = 256;
+
+/// The writes applied but not yet durable, by record: lets an answer derived from reading a
+/// few records wait for the writes behind those records only, instead of for everything any
+/// writer applied meanwhile (which under load cost every get one more sync: BENCHMARKS.md).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Hash of a record's full key → the newest generation that wrote it. A hash collision
+    /// only makes a reader wait for an unrelated write: slower, never wrong.
+    by_key: std::collections::HashMap<u64, u64>,
+    /// Newest generation of a batch too large to index: every record counts as written by it
+    /// until it is durable.
+    unindexed: u64,
+}
+
+impl Pending {
+    fn key_hash(key: &[u8]) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+    }
+
+    /// Forgets what `durable` covers.
+    fn synced(&mut self, durable: u64) {
+        self.by_key.retain(|_, g| *g > durable);
+        if self.unindexed <= durable {
+            self.unindexed = 0;
+        }
+    }
 }
 
 /// What one sync of the journal did: how long the `fdatasync` (and the write before it) took
@@ -382,6 +416,7 @@ impl Store {
             progress,
             failed: AtomicBool::new(false),
             observer: std::sync::OnceLock::new(),
+            pending: Mutex::new(Pending::default()),
         });
         let inner = Arc::new(Inner {
             shared: shared.clone(),
@@ -452,6 +487,18 @@ impl Store {
     pub fn contains(&self, ns: Ns, id: &[u8]) -> Result<bool> {
         self.check()?;
         Ok(self.inner.records.contains_key(ns.key(id))?)
+    }
+
+    /// The generation that must be durable before an answer derived from reading one record
+    /// (found or not) may be given: the newest write of it not yet durable, or 0 when there is
+    /// none. Call it after the read. A reader that saw a write also finds it here, because a
+    /// batch is indexed before it becomes visible and forgotten only once durable; it is
+    /// cheaper than [`Store::settled`], which also waits for every unrelated write applied
+    /// meanwhile.
+    pub fn unsynced(&self, ns: Ns, id: &[u8]) -> u64 {
+        let hash = Pending::key_hash(&ns.key(id));
+        let p = lock(&self.inner.shared.pending);
+        p.by_key.get(&hash).copied().unwrap_or(0).max(p.unindexed)
     }
 
     /// Records of one kind whose id starts with `prefix`, in id order.
@@ -546,6 +593,19 @@ impl Store {
         self.check()?;
         let inner = &self.inner;
         let _order = lock(&inner.commit);
+        // Index the batch before it becomes visible (see `unsynced`). Under `commit`, only
+        // this call moves `applied`, so the batch's generation is known now.
+        let generation = lock(&inner.shared.sync).applied + 1;
+        {
+            let mut p = lock(&inner.shared.pending);
+            if batch.ops.len() > PENDING_INDEX_MAX_OPS {
+                p.unindexed = generation;
+            } else {
+                for (k, _) in &batch.ops {
+                    p.by_key.insert(Pending::key_hash(k), generation);
+                }
+            }
+        }
         let mut wb = inner.shared.db.batch();
         for (k, v) in batch.ops {
             match v {
@@ -559,11 +619,7 @@ impl Store {
             self.fail(&why);
             return Err(StoreError::Failed(why));
         }
-        let generation = {
-            let mut s = lock(&inner.shared.sync);
-            s.applied += 1;
-            s.applied
-        };
+        lock(&inner.shared.sync).applied = generation;
         inner.shared.sync_cv.notify_all();
         Ok(generation)
     }
@@ -602,8 +658,13 @@ impl Store {
     /// ("already created", "already received") waits for this first, so it never claims
     /// more durability than the data it read has.
     pub async fn settled(&self) -> Result<()> {
-        let applied = self.applied();
-        self.durable(applied).await?;
+        self.settled_through(self.applied()).await
+    }
+
+    /// Waits until every write up to `generation` is durable, then checks the store still
+    /// serves: what an answer that needs only those writes waits for ([`Store::unsynced`]).
+    pub async fn settled_through(&self, generation: u64) -> Result<()> {
+        self.durable(generation).await?;
         self.check()
     }
 
@@ -692,6 +753,7 @@ fn syncer(shared: Arc<Shared>) {
                 s.durable = s.durable.max(target);
                 let snapshot = s.clone();
                 drop(s);
+                lock(&shared.pending).synced(snapshot.durable);
                 shared.sync_cv.notify_all();
                 shared.progress.send_replace(snapshot);
                 if let Some(observe) = shared.observer.get() {

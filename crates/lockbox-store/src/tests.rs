@@ -56,6 +56,62 @@ async fn settled_waits_for_everything_a_reader_may_have_seen() {
     assert!(store.inner.shared.sync.lock().unwrap().durable >= g);
 }
 
+/// `unsynced` after a read names a generation that covers the write the reader saw: either
+/// that write is already durable, or the generation returned is at least its own. Fails if a
+/// batch became visible before it was indexed, or was forgotten before it was durable.
+#[test]
+fn unsynced_covers_every_write_a_reader_saw() {
+    use std::sync::atomic::AtomicU64;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    const WRITES: u64 = 3_000;
+    // generation of write i (0 until the writer has it).
+    let gens: Arc<Vec<AtomicU64>> = Arc::new((0..=WRITES).map(|_| AtomicU64::new(0)).collect());
+    let writer = {
+        let (store, gens) = (store.clone(), gens.clone());
+        std::thread::spawn(move || {
+            for i in 1..=WRITES {
+                let mut b = Batch::new();
+                b.put(Ns::Keys, b"k", &i.to_be_bytes());
+                // Every 100th batch is too large to index record by record.
+                if i % 100 == 0 {
+                    for j in 0..=PENDING_INDEX_MAX_OPS as u64 {
+                        b.put(Ns::Grants, &j.to_be_bytes(), b"g");
+                    }
+                }
+                gens[i as usize].store(store.apply(b).unwrap(), Ordering::SeqCst);
+            }
+        })
+    };
+    let mut checked = 0;
+    let mut last = 0;
+    while last < WRITES {
+        let Some(v) = store.get(Ns::Keys, b"k").unwrap() else {
+            continue;
+        };
+        let needs = store.unsynced(Ns::Keys, b"k");
+        let durable = store.inner.shared.sync.lock().unwrap().durable;
+        let i = u64::from_be_bytes(v.try_into().unwrap());
+        let seen = loop {
+            match gens[i as usize].load(Ordering::SeqCst) {
+                0 => std::thread::yield_now(),
+                g => break g,
+            }
+        };
+        assert!(
+            needs >= seen || durable >= seen,
+            "read write {i} (generation {seen}): unsynced said {needs}, durable was {durable}"
+        );
+        checked += 1;
+        last = i;
+    }
+    writer.join().unwrap();
+    assert!(checked > 100, "only {checked} reads checked");
+    store.flush_blocking().unwrap();
+    assert_eq!(store.unsynced(Ns::Keys, b"k"), 0);
+    assert_eq!(store.unsynced(Ns::Grants, &0u64.to_be_bytes()), 0);
+}
+
 #[tokio::test]
 async fn batches_are_atomic_and_namespaced() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,9 @@ enum DeriveMaterial {
 
 impl Custody {
     /// Creates a key with fresh material. With a caller-chosen id, a retry with the same
-    /// parameters returns the existing key (`created == false`).
+    /// parameters returns the existing key (`created == false`). Also returns the store
+    /// generation the answer needs durable (the new key's batch, or the unsynced write of the
+    /// existing record it was read from).
     pub async fn create(
         &self,
         caller: &Caller,
@@ -31,7 +33,7 @@ impl Custody {
         labels: BTreeMap<String, String>,
         clone_policy: Option<ClonePolicy>,
         key_id: Option<String>,
-    ) -> Result<(String, bool)> {
+    ) -> Result<(String, bool, u64)> {
         let res = self
             .create_inner(caller, length, labels, clone_policy, key_id.clone())
             .await;
@@ -46,7 +48,7 @@ impl Custody {
         labels: BTreeMap<String, String>,
         clone_policy: Option<ClonePolicy>,
         key_id: Option<String>,
-    ) -> Result<(String, bool)> {
+    ) -> Result<(String, bool, u64)> {
         let u = self.unlocked()?;
         let length = match length {
             0 => 32,
@@ -112,6 +114,7 @@ impl Custody {
         };
         let u = u_now;
         if given && let Some(existing) = self.load_meta(&u, &key_id)? {
+            let needs = self.store.unsynced(Ns::Keys, key_id.as_bytes());
             drop(txn);
             if existing.state.is_tombstone() {
                 return Err(CustodyError::KeyDestroyed(key_id));
@@ -120,7 +123,7 @@ impl Custody {
                 && existing.labels == meta.labels
                 && existing.clone_policy == meta.clone_policy;
             return if same {
-                Ok((key_id, false))
+                Ok((key_id, false, needs))
             } else {
                 Err(CustodyError::AlreadyExists(key_id))
             };
@@ -133,8 +136,11 @@ impl Custody {
             caller,
             Event::ok("create", &key_id, format!("length {length}")),
         )?;
-        txn.commit().await?;
-        Ok((key_id, true))
+        // Everything read above was applied before this batch: its durability covers them.
+        let applied = txn.apply()?;
+        let generation = applied.generation();
+        applied.durable().await?;
+        Ok((key_id, true, generation))
     }
 
     /// A new key id sharing every readable version's material (O(1) in the key's size: one

@@ -316,6 +316,9 @@ pub struct Released {
     pub version: u32,
     /// The bytes; zeroized on drop.
     pub material: SecretBytes,
+    /// The store generation this answer needs durable: the newest unsynced write of the
+    /// records it was read from (`Store::unsynced`; 0 when all are durable).
+    pub needs: u64,
 }
 
 /// How a clone gets its material.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use lockbox_store::Ns;
 
-use super::model::{KeyInfo, KeyMeta, Released, VersionState, parse_key_id, ref_id};
+use super::model::{KeyInfo, KeyMeta, Material, Released, VersionState, parse_key_id, ref_id};
 use super::{Custody, Unlocked};
 use crate::config::ClonePolicy;
 use crate::error::{CustodyError, Result};
@@ -35,10 +35,16 @@ impl Custody {
                 version: want,
             })?;
         let material = self.open_version(&u, &key_id, v)?;
+        // After both reads: what they saw is durable once these generations are.
+        let mut needs = self.store.unsynced(Ns::Keys, key_id.as_bytes());
+        if let Material::Shared { id } = &v.material {
+            needs = needs.max(self.store.unsynced(Ns::Materials, id.as_bytes()));
+        }
         Ok(Released {
             key_id,
             version: want,
             material,
+            needs,
         })
     }
 

@@ -57,6 +57,45 @@ fn a_repeated_create_is_answered_only_once_the_key_is_durable() {
     );
 }
 
+/// A get of a key whose create is applied but not yet durable hands out its bytes only once
+/// the create is durable (the get waits for the write behind the record it read, not for
+/// nothing): a volume encrypted with bytes a crash then loses would be unreadable. Fails if
+/// GetKey answers without waiting.
+#[test]
+fn a_get_of_a_key_not_yet_durable_waits_for_it() {
+    let mut node = node_with_fault("sync-delay-ms:1500");
+    let first = {
+        let socket = node.socket();
+        std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new(&lockbox_tests::binaries().lockboxctl);
+            cmd.arg("--socket")
+                .arg(socket)
+                .args(["key", "create", "--key-id", KEY_ID]);
+            lockbox_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))
+        })
+    };
+    // Poll until the create is applied (readable); each get that answers must be durable.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let out = node.ctl(&["key", "get", KEY_ID, "--format", "hex"]);
+        if out.status.success() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    node.kill9();
+    let _ = first.join();
+    restart_without_faults(&mut node);
+    let again = node.ctl(&["key", "get", KEY_ID, "--format", "hex"]);
+    assert!(
+        again.status.success(),
+        "a key whose bytes were handed out is gone after kill -9: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(again.stdout, got.stdout, "the bytes handed out changed");
+}
+
 /// A sync fails: the write it covered is not acknowledged and nobody reads it; the daemon
 /// reports the failure and stops with EX_TEMPFAIL (75) for systemd to restart it. After the
 /// restart everything acknowledged is there. The failed write may or may not have reached the
