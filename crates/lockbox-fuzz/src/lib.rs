@@ -1,7 +1,7 @@
 //! Every decoder that takes bytes from outside the process, as a fuzz target: grant files and
 //! bodies, attestations, receipts, transfer batches, backup files, sealed records, the keyring,
 //! audit entries, store journals, key records, both daemons' config files, SPIFFE ids and
-//! certificates.
+//! certificates, TPM sealed slots.
 //!
 //! Each target takes arbitrary bytes and must return without panicking, whatever they are.
 //! Where a signature stands in front of a decoder, the target signs the input with a fixed key
@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vouch", vouch),
     ("revocations", revocations),
     ("revoked_file", revoked_file),
+    ("tpm_slot", tpm_slot),
 ];
 
 /// Fixed keys, so a run is reproducible from its inputs.
@@ -205,6 +206,20 @@ pub fn revoked_file(data: &[u8]) {
             text,
             "a revoked file that parses re-encodes identically"
         );
+    }
+}
+
+/// A TPM sealed slot as the keyring file holds it (`lockbox-tpm`'s format, checked before any
+/// byte reaches the TPM): what decodes re-encodes to exactly the same bytes and names a
+/// storage key only in version 2.
+pub fn tpm_slot(data: &[u8]) {
+    if let Ok(s) = lockbox_tpm::SealedSlot::decode(data) {
+        assert_eq!(
+            s.encode(),
+            data,
+            "a slot that decodes re-encodes identically"
+        );
+        assert_eq!(s.srk_name().is_some(), data.first() == Some(&2));
     }
 }
 

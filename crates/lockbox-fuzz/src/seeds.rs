@@ -124,6 +124,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         .map(|b| vec![b])
         .unwrap_or_default(),
         "revoked_file" => revoked_file_seeds(),
+        // Sealed by `lockbox_tpm::seal` against swtpm (a TPM is not at hand here): one slot
+        // bound to the TPM alone, one to PCRs 0 and 7. Public bytes, useless off that TPM.
+        "tpm_slot" => vec![
+            include_bytes!("../seeds/tpm_slot_unbound.bin").to_vec(),
+            include_bytes!("../seeds/tpm_slot_pcrs_0_7.bin").to_vec(),
+        ],
         "spiffe" => vec![
             b"spiffe://example.org/lockbox/host-a".to_vec(),
             b"spiffe://example.org/admin/alice".to_vec(),

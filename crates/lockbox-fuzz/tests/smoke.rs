@@ -114,3 +114,14 @@ fn the_cargo_fuzz_targets_are_exactly_the_targets() {
         );
     }
 }
+
+/// The TPM slot seeds are real slots (captured from swtpm), so the fuzzer starts inside the
+/// format (version 2, one bound to PCRs 0 and 7).
+#[test]
+fn the_tpm_slot_seeds_decode() {
+    for seed in lockbox_fuzz::seeds::seeds("tpm_slot") {
+        let slot = lockbox_tpm::SealedSlot::decode(&seed).expect("a seed slot decodes");
+        assert_eq!(slot.encode(), seed);
+        assert!(slot.srk_name().is_some());
+    }
+}

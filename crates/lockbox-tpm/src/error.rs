@@ -49,8 +49,10 @@ pub enum TpmError {
         /// The requested PCRs missing from the SHA-256 bank.
         pcrs: Vec<u32>,
     },
-    /// The sealed object does not load under this TPM's storage primary key: the slot was
-    /// sealed on another TPM, or this TPM's owner hierarchy was cleared since.
+    /// The sealed object does not load under this TPM's storage primary key, or that key's name
+    /// is not the one the slot pins: the slot was sealed on another TPM, this TPM's owner
+    /// hierarchy was cleared since, or something between lockboxd and the TPM answers in its
+    /// place.
     #[error("the TPM cannot load this sealed slot: another TPM or its owner seed changed")]
     WrongTpm,
     /// The PCRs the slot is bound to no longer hold their values from enrollment (another

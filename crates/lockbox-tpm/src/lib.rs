@@ -32,5 +32,5 @@ mod tpm;
 
 pub use config::{MAX_PCR_INDEX, MAX_TCTI_LEN, Tpm2Config};
 pub use error::TpmError;
-pub use slot::{MAX_BLOB_LEN, SLOT_FORMAT_VERSION, SealedSlot};
+pub use slot::{MAX_BLOB_LEN, SLOT_FORMAT_VERSION, SRK_NAME_LEN, SealedSlot};
 pub use tpm::{seal, unseal};

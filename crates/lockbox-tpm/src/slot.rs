@@ -8,8 +8,16 @@ use tss_esapi::{
 
 use crate::{config::MAX_PCR_INDEX, error::TpmError, template};
 
-/// The slot format version this build writes and reads.
-pub const SLOT_FORMAT_VERSION: u8 = 1;
+/// The slot format version this build writes. It also reads version 1, which has no pinned
+/// storage key name (slots enrolled before it; `lockboxctl unseal enroll` re-seals them as 2).
+pub const SLOT_FORMAT_VERSION: u8 = 2;
+
+/// Length of a pinned storage key name: its name algorithm, SHA-256 (`00 0B`), and the 32-byte
+/// SHA-256 digest of its public area.
+pub const SRK_NAME_LEN: usize = 34;
+
+/// How a TPM name made with SHA-256 starts (TPM_ALG_SHA256, big-endian).
+const SHA256_NAME_ALG: [u8; 2] = [0x00, 0x0B];
 
 /// Bound on each TPM blob in a slot (with its TPM2B size). Real ones are ~100 to 200 bytes; the
 /// bound keeps a corrupt length from making the decoder allocate or the TPM parse much more.
@@ -22,17 +30,29 @@ pub const MAX_BLOB_LEN: usize = 4096;
 /// value satisfies the format rules below and encodes canonically. Public data: `Debug` and
 /// `Clone` are safe.
 ///
-/// # Byte format, version 1
+/// # Byte format, version 2
 ///
 /// ```text
-/// version   u8      = 1
+/// version   u8      = 2
 /// npcrs     u8      0..=24
 /// pcrs      npcrs × u8, each 0..=23, strictly ascending
+/// srk_name  34 bytes: 00 0B ‖ SHA-256 of the storage primary key's public area (its TPM name)
 /// public    u16be length (1..=4096) ‖ TPM2B_PUBLIC  of the sealed data object
 /// private   u16be length (1..=4096) ‖ TPM2B_PRIVATE of the sealed data object
 /// ```
 ///
-/// Nothing may follow `private`. Version 1 also fixes what the bytes mean: the parent is the
+/// Version 1 is the same without `srk_name`. Nothing may follow `private`.
+///
+/// `srk_name` pins the storage key the object was sealed under. Unseal re-creates that key and
+/// salts its session to it, which hides the secret from a passive reader of the TPM bus; but a
+/// device *between* lockboxd and the TPM could answer TPM2_CreatePrimary with a key of its own,
+/// read the salt and so the unsealed secret. The name of the key the TPM presents is compared
+/// with the pinned one before anything is encrypted to it: an impostor's key has another name
+/// (a name is the hash of the public area, and only the real TPM's owner seed yields the real
+/// key). The pin is taken at enrollment, which is trusted; a version-1 slot unseals without
+/// the check.
+///
+/// Both versions also fix what the bytes mean: the parent is the
 /// ECC P-256 SRK re-created from its template under the owner hierarchy, the PCRs are those of
 /// the SHA-256 bank, and the public area is exactly the sealed-object template of
 /// `template.rs` (KeyedHash, NULL scheme, SHA-256 names, fixedTPM | fixedParent | noDA, plus
@@ -51,6 +71,8 @@ pub const MAX_BLOB_LEN: usize = 4096;
 pub struct SealedSlot {
     /// Ascending, no repeats, each ≤ 23; empty when the slot is bound to the TPM alone.
     pcrs: Vec<u32>,
+    /// The TPM name of the storage primary key (SHA-256); `None` only in a version-1 slot.
+    srk_name: Option<[u8; SRK_NAME_LEN]>,
     /// Marshalled TPM2B_PUBLIC, ≤ [`MAX_BLOB_LEN`], a sealed object per `template.rs`.
     public: Vec<u8>,
     /// Marshalled TPM2B_PRIVATE, ≤ [`MAX_BLOB_LEN`]; encrypted by the TPM.
@@ -64,6 +86,12 @@ impl SealedSlot {
         &self.pcrs
     }
 
+    /// The TPM name of the storage primary key the slot was sealed under, which unseal
+    /// requires the TPM to present again; `None` for a version-1 slot, which pins none.
+    pub fn srk_name(&self) -> Option<&[u8]> {
+        self.srk_name.as_ref().map(|n| &n[..])
+    }
+
     /// The marshalled `TPM2B_PUBLIC` of the sealed object, e.g. for `tpm2_load` when debugging.
     pub fn public_blob(&self) -> &[u8] {
         &self.public
@@ -74,14 +102,23 @@ impl SealedSlot {
         &self.private
     }
 
-    /// The slot's bytes for the keyring file, in the version-1 format of the module docs.
+    /// The slot's bytes for the keyring file, in the format of the type's docs: version 2, or
+    /// version 1 for a slot decoded from version 1 (one value, one encoding).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(2 + self.pcrs.len() + 4 + self.public.len() + self.private.len());
-        out.push(SLOT_FORMAT_VERSION);
+        let mut out = Vec::with_capacity(
+            2 + self.pcrs.len() + SRK_NAME_LEN + 4 + self.public.len() + self.private.len(),
+        );
+        out.push(if self.srk_name.is_some() {
+            SLOT_FORMAT_VERSION
+        } else {
+            1
+        });
         // Both casts are lossless: the invariants bound the count by 24 and each index by 23.
         out.push(self.pcrs.len() as u8);
         out.extend(self.pcrs.iter().map(|&p| p as u8));
+        if let Some(name) = &self.srk_name {
+            out.extend_from_slice(name);
+        }
         for blob in [&self.public, &self.private] {
             // Lossless: blobs are at most MAX_BLOB_LEN bytes.
             out.extend_from_slice(&(blob.len() as u16).to_be_bytes());
@@ -96,7 +133,7 @@ impl SealedSlot {
     pub fn decode(bytes: &[u8]) -> Result<Self, TpmError> {
         let mut r = Reader(bytes);
         let version = r.take(1, "version")?[0];
-        if version != SLOT_FORMAT_VERSION {
+        if version != 1 && version != SLOT_FORMAT_VERSION {
             return Err(decode_err("version", "not a version this build knows"));
         }
         let npcrs = r.take(1, "PCR list")?[0];
@@ -114,6 +151,11 @@ impl SealedSlot {
         if pcrs.windows(2).any(|w| w[0] >= w[1]) {
             return Err(decode_err("PCR list", "not strictly ascending"));
         }
+        let srk_name = if version == 1 {
+            None
+        } else {
+            Some(srk_name(r.take(SRK_NAME_LEN, SRK_NAME)?)?)
+        };
         let public = r.blob(PUBLIC)?.to_vec();
         let private = r.blob(PRIVATE)?.to_vec();
         if !r.0.is_empty() {
@@ -121,6 +163,7 @@ impl SealedSlot {
         }
         let slot = SealedSlot {
             pcrs,
+            srk_name,
             public,
             private,
         };
@@ -133,6 +176,7 @@ impl SealedSlot {
     /// that [`seal`](crate::seal) hands out always decodes.
     pub(crate) fn from_tpm(
         pcrs: Vec<u32>,
+        srk_name: &[u8],
         public: &Public,
         private: &Private,
     ) -> Result<Self, TpmError> {
@@ -142,6 +186,7 @@ impl SealedSlot {
         })?;
         let slot = SealedSlot {
             pcrs,
+            srk_name: Some(self::srk_name(srk_name)?),
             public: tpm2b(&public, PUBLIC)?,
             private: tpm2b(private.value(), PRIVATE)?,
         };
@@ -175,6 +220,18 @@ impl SealedSlot {
 }
 
 const PUBLIC: &str = "public blob";
+const SRK_NAME: &str = "storage key name";
+
+/// A storage key name as a slot pins it: exactly a SHA-256 TPM name.
+fn srk_name(bytes: &[u8]) -> Result<[u8; SRK_NAME_LEN], TpmError> {
+    match <[u8; SRK_NAME_LEN]>::try_from(bytes) {
+        Ok(name) if name[..2] == SHA256_NAME_ALG => Ok(name),
+        _ => Err(decode_err(
+            SRK_NAME,
+            "not a SHA-256 TPM name (00 0B and 32 bytes)",
+        )),
+    }
+}
 const PRIVATE: &str = "private blob";
 
 fn decode_err(field: &'static str, problem: &'static str) -> TpmError {

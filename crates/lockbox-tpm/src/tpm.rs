@@ -75,14 +75,18 @@ pub fn seal(cfg: &Tpm2Config, secret: &[u8; 32]) -> Result<SealedSlot, TpmError>
                     .map_err(tpm_err("create the sealed object"))
                 },
             )?;
-            SealedSlot::from_tpm(pcrs, &created.out_public, &created.out_private)
+            let srk_name = primary_name(ctx, primary)?;
+            SealedSlot::from_tpm(pcrs, &srk_name, &created.out_public, &created.out_private)
         },
     )
 }
 
 /// Unseals the 32-byte slot key of `slot` with the TPM named by `tcti`.
 ///
-/// It re-creates the storage primary key, loads the sealed object under it, satisfies its
+/// It re-creates the storage primary key and, for a slot that pins its name (version 2),
+/// refuses a key with another name before encrypting anything to it (see [`SealedSlot`]:
+/// something between lockboxd and the TPM answering in its place), loads the sealed object
+/// under it, satisfies its
 /// policy (PolicyPCR over the slot's PCRs at their current values, or the empty authValue) in
 /// a session salted to the storage key that encrypts the response, and checks the length.
 /// Another TPM, or this one after its owner hierarchy was cleared, gives
@@ -99,6 +103,11 @@ pub fn unseal(tcti: &str, slot: &SealedSlot) -> Result<Zeroizing<[u8; 32]>, TpmE
         primary.into(),
         "flush the storage primary key",
         |ctx| {
+            if let Some(pinned) = slot.srk_name()
+                && primary_name(ctx, primary)? != pinned
+            {
+                return Err(TpmError::WrongTpm);
+            }
             let object = load(ctx, primary, private, public)?;
             flushing(ctx, object.into(), "flush the sealed object", |ctx| {
                 unseal_object(ctx, primary, object, slot.pcrs())
@@ -153,6 +162,15 @@ fn create_primary(ctx: &mut Context) -> Result<KeyHandle, TpmError> {
     })
     .map(|created| created.key_handle)
     .map_err(tpm_err(step))
+}
+
+/// The TPM name of the storage primary key (name algorithm ‖ digest of its public area), as
+/// ESAPI computed it from the public area the TPM returned and checked against the name the
+/// TPM returned with it.
+fn primary_name(ctx: &mut Context, primary: KeyHandle) -> Result<Vec<u8>, TpmError> {
+    ctx.tr_get_name(primary.into())
+        .map(|name| name.value().to_vec())
+        .map_err(tpm_err("read the storage primary key's name"))
 }
 
 /// Loads the sealed object. An integrity failure means the private blob was not made under

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use lockbox_tpm::{SealedSlot, Tpm2Config, TpmError, seal, swtpm::Swtpm, unseal};
+use lockbox_tpm::{SRK_NAME_LEN, SealedSlot, Tpm2Config, TpmError, seal, swtpm::Swtpm, unseal};
 
 fn start(dir: &tempfile::TempDir) -> Swtpm {
     Swtpm::start(dir.path())
@@ -73,6 +73,44 @@ fn the_same_tpm_unseals_after_a_restart() {
     let tpm = start(&dir);
     let slot = SealedSlot::decode(&stored).unwrap();
     assert_eq!(*unseal(&tpm.tcti(), &slot).unwrap(), secret);
+}
+
+/// A slot pins the name of the storage key it was sealed under, and unseal refuses a TPM that
+/// presents a key with another name before encrypting anything to it: what a device between
+/// lockboxd and the TPM, answering TPM2_CreatePrimary with a key of its own, would present.
+/// The test plays that device by changing the pinned name instead (same effect: the names
+/// differ); without the check the right TPM would unseal it.
+#[test]
+fn a_storage_key_with_another_name_is_refused_before_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = start(&dir);
+    for pcrs in [&[][..], &[7u32][..]] {
+        let slot = seal(&config(&tpm, pcrs), &key(0x66)).unwrap();
+        let name = slot.srk_name().unwrap().to_vec();
+        assert_eq!(name.len(), SRK_NAME_LEN);
+        assert_eq!(&name[..2], &[0x00, 0x0B], "a SHA-256 name");
+        // A second seal on the same TPM pins the same key: it is re-derived, not random.
+        let again = seal(&config(&tpm, pcrs), &key(0x67)).unwrap();
+        assert_eq!(again.srk_name(), Some(&name[..]));
+
+        let bytes = slot.encode();
+        let at = 2 + pcrs.len();
+        assert_eq!(&bytes[at..at + SRK_NAME_LEN], &name[..]);
+        let mut other = bytes.clone();
+        other[at + SRK_NAME_LEN - 1] ^= 0x01;
+        let other = SealedSlot::decode(&other).unwrap();
+        let err = unseal(&tpm.tcti(), &other).unwrap_err();
+        assert!(matches!(err, TpmError::WrongTpm), "{err:?}");
+
+        // A version-1 slot (enrolled before names were pinned) still unseals, unchecked.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&bytes[1..at]);
+        v1.extend_from_slice(&bytes[at + SRK_NAME_LEN..]);
+        let v1 = SealedSlot::decode(&v1).unwrap();
+        assert_eq!(v1.srk_name(), None);
+        assert_eq!(*unseal(&tpm.tcti(), &v1).unwrap(), key(0x66));
+        assert_eq!(*unseal(&tpm.tcti(), &slot).unwrap(), key(0x66));
+    }
 }
 
 #[test]

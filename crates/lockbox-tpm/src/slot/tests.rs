@@ -27,9 +27,22 @@ fn sealed_public(pcr_bound: bool) -> Public {
         .unwrap()
 }
 
+/// A storage key name as a TPM reports it: SHA-256 algorithm id, then a digest.
+fn srk_name() -> Vec<u8> {
+    let mut name = vec![0x00, 0x0B];
+    name.extend_from_slice(&[0x3c; 32]);
+    name
+}
+
 fn slot(pcrs: &[u32]) -> SealedSlot {
     let private = Private::try_from(vec![0x42; 126]).unwrap();
-    SealedSlot::from_tpm(pcrs.to_vec(), &sealed_public(!pcrs.is_empty()), &private).unwrap()
+    SealedSlot::from_tpm(
+        pcrs.to_vec(),
+        &srk_name(),
+        &sealed_public(!pcrs.is_empty()),
+        &private,
+    )
+    .unwrap()
 }
 
 fn decode_problem(bytes: &[u8]) -> (&'static str, &'static str) {
@@ -61,6 +74,11 @@ fn round_trips_bound_and_unbound() {
         assert_eq!(back, s);
         assert_eq!(back.encode(), bytes);
         assert_eq!(back.pcrs(), pcrs);
+        assert_eq!(back.srk_name(), Some(&srk_name()[..]));
+        assert_eq!(
+            &bytes[2 + pcrs.len()..2 + pcrs.len() + SRK_NAME_LEN],
+            &srk_name()[..]
+        );
         // The stored blobs are TPM2Bs: their own size leads.
         let size = usize::from(u16::from_be_bytes([s.public_blob()[0], s.public_blob()[1]]));
         assert_eq!(size + 2, s.public_blob().len());
@@ -88,10 +106,52 @@ fn every_truncation_and_any_trailing_byte_is_refused() {
     }
 }
 
+/// Version 1 (enrolled before names were pinned) still decodes, pins nothing, and re-encodes
+/// as version 1: one value, one encoding.
+#[test]
+fn version_1_slots_decode_without_a_pin() {
+    for pcrs in [&[][..], &[7u32][..]] {
+        let s = slot(pcrs);
+        let pcr_bytes: Vec<u8> = pcrs.iter().map(|&p| p as u8).collect();
+        let v1 = assemble(1, &pcr_bytes, s.public_blob(), s.private_blob());
+        let back = SealedSlot::decode(&v1).unwrap();
+        assert_eq!(back.srk_name(), None);
+        assert_eq!(back.pcrs(), pcrs);
+        assert_eq!(back.encode(), v1);
+        // The same bytes with a version-2 tag lack the name: refused, not misread.
+        let mut as_v2 = v1.clone();
+        as_v2[0] = 2;
+        assert!(SealedSlot::decode(&as_v2).is_err());
+    }
+}
+
+#[test]
+fn a_pinned_name_must_be_a_sha256_name() {
+    let s = slot(&[]);
+    let bytes = s.encode();
+    let at = 2; // no PCRs: the name follows the count
+    for (i, v) in [(0usize, 0x01u8), (1, 0x04), (1, 0x0C)] {
+        let mut bad = bytes.clone();
+        bad[at + i] = v;
+        assert_eq!(
+            decode_problem(&bad),
+            (
+                "storage key name",
+                "not a SHA-256 TPM name (00 0B and 32 bytes)"
+            )
+        );
+    }
+    // What the TPM hands to `from_tpm` is checked the same way.
+    let private = Private::try_from(vec![0x42; 126]).unwrap();
+    for name in [&srk_name()[..33], &[0x00, 0x04, 1, 2][..]] {
+        assert!(SealedSlot::from_tpm(vec![], name, &sealed_public(false), &private).is_err());
+    }
+}
+
 #[test]
 fn refuses_unknown_versions() {
     let mut bytes = slot(&[]).encode();
-    for v in [0u8, 2, 0xff] {
+    for v in [0u8, 3, 0xff] {
         bytes[0] = v;
         assert_eq!(
             decode_problem(&bytes),
