@@ -24,22 +24,26 @@ fn restart_without_faults(node: &mut Node) {
     node.spawn_ready();
 }
 
+/// `key create --key-id KEY_ID` on another thread: with a held-up sync it is applied (readable)
+/// long before it is durable and answered.
+fn create_in_background(node: &Node) -> std::thread::JoinHandle<std::process::Output> {
+    let socket = node.socket();
+    std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new(&lockbox_tests::binaries().lockboxctl);
+        cmd.arg("--socket")
+            .arg(socket)
+            .args(["key", "create", "--key-id", KEY_ID]);
+        lockbox_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))
+    })
+}
+
 /// A hedging client sends the same create twice. The second call finds the key the first one
 /// applied and answers "already there": that answer must wait until the key is durable, or a
 /// crash right after it loses a key the client was told exists.
 #[test]
 fn a_repeated_create_is_answered_only_once_the_key_is_durable() {
     let mut node = node_with_fault("sync-delay-ms:1500");
-    let first = {
-        let socket = node.socket();
-        std::thread::spawn(move || {
-            let mut cmd = std::process::Command::new(&lockbox_tests::binaries().lockboxctl);
-            cmd.arg("--socket")
-                .arg(socket)
-                .args(["key", "create", "--key-id", KEY_ID]);
-            lockbox_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))
-        })
-    };
+    let first = create_in_background(&node);
     std::thread::sleep(Duration::from_millis(400));
     let started = Instant::now();
     let second = node.ctl(&["key", "create", "--key-id", KEY_ID]);
@@ -64,16 +68,7 @@ fn a_repeated_create_is_answered_only_once_the_key_is_durable() {
 #[test]
 fn a_get_of_a_key_not_yet_durable_waits_for_it() {
     let mut node = node_with_fault("sync-delay-ms:1500");
-    let first = {
-        let socket = node.socket();
-        std::thread::spawn(move || {
-            let mut cmd = std::process::Command::new(&lockbox_tests::binaries().lockboxctl);
-            cmd.arg("--socket")
-                .arg(socket)
-                .args(["key", "create", "--key-id", KEY_ID]);
-            lockbox_tests::run_with_timeout(&mut cmd, Duration::from_secs(30))
-        })
-    };
+    let first = create_in_background(&node);
     // Poll until the create is applied (readable); each get that answers must be durable.
     let deadline = Instant::now() + Duration::from_secs(20);
     let got = loop {
