@@ -2,9 +2,11 @@
 //! and the revocations it knows.
 //!
 //! A request is answered only when, in this order (identity before work): the caller is a
-//! lockbox of our trust domain (mTLS), the request is bounded and well-formed, it names the
-//! caller as owner, the caller is within its rate limit, a trusted controller currently
-//! vouches for the caller and its TLS key, and no controller has revoked it. The answer uses
+//! lockbox of our trust domain (mTLS), the caller is within its rate limit (before anything
+//! of the request is looked at, so a flood of requests, well-formed or not, costs at most one
+//! audit record per window), the request is bounded and well-formed, it names the caller as
+//! owner, a trusted controller currently vouches for the caller and its TLS key, and no
+//! controller has revoked it. The answer uses
 //! the per-owner key of the caller (SPEC.md "Per-owner assist keys"), so even a vouched node
 //! replaying another node's request learns nothing that opens that node's shares. Every
 //! outcome is audited (owner, enrollment id, outcome); rate-limited requests are audited once
@@ -34,8 +36,16 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 const RATE_CALLERS: usize = 4096;
 /// How long an assist waits for a controller's revocation list before using the known one.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most bytes of the saved revocation lists read at start.
-const MAX_REVOCATIONS_FILE: u64 = 16 << 20;
+/// Largest `Revocations` answer read from a controller: the largest body a list may have
+/// (`MAX_REVOCATIONS_BODY_LEN`, about 13 MB at every bound) and room for its signatures.
+/// The gRPC client's default (4 MiB) would refuse a large, valid list, and the peer would
+/// silently keep its older one.
+const MAX_REVOCATIONS_RESPONSE: usize =
+    lockbox_crypto::vouch::MAX_REVOCATIONS_BODY_LEN + (64 << 10);
+/// How far in the future a list's `issued_unix_ms` may be (the largest `clock_skew`): a list
+/// from further ahead would be "newer" than every list its controller signs until then, so
+/// no later revocation of that controller would replace it.
+const MAX_LIST_FUTURE_MS: u64 = 10 * 60 * 1000;
 
 /// One controller's latest signed list, verified.
 #[derive(Clone)]
@@ -57,6 +67,10 @@ pub struct Revocations {
     /// Our trust domain: a list for another domain is refused.
     trust_domain: String,
     known: RwLock<BTreeMap<String, Known>>,
+    /// Held while the lists are saved: concurrent assists refresh (and save) at once, and two
+    /// writers of the one temporary file would interleave their bytes, or an older snapshot
+    /// would be renamed over a newer one.
+    saving: Mutex<()>,
 }
 
 impl Revocations {
@@ -76,6 +90,7 @@ impl Revocations {
             trusted,
             trust_domain,
             known: RwLock::new(BTreeMap::new()),
+            saving: Mutex::new(()),
         };
         match r.load() {
             Ok(n) if n > 0 => tracing::info!(lists = n, "loaded the known revocations"),
@@ -92,12 +107,17 @@ impl Revocations {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(format!("{}: {e}", self.path.display())),
         };
+        // One list per trusted controller, each at most what a controller may send.
+        let max = self.max_file_len();
         let mut bytes = Vec::new();
-        f.take(MAX_REVOCATIONS_FILE + 1)
+        f.take(max.saturating_add(1))
             .read_to_end(&mut bytes)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        if bytes.len() as u64 > MAX_REVOCATIONS_FILE {
-            return Err(format!("{}: larger than 16 MiB", self.path.display()));
+        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max {
+            return Err(format!(
+                "{}: larger than {max} bytes (one list per trusted controller)",
+                self.path.display()
+            ));
         }
         let saved = pb::SignedRevocationsList::decode(bytes.as_slice())
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
@@ -110,7 +130,16 @@ impl Revocations {
         Ok(n)
     }
 
+    /// Most bytes of the saved lists: one list per trusted controller.
+    fn max_file_len(&self) -> u64 {
+        let lists = u64::try_from(self.trusted.len().max(1)).unwrap_or(u64::MAX);
+        let per_list = u64::try_from(MAX_REVOCATIONS_RESPONSE).unwrap_or(u64::MAX);
+        lists.saturating_mul(per_list)
+    }
+
     fn save(&self) {
+        // The snapshot is taken under the lock too, so the last file written is the newest.
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let lists: Vec<pb::SignedRevocations> = self
             .known
             .read()
@@ -127,12 +156,25 @@ impl Revocations {
     /// Verifies a list and keeps it if it is its controller's newest. Returns whether it
     /// changed what this node knows.
     fn accept(&self, signed: pb::SignedRevocations) -> Result<bool, String> {
+        self.accept_at(signed, now_ms())
+    }
+
+    /// [`Revocations::accept`] at `now_unix_ms`.
+    fn accept_at(&self, signed: pb::SignedRevocations, now_unix_ms: u64) -> Result<bool, String> {
         let v = verify_revocations(&signed, &self.trusted).map_err(|e| e.to_string())?;
         if v.trust_domain != self.trust_domain {
             return Err(format!(
                 "a revocation list of trust domain {}, not {}",
                 crate::custody::quote(&v.trust_domain),
                 self.trust_domain
+            ));
+        }
+        if v.issued_unix_ms > now_unix_ms.saturating_add(MAX_LIST_FUTURE_MS) {
+            return Err(format!(
+                "a revocation list of controller {} issued in the future ({} unix ms, now is \
+                 {now_unix_ms}): its controller's clock is wrong",
+                crate::custody::quote(&v.issuer_key_id),
+                v.issued_unix_ms
             ));
         }
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
@@ -173,11 +215,7 @@ impl Revocations {
                     .connect(&c.url, Expect::role(Role::Controller))
                     .await
                     .map_err(|e| e.to_string())?;
-                ControllerClient::new(ch)
-                    .revocations(pb::RevocationsRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| s.message().to_owned())
+                fetch_list(ch).await
             })
             .await;
             match fetched {
@@ -230,18 +268,43 @@ impl Revocations {
     }
 }
 
+/// Asks one controller (over `ch`) for its signed revocation list, reading an answer as large
+/// as a valid list can be.
+async fn fetch_list(ch: tonic::transport::Channel) -> Result<pb::SignedRevocations, String> {
+    ControllerClient::new(ch)
+        .max_decoding_message_size(MAX_REVOCATIONS_RESPONSE)
+        .revocations(pb::RevocationsRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_owned())
+}
+
+/// One caller's requests in the current window.
+#[derive(Default)]
+struct Window {
+    /// When the requests let through in the last [`RATE_WINDOW`] arrived.
+    admitted: VecDeque<Instant>,
+    /// When a refusal of this caller was last audited.
+    refusal_audited: Option<Instant>,
+}
+
 /// Requests per caller in the current window.
 #[derive(Default)]
 struct Limiter {
-    seen: HashMap<String, VecDeque<Instant>>,
+    seen: HashMap<String, Window>,
     order: VecDeque<String>,
 }
 
 impl Limiter {
-    /// `Ok(())` to go ahead; `Err(first)` when over the limit, `first` true for the first
-    /// refusal of the window (the one that is audited).
+    /// `Ok(())` to go ahead; `Err(audit)` when over the limit, `audit` true for at most one
+    /// refusal per caller per [`RATE_WINDOW`] (the one that is audited).
     fn check(&mut self, caller: &str) -> Result<(), bool> {
-        let now = Instant::now();
+        self.check_at(caller, Instant::now())
+    }
+
+    /// [`Limiter::check`] at `now`. Only admitted requests use up the budget: a refused one
+    /// neither extends the caller's wait nor, within a window, adds an audit record.
+    fn check_at(&mut self, caller: &str, now: Instant) -> Result<(), bool> {
         if !self.seen.contains_key(caller) {
             if self.seen.len() >= RATE_CALLERS
                 && let Some(old) = self.order.pop_front()
@@ -250,24 +313,77 @@ impl Limiter {
             }
             self.order.push_back(caller.to_owned());
         }
-        let q = self.seen.entry(caller.to_owned()).or_default();
-        while q
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > RATE_WINDOW)
-        {
-            q.pop_front();
+        let w = self.seen.entry(caller.to_owned()).or_default();
+        let expired = |t: &Instant| now.saturating_duration_since(*t) > RATE_WINDOW;
+        while w.admitted.front().is_some_and(expired) {
+            w.admitted.pop_front();
         }
-        if q.len() >= RATE_LIMIT {
-            // Count refusals too (bounded), so only the first one of a window is audited.
-            let first = q.len() == RATE_LIMIT;
-            if q.len() < RATE_LIMIT * 2 {
-                q.push_back(now);
+        if w.admitted.len() >= RATE_LIMIT {
+            let audit = w.refusal_audited.is_none_or(|t| expired(&t));
+            if audit {
+                w.refusal_audited = Some(now);
             }
-            return Err(first);
+            return Err(audit);
         }
-        q.push_back(now);
+        w.admitted.push_back(now);
         Ok(())
     }
+
+    /// The rate limit as a refusal: [`Limiter::check`] with its status.
+    fn admit(&mut self, caller: &str) -> Result<(), (Status, bool)> {
+        self.check(caller).map_err(|audit| {
+            (
+                Status::resource_exhausted(format!(
+                    "rate limited: {caller} allows {RATE_LIMIT} assist requests per {} s",
+                    RATE_WINDOW.as_secs()
+                )),
+                audit,
+            )
+        })
+    }
+}
+
+/// The checks of an assist request that need no key and no controller, in order: the caller's
+/// rate limit first (so that no request beyond it, well-formed or not, costs an audit record
+/// or any parsing), then the request's shape, then that it names the caller as owner. Returns
+/// the blinded point.
+fn screen(
+    limiter: &Mutex<Limiter>,
+    caller: &SpiffeId,
+    req: &pb::AssistRequest,
+) -> Result<[u8; 32], (Status, bool)> {
+    limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(&caller.name)?;
+    let bad = |m: String| (Status::invalid_argument(m), true);
+    if req.owner_node.len() > 255 {
+        return Err(bad("owner node name longer than 255 bytes".into()));
+    }
+    if req.enrollment_id.len() != 16 {
+        return Err(bad(format!(
+            "enrollment id must be 16 bytes, got {}",
+            req.enrollment_id.len()
+        )));
+    }
+    let blinded: [u8; 32] = req.blinded.as_slice().try_into().map_err(|_| {
+        bad(format!(
+            "blinded point must be 32 bytes, got {}",
+            req.blinded.len()
+        ))
+    })?;
+    if req.owner_node != caller.name {
+        return Err((
+            Status::permission_denied(format!(
+                "the request names owner {} but the caller is {}: a lockbox is helped \
+                 only to unseal itself",
+                crate::custody::quote(&req.owner_node),
+                caller.name
+            )),
+            true,
+        ));
+    }
+    Ok(blinded)
 }
 
 /// The checks and the answer of `Peer.AssistKey` and `Peer.Assist`.
@@ -334,8 +450,14 @@ impl AssistDesk {
                 })
             }
             Err((status, audit)) => {
-                tracing::warn!(caller = %caller, error = %status.message(),
-                    "refused an assist request");
+                // Logged as audited: at most once per window for a caller over its limit.
+                if audit {
+                    tracing::warn!(caller = %caller, error = %status.message(),
+                        "refused an assist request");
+                } else {
+                    tracing::debug!(caller = %caller, error = %status.message(),
+                        "refused an assist request");
+                }
                 self.custody
                     .metrics()
                     .assist(if status.code() == tonic::Code::ResourceExhausted {
@@ -369,48 +491,7 @@ impl AssistDesk {
         spki: &[u8; 32],
         req: &pb::AssistRequest,
     ) -> Result<[u8; 32], (Status, bool)> {
-        let bad = |m: String| (Status::invalid_argument(m), true);
-        if req.owner_node.len() > 255 {
-            return Err(bad("owner node name longer than 255 bytes".into()));
-        }
-        if req.enrollment_id.len() != 16 {
-            return Err(bad(format!(
-                "enrollment id must be 16 bytes, got {}",
-                req.enrollment_id.len()
-            )));
-        }
-        let blinded: [u8; 32] = req.blinded.as_slice().try_into().map_err(|_| {
-            bad(format!(
-                "blinded point must be 32 bytes, got {}",
-                req.blinded.len()
-            ))
-        })?;
-        if req.owner_node != caller.name {
-            return Err((
-                Status::permission_denied(format!(
-                    "the request names owner {} but the caller is {}: a lockbox is helped \
-                     only to unseal itself",
-                    crate::custody::quote(&req.owner_node),
-                    caller.name
-                )),
-                true,
-            ));
-        }
-        if let Err(first) = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(&caller.name)
-        {
-            return Err((
-                Status::resource_exhausted(format!(
-                    "rate limited: {} allows {RATE_LIMIT} assist requests per {} s",
-                    caller.name,
-                    RATE_WINDOW.as_secs()
-                )),
-                first,
-            ));
-        }
+        let blinded = screen(&self.limiter, caller, req)?;
         let vouch = req.vouch.as_ref().ok_or_else(|| {
             (
                 Status::permission_denied("the request carries no controller vouch"),
@@ -453,6 +534,7 @@ impl AssistDesk {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -465,6 +547,294 @@ mod tests {
         assert_eq!(l.check("a"), Err(false));
         // Another caller has its own budget.
         assert_eq!(l.check("b"), Ok(()));
+    }
+
+    fn lockbox(name: &str) -> SpiffeId {
+        SpiffeId::new("td.example", Role::Lockbox, name).unwrap()
+    }
+
+    /// Audited refusals among `n` requests `req` of `caller` in one window.
+    fn audited(
+        limiter: &Mutex<Limiter>,
+        caller: &SpiffeId,
+        req: &pb::AssistRequest,
+        n: usize,
+    ) -> usize {
+        (0..n)
+            .filter(|_| matches!(screen(limiter, caller, req), Err((_, true))))
+            .count()
+    }
+
+    #[test]
+    fn malformed_requests_are_rate_limited_before_they_cost_an_audit_record() {
+        let limiter = Mutex::new(Limiter::default());
+        let caller = lockbox("host-a");
+        let req = pb::AssistRequest {
+            vouch: None,
+            owner_node: "host-a".into(),
+            enrollment_id: vec![0; 15],
+            blinded: vec![0; 32],
+        };
+        // The limit's worth are refused as malformed (and audited), then one rate-limit
+        // refusal is audited, and the rest of the flood nothing.
+        assert_eq!(
+            audited(&limiter, &caller, &req, RATE_LIMIT * 10),
+            RATE_LIMIT + 1
+        );
+        let (status, audit) = screen(&limiter, &caller, &req).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("rate limited"), "{status:?}");
+        assert!(!audit);
+    }
+
+    #[test]
+    fn requests_naming_another_owner_are_rate_limited_before_they_cost_an_audit_record() {
+        let limiter = Mutex::new(Limiter::default());
+        let caller = lockbox("host-a");
+        let req = pb::AssistRequest {
+            vouch: None,
+            owner_node: "host-b".into(),
+            enrollment_id: vec![0; 16],
+            blinded: vec![0; 32],
+        };
+        assert_eq!(
+            audited(&limiter, &caller, &req, RATE_LIMIT * 10),
+            RATE_LIMIT + 1
+        );
+        // Another caller has its own budget, and its request is checked as before.
+        let (status, audit) = screen(&limiter, &lockbox("host-c"), &req).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("names owner"), "{status:?}");
+        assert!(audit);
+    }
+
+    #[test]
+    fn a_well_formed_request_passes_the_screen() {
+        let limiter = Mutex::new(Limiter::default());
+        let req = pb::AssistRequest {
+            vouch: None,
+            owner_node: "host-a".into(),
+            enrollment_id: vec![7; 16],
+            blinded: vec![9; 32],
+        };
+        assert_eq!(screen(&limiter, &lockbox("host-a"), &req).unwrap(), [9; 32]);
+    }
+
+    #[test]
+    fn a_flooding_caller_is_audited_once_per_window_and_refusals_do_not_extend_its_wait() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        for _ in 0..RATE_LIMIT {
+            assert_eq!(l.check_at("a", t0), Ok(()));
+        }
+        let (mut admitted, mut audited) = (Vec::new(), Vec::new());
+        // One request a second for three minutes.
+        for s in 1..=180u64 {
+            match l.check_at("a", t0 + Duration::from_secs(s)) {
+                Ok(()) => admitted.push(s),
+                Err(true) => audited.push(s),
+                Err(false) => {}
+            }
+        }
+        // The budget comes back a window after the admitted requests, however many were
+        // refused meanwhile.
+        assert_eq!(admitted.first(), Some(&61), "{admitted:?}");
+        // At most one audited refusal per window: the first of each.
+        assert_eq!(audited, vec![1, 81, 142]);
+        assert!(
+            audited
+                .windows(2)
+                .all(|w| w[1] - w[0] > RATE_WINDOW.as_secs())
+        );
+        // Twenty admitted a window, never more: 61-80, then 122-141 as those expire.
+        assert_eq!(admitted.len(), 2 * RATE_LIMIT, "{admitted:?}");
+    }
+
+    /// A list of `issuer` revoking `nodes` (each with a reason of `reason_len` bytes).
+    fn list(
+        issuer: &lockbox_crypto::SigningIdentity,
+        key_id: &str,
+        issued_unix_ms: u64,
+        nodes: &[String],
+        reason_len: usize,
+    ) -> pb::SignedRevocations {
+        let body = pb::RevocationsBody {
+            trust_domain: "td.example".into(),
+            revoked: nodes
+                .iter()
+                .map(|n| pb::Revocation {
+                    node: n.clone(),
+                    revoked_unix_ms: 1,
+                    reason: "r".repeat(reason_len),
+                })
+                .collect(),
+            issued_unix_ms,
+            issuer_key_id: key_id.into(),
+        };
+        let body = lockbox_crypto::encode_revocations_body(&body).unwrap();
+        let sig = lockbox_crypto::sign_revocations_body(issuer, key_id, &body);
+        pb::SignedRevocations {
+            body,
+            signatures: vec![sig],
+        }
+    }
+
+    fn controller(byte: u8) -> lockbox_crypto::SigningIdentity {
+        lockbox_crypto::SigningIdentity::from_secret(&lockbox_crypto::SecretBytes::new(vec![
+            byte;
+            32
+        ]))
+        .unwrap()
+    }
+
+    fn revocations(dir: &std::path::Path, controllers: &[(&str, u8)]) -> Arc<Revocations> {
+        let mut trusted = TrustedControllers::new();
+        for (id, byte) in controllers {
+            trusted.insert((*id).into(), controller(*byte).public_key());
+        }
+        let none = PathBuf::from("/nonexistent");
+        Revocations::new(
+            dir,
+            TlsFiles {
+                cert: none.clone(),
+                key: none.clone(),
+                ca: none,
+            },
+            Vec::new(),
+            trusted,
+            "td.example".into(),
+        )
+    }
+
+    /// `count` sorted node names of the largest length, starting with `prefix`.
+    fn long_names(prefix: &str, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|i| format!("{prefix}{i:05}{}", "x".repeat(255 - prefix.len() - 5)))
+            .collect()
+    }
+
+    #[test]
+    fn a_list_issued_far_in_the_future_is_refused_and_does_not_block_later_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = revocations(dir.path(), &[("ctl-1", 1)]);
+        let now = 1_750_000_000_000;
+        let ctl = controller(1);
+        let future = list(&ctl, "ctl-1", now + 3_600_000, &["host-x".into()], 0);
+        let e = r.accept_at(future, now).unwrap_err();
+        assert!(e.contains("issued in the future"), "{e}");
+        assert_eq!(r.revoked("host-x"), None);
+        // Within the skew is fine; and the next list of that controller replaces it.
+        let soon = list(&ctl, "ctl-1", now + 60_000, &["host-x".into()], 0);
+        assert_eq!(r.accept_at(soon, now), Ok(true));
+        assert!(r.revoked("host-x").is_some());
+        let later = list(&ctl, "ctl-1", now + 120_000, &[], 0);
+        assert_eq!(r.accept_at(later, now + 120_000), Ok(true));
+        assert_eq!(r.revoked("host-x"), None);
+    }
+
+    #[test]
+    fn the_saved_lists_of_two_controllers_at_their_largest_load_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = [("ctl-1", 1), ("ctl-2", 2)];
+        let r = revocations(dir.path(), &ids);
+        let now = now_ms();
+        let max = lockbox_crypto::vouch::MAX_REVOCATIONS;
+        let reason = lockbox_crypto::vouch::MAX_REVOCATION_REASON_LEN;
+        for (prefix, (id, byte)) in ["a", "b"].iter().zip(ids) {
+            let l = list(&controller(byte), id, now, &long_names(prefix, max), reason);
+            assert!(l.encoded_len() <= MAX_REVOCATIONS_RESPONSE);
+            assert_eq!(r.accept(l), Ok(true));
+        }
+        r.save();
+        let again = revocations(dir.path(), &ids);
+        assert!(again.revoked(&long_names("a", 1)[0]).is_some());
+        assert!(again.revoked(&long_names("b", max)[max - 1]).is_some());
+    }
+
+    #[test]
+    fn a_save_waits_for_the_one_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = revocations(dir.path(), &[("ctl-1", 1)]);
+        let l = list(&controller(1), "ctl-1", now_ms(), &["host-x".into()], 0);
+        assert_eq!(r.accept(l), Ok(true));
+        let path = dir.path().join("revocations");
+        // Another assist's save is in progress: this one neither writes the shared temporary
+        // file meanwhile nor renames an older snapshot over a newer one.
+        let in_progress = r.saving.lock().unwrap();
+        std::thread::scope(|scope| {
+            let saver = scope.spawn(|| r.save());
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!path.exists(), "saved while another save was in progress");
+            assert!(!dir.path().join(".revocations.tmp").exists());
+            drop(in_progress);
+            saver.join().unwrap();
+        });
+        assert_eq!(revocations(dir.path(), &[("ctl-1", 1)]).list(), ["host-x"]);
+    }
+
+    /// A controller that answers `Revocations` with one fixed list.
+    struct Fixed(pb::SignedRevocations);
+
+    #[tonic::async_trait]
+    impl lockbox_proto::v1::controller_server::Controller for Fixed {
+        async fn attest(
+            &self,
+            _: tonic::Request<pb::AttestRequest>,
+        ) -> Result<tonic::Response<pb::SignedAttestation>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn issue_grant(
+            &self,
+            _: tonic::Request<pb::IssueGrantRequest>,
+        ) -> Result<tonic::Response<pb::SignedGrant>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn cosign_grant(
+            &self,
+            _: tonic::Request<pb::CosignGrantRequest>,
+        ) -> Result<tonic::Response<pb::SignedGrant>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn vouch(
+            &self,
+            _: tonic::Request<pb::VouchRequest>,
+        ) -> Result<tonic::Response<pb::SignedVouch>, Status> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn revocations(
+            &self,
+            _: tonic::Request<pb::RevocationsRequest>,
+        ) -> Result<tonic::Response<pb::SignedRevocations>, Status> {
+            Ok(tonic::Response::new(self.0.clone()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_larger_than_the_grpc_default_is_fetched() {
+        let max = lockbox_crypto::vouch::MAX_REVOCATIONS;
+        let reason = lockbox_crypto::vouch::MAX_REVOCATION_REASON_LEN;
+        let big = list(&controller(1), "ctl-1", 1, &long_names("a", max), reason);
+        assert!(
+            big.encoded_len() > 4 << 20,
+            "larger than tonic's default limit"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server =
+            lockbox_proto::v1::controller_server::ControllerServer::new(Fixed(big.clone()))
+                .max_encoding_message_size(64 << 20);
+        let served = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(fetch_list(ch).await.unwrap(), big);
+        served.abort();
     }
 
     #[test]

@@ -30,6 +30,29 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two rounds of asking while sealed.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Most bytes kept of an error text another host sent.
+const MAX_REMOTE_TEXT: usize = 512;
+
+/// Text a peer or a controller sent (a gRPC status message), as this node keeps it in
+/// `status` (`missing_errors`) and its logs: control characters escaped, so a rogue peer
+/// cannot drive the terminal of whoever reads `lockboxctl status`, and cut to
+/// [`MAX_REMOTE_TEXT`] bytes, saying how much was cut.
+fn remote_text(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.char_indices() {
+        if out.len() >= MAX_REMOTE_TEXT {
+            out.push_str(&format!("… ({} more bytes)", s.len() - i));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Where the peers and controllers are, and who this node is to them.
 #[derive(Clone)]
 pub struct Reach {
@@ -103,7 +126,7 @@ impl Reach {
         )
         .await
         .map_err(|_| "no attestation in time".to_string())?
-        .map_err(|s| format!("attestation: {}", s.message()))?
+        .map_err(|s| format!("attestation: {}", remote_text(s.message())))?
         .into_inner();
         let ctx = AttestationContext {
             now_unix_ms: now_ms(),
@@ -130,7 +153,7 @@ impl Reach {
         )
         .await
         .map_err(|_| "no assist key in time".to_string())?
-        .map_err(|s| format!("assist key: {}", s.message()))?
+        .map_err(|s| format!("assist key: {}", remote_text(s.message())))?
         .into_inner();
         if resp.assist_public_key != attested_key {
             return Err("its assist key is not the one its attestation names".into());
@@ -219,7 +242,7 @@ impl Reach {
             .await
             {
                 Ok(Ok(v)) => return Ok(v.into_inner()),
-                Ok(Err(s)) => errors.push(format!("{}: {}", c.key_id, s.message())),
+                Ok(Err(s)) => errors.push(format!("{}: {}", c.key_id, remote_text(s.message()))),
                 Err(_) => errors.push(format!("{}: no vouch in {CALL_TIMEOUT:?}", c.key_id)),
             }
         }
@@ -251,7 +274,7 @@ impl Reach {
         let resp = tokio::time::timeout(CALL_TIMEOUT, PeerClient::new(channel).assist(req))
             .await
             .map_err(|_| format!("no answer in {CALL_TIMEOUT:?}"))?
-            .map_err(|s| format!("refused: {}", s.message()))?
+            .map_err(|s| format!("refused: {}", remote_text(s.message())))?
             .into_inner();
         resp.answer
             .as_slice()
@@ -502,5 +525,28 @@ impl PeerUnsealer {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_peers_error_text_is_escaped_and_bounded() {
+        assert_eq!(
+            remote_text("no valid controller vouch: expired"),
+            "no valid controller vouch: expired"
+        );
+        let hostile = format!(
+            "\u{1b}[2J\u{1b}]0;owned\u{7}\nfake line{}",
+            "x".repeat(64 << 10)
+        );
+        let kept = remote_text(&hostile);
+        assert!(!kept.chars().any(char::is_control), "{kept:?}");
+        assert!(kept.starts_with("\\u{1b}[2J"), "{kept:?}");
+        assert!(kept.len() < MAX_REMOTE_TEXT + 64, "{}", kept.len());
+        assert!(kept.ends_with("more bytes)"), "{kept:?}");
     }
 }

@@ -632,12 +632,27 @@ pub fn load(path: &Path) -> Result<Option<(RevokedFile, FileSig)>, ControllerErr
 }
 
 /// Replaces `path` with `file`, atomically and durably, mode 0644 (see the module doc).
+///
+/// The temporary file is always made afresh (`O_CREAT | O_EXCL`, after removing what a crash
+/// or anyone else left under its name): a symlink planted there is removed, never followed,
+/// so the writer (the CLI, often run as root) cannot be made to overwrite another file.
 pub fn store(path: &Path, file: &RevokedFile) -> Result<(), ControllerError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let err = |e: std::io::Error| file_error(path, format!("cannot write: {e}"));
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
     {
-        let mut f = File::create(&tmp).map_err(err)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(err)?;
         // Not left to the umask: the list is public (a signed copy is served to every node).
         f.set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(err)?;

@@ -480,3 +480,24 @@ fn audit_log_in_use_is_probed_without_opening_it() {
     let log = AuditLog::open(&audit).unwrap();
     log.close().unwrap();
 }
+
+#[test]
+fn store_does_not_write_through_a_symlink_planted_at_its_temporary_name() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join(format!(".{FILE_NAME}.tmp"))).unwrap();
+    let path = dir.path().join(FILE_NAME);
+    let f = sample();
+    store(&path, &f).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert_eq!(load(&path).unwrap().unwrap().0, f);
+    // A leftover temporary file of a crash is replaced, too.
+    std::fs::write(dir.path().join(format!(".{FILE_NAME}.tmp")), "half a list").unwrap();
+    store(&path, &f).unwrap();
+    assert_eq!(load(&path).unwrap().unwrap().0, f);
+}
