@@ -112,9 +112,19 @@ impl Custody {
                 },
             };
             let next = keyring.rewrap(&u.unsealed, slot, recovery)?;
-            write_file_atomic(&self.keyring_path, &next.encode(), 0o600)?;
-            self.set_keyring(next);
+            // Staged before the file changes: a change the audit chain cannot take is refused
+            // with nothing replaced.
             txn.audit(Some(&u), caller, Event::ok("unseal-enroll", "", detail))?;
+            let bytes = next.encode();
+            if let Err(e) = write_file_atomic(&self.keyring_path, &bytes, 0o600) {
+                // A step after the rename (the directory's fsync) may have failed: the next
+                // start unseals with what the file holds, so memory and the audit follow it.
+                if std::fs::read(&self.keyring_path).ok().as_deref() != Some(bytes.as_slice()) {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "the new keyring is in place, but not known durable");
+            }
+            self.set_keyring(next);
             txn.apply()?.durable().await
         }
         .await;

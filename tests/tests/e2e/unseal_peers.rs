@@ -310,3 +310,42 @@ fn whole_cluster_cold_start_unseals() {
         assert_eq!(&node.key_bytes(k), b, "{n}");
     }
 }
+
+/// An enrollment whose keyring cannot be written changes nothing: the keyring file keeps its
+/// bytes, the node keeps its method and unseals as before, and the refusal is audited. Here a
+/// directory stands where the new keyring's temporary file goes.
+#[test]
+fn an_enrollment_that_cannot_write_the_keyring_changes_nothing() {
+    let mut node = Node::start(lockbox_tests::NodeOptions::default());
+    let key = node.create_key(&[]);
+    let before = std::fs::read(node.keyring_path()).unwrap();
+    node.opts_mut().unseal = UnsealMethod::Passphrase("a new passphrase".into());
+    node.write_config();
+    node.write_secrets();
+    let pf = node.passphrase_file();
+    let blocker = node.data_dir().join(".keyring.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let err = node.ctl_err(&[
+        "unseal",
+        "enroll",
+        "--passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    assert!(err.contains("keyring"), "{err}");
+    assert_eq!(std::fs::read(node.keyring_path()).unwrap(), before);
+    assert_eq!(node.status()["unseal"]["method"], "keyfile");
+    assert!(audit_tail(&node).contains("unseal-enroll"), "not audited");
+
+    // Once the path is clear the same enrollment goes through.
+    std::fs::remove_dir(&blocker).unwrap();
+    let s = node.ctl_json(&[
+        "unseal",
+        "enroll",
+        "--passphrase-file",
+        pf.to_str().unwrap(),
+    ]);
+    assert_eq!(s["unseal"]["method"], "passphrase", "{s}");
+    assert_ne!(std::fs::read(node.keyring_path()).unwrap(), before);
+    let bytes = node.key_bytes(&key);
+    assert_eq!(bytes.len(), 32);
+}
