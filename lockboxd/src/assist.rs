@@ -102,11 +102,20 @@ impl Revocations {
 
     fn load(&self) -> Result<usize, String> {
         use std::io::Read;
-        let f = match std::fs::File::open(&self.path) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // A regular file only: a symlink is not followed, a FIFO not waited on.
+        let f = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(format!("{}: {e}", self.path.display())),
         };
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(format!("{}: not a regular file", self.path.display()));
+        }
         // One list per trusted controller, each at most what a controller may send.
         let max = self.max_file_len();
         let mut bytes = Vec::new();
@@ -749,6 +758,27 @@ mod tests {
         let again = revocations(dir.path(), &ids);
         assert!(again.revoked(&long_names("a", 1)[0]).is_some());
         assert!(again.revoked(&long_names("b", max)[max - 1]).is_some());
+    }
+
+    /// The saved lists are read only from a regular file: a FIFO there (which would hang the
+    /// start) or a symlink is refused at once, and nothing is known revoked from it.
+    #[test]
+    fn the_saved_lists_are_read_only_from_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = revocations(dir.path(), &[("ctl-1", 1)]);
+        let path = r.path.clone();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let started = std::time::Instant::now();
+        let e = r.load().unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
+        assert!(r.load().is_err());
     }
 
     #[test]

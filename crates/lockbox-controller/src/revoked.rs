@@ -606,13 +606,24 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> ControllerError {
 
 /// Reads and decodes the list at `path` (`None`: no file, an empty list); also returns what
 /// the file looked like when read, from the same open file.
+///
+/// Only a regular file is read (opened without following a symlink, and without waiting on a
+/// FIFO), and never more than [`MAX_FILE_LEN`] bytes, whatever its size said at open.
 pub fn load(path: &Path) -> Result<Option<(RevokedFile, FileSig)>, ControllerError> {
-    let mut f = match File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(file_error(path, e)),
     };
     let meta = f.metadata().map_err(|e| file_error(path, e))?;
+    if !meta.is_file() {
+        return Err(file_error(path, "not a regular file"));
+    }
     if meta.len() > MAX_FILE_LEN {
         return Err(file_error(
             path,
@@ -620,8 +631,15 @@ pub fn load(path: &Path) -> Result<Option<(RevokedFile, FileSig)>, ControllerErr
         ));
     }
     let mut text = String::new();
-    f.read_to_string(&mut text)
+    f.take(MAX_FILE_LEN + 1)
+        .read_to_string(&mut text)
         .map_err(|e| file_error(path, format!("not readable as UTF-8 text: {e}")))?;
+    if text.len() as u64 > MAX_FILE_LEN {
+        return Err(file_error(
+            path,
+            "grew past what a revocation list can hold",
+        ));
+    }
     let file = RevokedFile::parse(&text).map_err(|e| {
         file_error(
             path,

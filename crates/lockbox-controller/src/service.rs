@@ -14,7 +14,27 @@ use crate::audit::AuditLog;
 use crate::config::ControllerConfig;
 use crate::metrics::ControllerMetrics;
 use crate::policy::{self, Ask, Op};
-use crate::revoked::{Revocations, rfc3339};
+use crate::revoked::{Revocations, RevokedSet, rfc3339};
+
+/// How long a signed revocation list is served again to every lockbox that asks, as long as
+/// the revoked set has not changed: a list can be ~13 MB, and signing it for each of a flood of
+/// requests (any lockbox may ask, and every peer asks before each assist) would cost a core.
+const SIGNED_LIST_REUSE: Duration = Duration::from_secs(1);
+
+/// The last signed revocation list, with the set it was made from and when.
+type SignedList = (Arc<RevokedSet>, std::time::Instant, pb::SignedRevocations);
+
+/// A vouch is served again to the same node and TLS key while it is younger than this share
+/// of its lifetime (a tenth: 30 s of the default 300 s): a lockbox asking in a loop then costs
+/// one signature and one audit record per such period, not one per request. The checks
+/// (identity, allowed_nodes, revocation) still run on every request first.
+const VOUCH_REUSE_DIVISOR: u32 = 10;
+/// Most (node, TLS key) pairs whose last vouch is kept for re-serving.
+const VOUCH_REUSE_MAX: usize = 4096;
+
+/// The last vouch signed for each (node, TLS key SHA-256), with when it was signed.
+type RecentVouches =
+    std::collections::HashMap<(String, [u8; 32]), (std::time::Instant, pb::SignedVouch)>;
 
 /// Shared state of one controller.
 pub struct ControllerService {
@@ -23,6 +43,10 @@ pub struct ControllerService {
     audit: Arc<AuditLog>,
     metrics: Arc<ControllerMetrics>,
     revocations: Arc<Revocations>,
+    /// The last list signed, re-served for [`SIGNED_LIST_REUSE`] while the set is unchanged.
+    signed_list: std::sync::Mutex<Option<SignedList>>,
+    /// Recent vouches, re-served (see [`VOUCH_REUSE_DIVISOR`]).
+    recent_vouches: std::sync::Mutex<RecentVouches>,
 }
 
 /// A refused request of a lockbox about itself (`Attest`, `Vouch`), with the outcome the vouch
@@ -47,7 +71,47 @@ impl ControllerService {
             audit,
             metrics,
             revocations,
+            signed_list: std::sync::Mutex::new(None),
+            recent_vouches: std::sync::Mutex::new(RecentVouches::new()),
         }
+    }
+
+    /// The signed list of `revoked`: the last one signed if it was made from this very set
+    /// less than [`SIGNED_LIST_REUSE`] ago (a revocation makes a new set, so it is never
+    /// served late), else a new one.
+    fn signed_list(&self, revoked: Arc<RevokedSet>) -> Result<pb::SignedRevocations, Status> {
+        let mut last = self.signed_list.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((set, at, signed)) = last.as_ref()
+            && Arc::ptr_eq(set, &revoked)
+            && at.elapsed() < SIGNED_LIST_REUSE
+        {
+            return Ok(signed.clone());
+        }
+        // Sorted by name: the set is a BTreeMap of ASCII names, so its order is bytewise.
+        let body = pb::RevocationsBody {
+            trust_domain: self.config.trust_domain.clone(),
+            revoked: revoked
+                .iter()
+                .map(|(node, r)| pb::Revocation {
+                    node: node.clone(),
+                    revoked_unix_ms: r.revoked_unix_ms,
+                    reason: r.reason.clone(),
+                })
+                .collect(),
+            issued_unix_ms: now_ms(),
+            issuer_key_id: self.config.key_id.clone(),
+        };
+        let bytes = lockbox_crypto::encode_revocations_body(&body).map_err(|e| {
+            tracing::error!(error = %e, "cannot encode the revocation list");
+            Status::internal(format!("cannot encode the revocation list: {e}"))
+        })?;
+        let sig = lockbox_crypto::sign_revocations_body(&self.signer, &self.config.key_id, &bytes);
+        let signed = pb::SignedRevocations {
+            body: bytes,
+            signatures: vec![sig],
+        };
+        *last = Some((revoked, std::time::Instant::now(), signed.clone()));
+        Ok(signed)
     }
 
     /// The checks every request about a lockbox itself passes (`Attest`, `Vouch`): the caller
@@ -225,29 +289,7 @@ impl Controller for ControllerService {
                 return Err(self.refuse(&actor, "revocations", s).await);
             }
         };
-        // Sorted by name: the set is a BTreeMap of ASCII names, so its order is bytewise.
-        let body = pb::RevocationsBody {
-            trust_domain: self.config.trust_domain.clone(),
-            revoked: revoked
-                .iter()
-                .map(|(node, r)| pb::Revocation {
-                    node: node.clone(),
-                    revoked_unix_ms: r.revoked_unix_ms,
-                    reason: r.reason.clone(),
-                })
-                .collect(),
-            issued_unix_ms: now_ms(),
-            issuer_key_id: self.config.key_id.clone(),
-        };
-        let bytes = lockbox_crypto::encode_revocations_body(&body).map_err(|e| {
-            tracing::error!(error = %e, "cannot encode the revocation list");
-            Status::internal(format!("cannot encode the revocation list: {e}"))
-        })?;
-        let sig = lockbox_crypto::sign_revocations_body(&self.signer, &self.config.key_id, &bytes);
-        Ok(Response::new(pb::SignedRevocations {
-            body: bytes,
-            signatures: vec![sig],
-        }))
+        self.signed_list(revoked).map(Response::new)
     }
 
     async fn cosign_grant(
@@ -390,6 +432,17 @@ impl ControllerService {
             .map_err(|e| refused(Status::unauthenticated(format!("caller certificate: {e}"))))?;
         self.lockbox_caller_checks(&caller, "vouch", "be vouched for")
             .await?;
+        let reuse = self.config.vouch_ttl / VOUCH_REUSE_DIVISOR;
+        let key = (caller.name.clone(), spki);
+        if let Some((at, signed)) = self
+            .recent_vouches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < reuse
+        {
+            return Ok(Response::new(signed.clone()));
+        }
         let now = now_ms();
         let ttl_ms = u64::try_from(self.config.vouch_ttl.as_millis()).unwrap_or(u64::MAX);
         let body = pb::VouchBody {
@@ -423,10 +476,22 @@ impl ControllerService {
             )
             .await
             .map_err(|e| refused(audit_err(e)))?;
-        Ok(Response::new(pb::SignedVouch {
+        let signed = pb::SignedVouch {
             body: bytes,
             signatures: vec![sig],
-        }))
+        };
+        let mut recent = self
+            .recent_vouches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= VOUCH_REUSE_MAX {
+            recent.retain(|_, (at, _)| at.elapsed() < reuse);
+            if recent.len() >= VOUCH_REUSE_MAX {
+                recent.clear();
+            }
+        }
+        recent.insert(key, (std::time::Instant::now(), signed.clone()));
+        Ok(Response::new(signed))
     }
 
     async fn issue_grant_counted(

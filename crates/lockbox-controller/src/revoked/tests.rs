@@ -501,3 +501,27 @@ fn store_does_not_write_through_a_symlink_planted_at_its_temporary_name() {
     store(&path, &f).unwrap();
     assert_eq!(load(&path).unwrap().unwrap().0, f);
 }
+
+/// Only a regular file is read as the list: a symlink there (to a list, or to a device) and a
+/// FIFO (which would block the controller's every request) are refused by name, at once.
+#[test]
+fn load_reads_only_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("elsewhere");
+    store(&real, &sample()).unwrap();
+    let path = dir.path().join(FILE_NAME);
+    std::os::unix::fs::symlink(&real, &path).unwrap();
+    let err = load(&path).unwrap_err().to_string();
+    assert!(err.contains(FILE_NAME), "{err}");
+    std::fs::remove_file(&path).unwrap();
+
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let started = std::time::Instant::now();
+    let err = load(&path).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
