@@ -483,12 +483,6 @@ impl Store {
         Ok(self.inner.records.get(ns.key(id))?.map(|v| v.to_vec()))
     }
 
-    /// True when the record exists.
-    pub fn contains(&self, ns: Ns, id: &[u8]) -> Result<bool> {
-        self.check()?;
-        Ok(self.inner.records.contains_key(ns.key(id))?)
-    }
-
     /// The generation that must be durable before an answer derived from reading one record
     /// (found or not) may be given: the newest write of it not yet durable, or 0 when there is
     /// none. Call it after the read. A reader that saw a write also finds it here, because a
@@ -648,17 +642,12 @@ impl Store {
         }
     }
 
-    /// The newest generation applied so far: waiting for it ([`Store::settled`]) covers
-    /// every write any reader may have seen.
-    pub fn applied(&self) -> u64 {
-        lock(&self.inner.shared.sync).applied
-    }
-
     /// Waits until everything applied so far is durable. An answer derived from a read
     /// ("already created", "already received") waits for this first, so it never claims
     /// more durability than the data it read has.
     pub async fn settled(&self) -> Result<()> {
-        self.settled_through(self.applied()).await
+        let applied = lock(&self.inner.shared.sync).applied;
+        self.settled_through(applied).await
     }
 
     /// Waits until every write up to `generation` is durable, then checks the store still
@@ -689,11 +678,6 @@ impl Store {
             }
             s = shared.sync_cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
-    }
-
-    /// Bytes the database occupies on disk, journal included (for status and metrics).
-    pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.inner.shared.db.disk_space()?)
     }
 }
 
