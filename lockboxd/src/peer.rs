@@ -321,11 +321,15 @@ impl PeerApi {
                 Status::from(e)
             }
         };
-        if let Some(r) = self
+        // A used grant id under another body is refused, and audited like every refusal.
+        let record = match self
             .custody
             .grant_record(&verified, crate::custody::GrantRole::Destination)
-            .map_err(Status::from)?
         {
+            Ok(r) => r,
+            Err(e) => return Err(fail(e).await),
+        };
+        if let Some(r) = record {
             return Ok(Response::new(pb::Receipt {
                 body: r.body,
                 signature: r.signature,

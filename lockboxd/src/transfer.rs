@@ -226,9 +226,29 @@ impl Transfers {
         grant: &pb::SignedGrant,
         progress: mpsc::Sender<Progress>,
     ) -> Result<TransferOutcome, CustodyError> {
-        let verified = self.custody.verify_grant(grant, GrantSide::Source, None)?;
+        // A refused grant is audited like any other refusal (DESIGN.md invariant 5), under the
+        // grant id its body names, if it has one.
+        let checked = self
+            .custody
+            .verify_grant(grant, GrantSide::Source, None)
+            .and_then(|v| {
+                let record = self.custody.grant_record(&v, GrantRole::Source)?;
+                Ok((v, record))
+            });
+        let (verified, record) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                let grant_hex = lockbox_crypto::decode_grant_body(&grant.body)
+                    .map(|b| hex::encode(b.grant_id))
+                    .unwrap_or_default();
+                self.custody
+                    .audit_transfer_failure(caller, "transfer-send", &grant_hex, &e)
+                    .await;
+                return Err(e);
+            }
+        };
         let grant_hex = hex::encode(verified.grant_id);
-        if let Some(r) = self.custody.grant_record(&verified, GrantRole::Source)? {
+        if let Some(r) = record {
             // The record may be a concurrent run's, applied but not yet durable: say
             // "completed" only once it is (the stream's messages pass no response gate).
             self.custody.store().settled().await?;
@@ -468,4 +488,92 @@ impl Transfers {
 fn decode_receipt(r: &StoredReceipt) -> Result<pb::ReceiptBody, CustodyError> {
     pb::ReceiptBody::decode(r.body.as_slice())
         .map_err(|e| CustodyError::Corrupt(format!("stored receipt: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A lockbox with no controllers in a temporary data dir, unsealed, with its transfer
+    /// runner (which never gets past grant verification here: there is no peer to reach).
+    async fn runner(dir: &std::path::Path) -> (Arc<Custody>, Transfers) {
+        let text = format!(
+            "version = 1\nnode_id = \"host-a\"\ndata_dir = {:?}\n[unseal]\nkeyfile = {:?}\n",
+            dir.join("data"),
+            dir.join("keyfile"),
+        );
+        let (config, policy) =
+            crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        crate::custody::init(&config, &policy, crate::custody::InitSecrets::default())
+            .await
+            .unwrap();
+        let custody = Custody::open(&config, &policy).unwrap();
+        let secret = crate::custody::read_keyfile(&config.unseal.keyfile).unwrap();
+        let who = Caller {
+            actor: "test".into(),
+        };
+        custody
+            .unseal(&who, lockbox_crypto::UnsealSecret::Keyfile(&secret))
+            .await
+            .unwrap();
+        let custody = Arc::new(custody);
+        let tls = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+        };
+        let attestor = Attestor::new(
+            custody.clone(),
+            tls.clone(),
+            Vec::new(),
+            custody.trusted_controllers(),
+            std::time::Duration::from_secs(60),
+            config.data_dir.clone(),
+        );
+        let transfers = Transfers::new(custody.clone(), attestor, tls, HashMap::new());
+        (custody, transfers)
+    }
+
+    /// A grant the source refuses is audited there (`transfer-send`, refused, naming the
+    /// grant and the check), as the destination audits the grants it refuses.
+    #[tokio::test]
+    async fn a_grant_refused_at_the_source_is_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let (custody, transfers) = runner(dir.path()).await;
+        let now = now_ms();
+        let body = lockbox_crypto::GrantBody {
+            grant_id: vec![0xab; 16],
+            key_ids: vec!["8d19909b-21b6-428c-943e-d5dfc880254d".into()],
+            source_node: "host-a".into(),
+            dest_node: "host-b".into(),
+            op: pb::GrantOp::Copy as i32,
+            not_before_unix_ms: now - 1000,
+            expires_unix_ms: now + 60_000,
+            ..Default::default()
+        };
+        let bytes = lockbox_crypto::encode_grant_body(&body).unwrap();
+        let signer = lockbox_crypto::SigningIdentity::generate().unwrap();
+        let grant = pb::SignedGrant {
+            signatures: vec![lockbox_crypto::sign_grant_body(&signer, "rogue", &bytes)],
+            body: bytes,
+        };
+        let records = custody.audit_tail(10_000).unwrap().len();
+        let (tx, _rx) = mpsc::channel(1);
+        let who = Caller {
+            actor: "uid:0".into(),
+        };
+        let e = match transfers.run(&who, &grant, tx).await {
+            Ok(_) => panic!("an unsigned grant was run"),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains("threshold not met"), "{e}");
+        let tail = custody.audit_tail(10_000).unwrap();
+        assert_eq!(tail.len(), records + 1, "one refusal record");
+        let last = &tail[tail.len() - 1].entry.event;
+        assert_eq!(last.action, "transfer-send");
+        assert_eq!(last.outcome, "refused");
+        assert!(last.detail.contains(&"ab".repeat(16)), "{}", last.detail);
+        assert!(last.detail.contains("threshold not met"), "{}", last.detail);
+    }
 }

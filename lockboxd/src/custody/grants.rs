@@ -80,26 +80,9 @@ impl Custody {
         signed: &SignedGrant,
     ) -> Result<lockbox_crypto::VerifiedGrant> {
         let u = self.unlocked()?;
-        if self.policy.controllers.is_empty() {
-            return Err(CustodyError::Grant(
-                lockbox_crypto::GrantError::ThresholdNotMet {
-                    valid: 0,
-                    required: self.policy.grant_threshold,
-                },
-            ));
-        }
-        let ctx = lockbox_crypto::GrantContext {
-            now_unix_ms: now_ms(),
-            skew_ms: self.policy.clock_skew.as_millis() as u64,
-            threshold: self.policy.grant_threshold,
-            self_node: &self.node_id,
-            peer_node: None,
-            side: lockbox_crypto::GrantSide::Source,
-            key_ids: None,
-        };
-        let verified =
-            lockbox_crypto::verify_grant(signed, &self.policy.controllers, &ctx, &|_| false)
-                .map_err(CustodyError::Grant)?;
+        // The checks `Transfer` makes (canonical key ids included), so that a grant this says
+        // is good is not refused when it is run.
+        let verified = self.check_grant(signed, GrantSide::Source, None)?;
         for key_id in &verified.body.key_ids {
             let id = parse_key_id(key_id)?;
             self.usable_meta(&u, &id)?;
@@ -267,6 +250,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use base64::Engine as _;
+
+    /// `VerifyGrant` (this) and `Transfer` check a grant alike: one that spells a key id
+    /// other than canonically (here in capitals) is refused by both, not reported good by
+    /// `VerifyGrant` and then refused when run.
+    #[tokio::test]
+    async fn a_grant_verified_as_source_needs_canonical_key_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = lockbox_crypto::SigningIdentity::generate().unwrap();
+        let extra = format!(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"ca\"\n[[controllers]]\n\
+             key_id = \"ctl-1\"\npublic_key = \"{}\"\nurl = \"https://c1:7400\"\n",
+            lockbox_crypto::encode_public_key(&ctl.public_key())
+        );
+        let c = super::super::keys::test_support::custody(dir.path(), &extra).await;
+        let who = super::super::keys::test_support::caller();
+        let (id, _, _) = c
+            .create(&who, 32, Default::default(), None, None)
+            .await
+            .unwrap();
+        let grant = |key_id: String| {
+            let now = now_ms();
+            let body = lockbox_crypto::GrantBody {
+                grant_id: vec![7; 16],
+                key_ids: vec![key_id],
+                source_node: "host-a".into(),
+                dest_node: "host-b".into(),
+                op: lockbox_crypto::GrantOp::Copy as i32,
+                not_before_unix_ms: now - 1000,
+                expires_unix_ms: now + 60_000,
+                ..Default::default()
+            };
+            let bytes = lockbox_crypto::encode_grant_body(&body).unwrap();
+            SignedGrant {
+                signatures: vec![lockbox_crypto::sign_grant_body(&ctl, "ctl-1", &bytes)],
+                body: bytes,
+            }
+        };
+        c.verify_grant_as_source(&grant(id.clone())).unwrap();
+        let e = c
+            .verify_grant_as_source(&grant(id.to_uppercase()))
+            .unwrap_err();
+        assert!(e.to_string().contains("not in canonical form"), "{e}");
+        let e = c
+            .verify_grant(&grant(id.to_uppercase()), GrantSide::Source, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("not in canonical form"), "{e}");
+    }
 
     #[test]
     fn grant_records_store_bytes_as_base64_and_read_the_older_number_arrays() {

@@ -382,7 +382,15 @@ impl Custody {
                         .into(),
                 });
             }
-            let version = meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            // A received or restored key may carry any version number: the next one must
+            // exist, not wrap to 0 (or panic) and repeat a number `get` then resolves wrongly.
+            let newest = meta.versions.iter().map(|v| v.version).max().unwrap_or(0);
+            let version = newest
+                .checked_add(1)
+                .ok_or_else(|| CustodyError::WrongState {
+                    key_id: id.clone(),
+                    why: format!("its newest version is {newest}: no version number is left"),
+                })?;
             let material_id = new_material_id()?;
             let bytes = SecretBytes::random(meta.length as usize)?;
             // The new version's material is this key's alone (a snapshot taken earlier shares
@@ -438,5 +446,98 @@ impl Custody {
         }
         .await;
         self.audited(caller, "promote", key_id, res).await
+    }
+}
+
+/// A real `Custody` in a temporary data dir (keyfile method, unsealed), for the unit tests of
+/// the custody modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Opens a fresh, unsealed lockbox in `dir`; `extra` is appended to its config.
+    pub(crate) async fn custody(dir: &std::path::Path, extra: &str) -> Arc<Custody> {
+        let text = format!(
+            "version = 1\nnode_id = \"host-a\"\ndata_dir = {:?}\n{extra}\n[unseal]\n\
+             keyfile = {:?}\n",
+            dir.join("data"),
+            dir.join("keyfile"),
+        );
+        let (config, policy) =
+            crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
+        crate::custody::init(&config, &policy, crate::custody::InitSecrets::default())
+            .await
+            .unwrap();
+        let custody = Custody::open(&config, &policy).unwrap();
+        let secret = crate::custody::read_keyfile(&config.unseal.keyfile).unwrap();
+        custody
+            .unseal(&caller(), lockbox_crypto::UnsealSecret::Keyfile(&secret))
+            .await
+            .unwrap();
+        Arc::new(custody)
+    }
+
+    pub(crate) fn caller() -> Caller {
+        Caller {
+            actor: "uid:0 test".into(),
+        }
+    }
+
+    /// The newest audit record's action, outcome and detail.
+    pub(crate) fn last_audit(custody: &Custody) -> (String, String, String) {
+        let v = custody.audit_tail(1).unwrap().pop().unwrap();
+        (
+            v.entry.event.action,
+            v.entry.event.outcome,
+            v.entry.event.detail,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::test_support::{caller, custody, last_audit};
+    use super::*;
+
+    /// A key whose newest version is `u32::MAX` (a hostile source can send one, a backup can
+    /// hold one) refuses `rekey` by name and changes nothing: the next version number once
+    /// overflowed (a panic, or version 0 in release, which `get` then confused with another).
+    #[tokio::test]
+    async fn rekey_refuses_when_no_version_number_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = custody(dir.path(), "").await;
+        let who = caller();
+        let (id, _, _) = c
+            .create(&who, 32, BTreeMap::new(), None, None)
+            .await
+            .unwrap();
+        {
+            let mut txn = c.write_txn().await;
+            let u = c.unlocked().unwrap();
+            let mut meta = c.load_meta(&u, &id).unwrap().unwrap();
+            meta.versions[0].version = u32::MAX;
+            meta.current_version = u32::MAX;
+            txn.put(Ns::Keys, id.as_bytes(), &c.seal_meta(&u, &meta).unwrap());
+            txn.commit().await.unwrap();
+        }
+        let before = c.get(&id, 0).unwrap();
+        let e = c.rekey(&who, &id, false).await.unwrap_err();
+        assert!(e.to_string().contains("no version number is left"), "{e}");
+        let info = c.describe(&id).unwrap();
+        assert_eq!(info.meta.versions.len(), 1);
+        assert_eq!(info.meta.current_version, u32::MAX);
+        let after = c.get(&id, 0).unwrap();
+        assert_eq!(after.version, u32::MAX);
+        assert_eq!(
+            after.material.expose_secret(),
+            before.material.expose_secret()
+        );
+        let (action, outcome, _) = last_audit(&c);
+        assert_eq!(
+            (action.as_str(), outcome.as_str()),
+            ("rekey-begin", "refused")
+        );
     }
 }

@@ -84,6 +84,16 @@ fn check_versions(key_id: &str, versions: &[Incoming]) -> Result<()> {
         }
         _ => return Err(bad("exactly one version must be current".into())),
     }
+    // A rekey commit retires the active version: a key has one active version, its current.
+    if let Some(v) = versions
+        .iter()
+        .find(|v| v.state == VersionState::Active && !v.current)
+    {
+        return Err(bad(format!(
+            "version {} is active but not current (only the current version is active)",
+            v.version
+        )));
+    }
     if versions
         .iter()
         .filter(|v| v.state == VersionState::Rekeying)
@@ -399,5 +409,50 @@ impl Custody {
         )?;
         txn.commit().await?;
         Ok(receipt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn version(n: u32, state: &str, current: bool) -> Incoming {
+        Incoming::new(
+            "8d19909b-21b6-428c-943e-d5dfc880254d".into(),
+            n,
+            state,
+            current,
+            BTreeMap::new(),
+            "",
+            SecretBytes::new(vec![7; 32]),
+        )
+        .unwrap()
+    }
+
+    /// What a real key can be passes; a second active version (which no source holds: a rekey
+    /// commit retires the old one) is refused by name.
+    #[test]
+    fn only_the_current_version_of_a_received_key_is_active() {
+        let id = "8d19909b-21b6-428c-943e-d5dfc880254d";
+        check_versions(
+            id,
+            &[
+                version(1, "retired", false),
+                version(2, "active", true),
+                version(3, "rekeying", false),
+            ],
+        )
+        .unwrap();
+        let e = check_versions(
+            id,
+            &[version(1, "active", false), version(2, "active", true)],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("version 1 is active but not current"),
+            "{e}"
+        );
     }
 }

@@ -384,6 +384,7 @@ fn a_used_grant_id_under_another_body_is_refused_not_answered_with_the_old_recei
     let e = assert_refused(s.deliver(&forged, vec![s.batch(&forged, &other)]), n);
     assert_eq!(e.code, tonic::Code::PermissionDenied, "{e}");
     assert_untouched(s.b(), 1, &other);
+    assert_refusals_audited(s.b(), &[n]);
 }
 
 #[test]
@@ -784,6 +785,7 @@ fn a_keys_versions_arrive_together_or_the_delivery_is_refused() {
         .rogue
         .batch(&grant, 0, &s.b_hpke, std::slice::from_ref(&a));
     first.keys[0].current = false;
+    first.keys[0].version_state = "retired".into();
     s.rogue.resign(&grant, &mut first);
     let second = s
         .rogue
