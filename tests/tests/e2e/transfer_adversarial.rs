@@ -923,3 +923,35 @@ fn deliveries_at_once_are_bounded() {
     // The stalled ones have ended: the same grant is delivered now.
     s.deliver_correctly(&grant, &keys);
 }
+
+/// One lockbox certificate sending refused deliveries in a loop cannot grow the destination's
+/// audit log (each refusal a synced record) at request rate: past 60 refusals in a minute its
+/// deliveries are refused unread, that refusal audited once, even a valid one (other callers
+/// keep their own budget: `peer::refusal_tests`).
+#[test]
+fn a_source_refused_again_and_again_is_then_refused_unread() {
+    let s = Scene::start(ClusterOptions::default());
+    let keys = vec![RogueKey::random()];
+    let (_, grant) = s.grant(&keys, "host-b");
+    let mut forged = grant.clone();
+    forged.signatures[0].signature[0] ^= 1;
+    for i in 0..60 {
+        let e = s.deliver(&forged, vec![]).unwrap_err();
+        assert_ne!(e.code, tonic::Code::ResourceExhausted, "refusal {i}: {e}");
+    }
+    let before = receive_audits(s.b(), "refused").len();
+    for _ in 0..20 {
+        let e = s.deliver(&grant, vec![s.batch(&grant, &keys)]).unwrap_err();
+        assert_eq!(e.code, tonic::Code::ResourceExhausted, "{e}");
+        assert!(e.message.contains("refused unread"), "{e}");
+    }
+    let after = receive_audits(s.b(), "refused");
+    assert_eq!(
+        after.len(),
+        before + 1,
+        "audited once per window: {after:#?}"
+    );
+    assert_untouched(s.b(), 0, &keys);
+    let v = s.b().ctl_json(&["audit", "verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
