@@ -133,6 +133,7 @@ fn check_restored_key(k: &BackupKey, materials: &[SecretBytes]) -> Result<()> {
         return Err(bad("origin node or grant id too long".into()));
     }
     clone_policy(k)?;
+    check_restored_versions(k).map_err(bad)?;
     let mut length = None;
     for v in &k.versions {
         let n = materials
@@ -145,6 +146,58 @@ fn check_restored_key(k: &BackupKey, materials: &[SecretBytes]) -> Result<()> {
         if length.replace(n).is_some_and(|l| l != n) {
             return Err(bad("versions of different lengths".into()));
         }
+    }
+    Ok(())
+}
+
+/// The version rules a received key meets too (`receive.rs`): numbered from 1, ascending
+/// without repeats, the current one present and active, no other version active (a rekey
+/// commit retires it), at most one pending rekey. A backup holds what a lockbox wrote, but a
+/// file is outside bytes: a restore must not make a key no lockbox could have.
+fn check_restored_versions(k: &BackupKey) -> std::result::Result<(), String> {
+    let mut last = 0u32;
+    for v in &k.versions {
+        if v.version <= last {
+            return Err(format!(
+                "version {} is zero, repeated or out of order",
+                v.version
+            ));
+        }
+        last = v.version;
+    }
+    let current = k
+        .versions
+        .iter()
+        .find(|v| v.version == k.current_version)
+        .ok_or_else(|| {
+            format!(
+                "current version {} is not among its versions",
+                k.current_version
+            )
+        })?;
+    if current.state != BackupVersionState::Active {
+        return Err(format!(
+            "current version {} is not active",
+            k.current_version
+        ));
+    }
+    if let Some(v) = k
+        .versions
+        .iter()
+        .find(|v| v.state == BackupVersionState::Active && v.version != k.current_version)
+    {
+        return Err(format!(
+            "version {} is active but not current (only the current version is active)",
+            v.version
+        ));
+    }
+    let rekeying = k
+        .versions
+        .iter()
+        .filter(|v| v.state == BackupVersionState::Rekeying)
+        .count();
+    if rekeying > 1 {
+        return Err("more than one version is pending a rekey".into());
     }
     Ok(())
 }
@@ -482,4 +535,83 @@ impl Custody {
 /// A node name from a client, cut and stripped of control characters for the audit log.
 fn trust_printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+#[cfg(test)]
+mod version_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(current: u32, versions: &[(u32, BackupVersionState)]) -> BackupKey {
+        BackupKey {
+            key_id: "8d19909b-21b6-428c-943e-d5dfc880254d".into(),
+            labels: BTreeMap::new(),
+            created_unix_ms: 1,
+            origin: BackupOrigin {
+                kind: "created".into(),
+                ..BackupOrigin::default()
+            },
+            clone_policy: String::new(),
+            replica: false,
+            current_version: current,
+            versions: versions
+                .iter()
+                .map(|&(version, state)| BackupVersion {
+                    version,
+                    state,
+                    created_unix_ms: 1,
+                    material: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// A restore accepts the version states a lockbox writes and refuses, by name, those no
+    /// key can have (as a transfer's destination does).
+    #[test]
+    fn a_restored_key_has_the_versions_a_lockbox_could_have_written() {
+        use BackupVersionState::{Active, Rekeying, Retired};
+        for ok in [
+            key(1, &[(1, Active)]),
+            key(2, &[(1, Retired), (2, Active)]),
+            key(2, &[(1, Retired), (2, Active), (3, Rekeying)]),
+        ] {
+            assert_eq!(check_restored_versions(&ok), Ok(()), "{ok:?}");
+        }
+        let cases = [
+            (key(1, &[]), "current version 1 is not among its versions"),
+            (
+                key(0, &[(0, Active)]),
+                "version 0 is zero, repeated or out of order",
+            ),
+            (
+                key(2, &[(2, Retired), (1, Active)]),
+                "version 1 is zero, repeated or out of order",
+            ),
+            (
+                key(1, &[(1, Active), (1, Retired)]),
+                "version 1 is zero, repeated or out of order",
+            ),
+            (
+                key(3, &[(1, Active), (3, Retired)]),
+                "current version 3 is not active",
+            ),
+            (
+                key(2, &[(1, Active), (2, Active)]),
+                "version 1 is active but not current",
+            ),
+            (
+                key(1, &[(1, Active), (2, Rekeying), (3, Rekeying)]),
+                "more than one version is pending a rekey",
+            ),
+        ];
+        for (k, why) in cases {
+            let e = check_restored_versions(&k).unwrap_err();
+            assert!(e.contains(why), "{k:?}: {e}");
+        }
+        // Through the whole check, named with the key.
+        let e = check_restored_key(&key(2, &[(1, Active), (2, Active)]), &[]).unwrap_err();
+        assert!(e.to_string().contains("8d19909b"), "{e}");
+        assert!(e.to_string().contains("active but not current"), "{e}");
+    }
 }
