@@ -33,6 +33,8 @@ mod backup;
 mod destroy;
 mod grants;
 mod keys;
+#[cfg(test)]
+pub(crate) use keys::test_support;
 mod lifecycle;
 mod model;
 mod reads;

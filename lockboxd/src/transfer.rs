@@ -498,26 +498,7 @@ mod tests {
     /// A lockbox with no controllers in a temporary data dir, unsealed, with its transfer
     /// runner (which never gets past grant verification here: there is no peer to reach).
     async fn runner(dir: &std::path::Path) -> (Arc<Custody>, Transfers) {
-        let text = format!(
-            "version = 1\nnode_id = \"host-a\"\ndata_dir = {:?}\n[unseal]\nkeyfile = {:?}\n",
-            dir.join("data"),
-            dir.join("keyfile"),
-        );
-        let (config, policy) =
-            crate::config::Config::parse(&text, std::path::Path::new("test.toml")).unwrap();
-        crate::custody::init(&config, &policy, crate::custody::InitSecrets::default())
-            .await
-            .unwrap();
-        let custody = Custody::open(&config, &policy).unwrap();
-        let secret = crate::custody::read_keyfile(&config.unseal.keyfile).unwrap();
-        let who = Caller {
-            actor: "test".into(),
-        };
-        custody
-            .unseal(&who, lockbox_crypto::UnsealSecret::Keyfile(&secret))
-            .await
-            .unwrap();
-        let custody = Arc::new(custody);
+        let custody = crate::custody::test_support::custody(dir, "").await;
         let tls = TlsFiles {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
@@ -529,7 +510,7 @@ mod tests {
             Vec::new(),
             custody.trusted_controllers(),
             std::time::Duration::from_secs(60),
-            config.data_dir.clone(),
+            dir.join("data"),
         );
         let transfers = Transfers::new(custody.clone(), attestor, tls, HashMap::new());
         (custody, transfers)
