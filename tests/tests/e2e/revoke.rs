@@ -353,3 +353,37 @@ fn a_damaged_revocation_list_stops_the_controller_naming_it() {
         describe_output(&out)
     );
 }
+
+/// An identity asking a controller for what it may not have, in a loop, gets every refusal but
+/// cannot grow the audit log at request rate: 60 refusals a minute are recorded one by one,
+/// then one record says the rest are only counted.
+#[test]
+fn a_caller_refused_in_a_loop_is_audited_up_to_a_budget() {
+    let pki = Pki::new(TRUST_DOMAIN);
+    let mut ctl = Controller::start(&pki, "ctl-1", "", "1h");
+    let cinder = pki.issue("orchestrator", "cinder");
+    let cinder = Client::new(TlsFiles {
+        cert: cinder.cert,
+        key: cinder.key,
+        ca: cinder.ca,
+    });
+    for _ in 0..75 {
+        let e = cinder.vouch(&ctl.url).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    }
+    ctl.stop();
+    let records = audit_records(&data_dir(&ctl));
+    let refused = count(&records, "vouch", "only lockbox identities");
+    assert_eq!(
+        refused, 61,
+        "60 recorded one by one, then the note: {records:#?}"
+    );
+    assert_eq!(
+        count(
+            &records,
+            "vouch",
+            "further refusals are counted, not recorded one by one"
+        ),
+        1
+    );
+}
