@@ -96,6 +96,16 @@ impl RefusalBudgets {
     }
 }
 
+/// Longest an attestation is served again for the very same request (node, trust domain and
+/// every key it names, the proof checked each time): a lockbox restarting or asking in a loop
+/// costs one signature and one audit record per minute, not one per request. At most a tenth
+/// of `attestation_ttl`.
+const ATTESTATION_REUSE: Duration = Duration::from_secs(60);
+
+/// The last attestation signed for each exact request message, with when it was signed.
+type RecentAttestations =
+    std::collections::HashMap<Vec<u8>, (std::time::Instant, pb::SignedAttestation)>;
+
 /// The last vouch signed for each (node, TLS key SHA-256), with when it was signed.
 type RecentVouches =
     std::collections::HashMap<(String, [u8; 32]), (std::time::Instant, pb::SignedVouch)>;
@@ -111,6 +121,8 @@ pub struct ControllerService {
     signed_list: std::sync::Mutex<Option<SignedList>>,
     /// Recent vouches, re-served (see [`VOUCH_REUSE_DIVISOR`]).
     recent_vouches: std::sync::Mutex<RecentVouches>,
+    /// Recent attestations, re-served (see [`ATTESTATION_REUSE`]).
+    recent_attestations: std::sync::Mutex<RecentAttestations>,
     /// How many refusals of each caller were audited lately ([`AUDITED_REFUSALS_PER_WINDOW`]).
     refusal_budgets: std::sync::Mutex<RefusalBudgets>,
 }
@@ -139,6 +151,7 @@ impl ControllerService {
             revocations,
             signed_list: std::sync::Mutex::new(None),
             recent_vouches: std::sync::Mutex::new(RecentVouches::new()),
+            recent_attestations: std::sync::Mutex::new(RecentAttestations::new()),
             refusal_budgets: std::sync::Mutex::new(RefusalBudgets::default()),
         }
     }
@@ -446,6 +459,16 @@ impl ControllerService {
             ));
             return Err(self.refuse(&actor, "attest", s).await);
         }
+        let reuse = ATTESTATION_REUSE.min(self.config.attestation_ttl / 10);
+        if let Some((at, signed)) = self
+            .recent_attestations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&msg)
+            && at.elapsed() < reuse
+        {
+            return Ok(Response::new(signed.clone()));
+        }
         let now = now_ms();
         let body = pb::AttestationBody {
             node: caller.name.clone(),
@@ -485,10 +508,22 @@ impl ControllerService {
             )
             .await
             .map_err(audit_err)?;
-        Ok(Response::new(pb::SignedAttestation {
+        let signed = pb::SignedAttestation {
             body,
             signatures: vec![sig],
-        }))
+        };
+        let mut recent = self
+            .recent_attestations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= VOUCH_REUSE_MAX {
+            recent.retain(|_, (at, _)| at.elapsed() < reuse);
+            if recent.len() >= VOUCH_REUSE_MAX {
+                recent.clear();
+            }
+        }
+        recent.insert(msg, (std::time::Instant::now(), signed.clone()));
+        Ok(Response::new(signed))
     }
 
     /// `Vouch`: a short-lived statement that this controller stands for the calling lockbox
