@@ -17,6 +17,7 @@ mod json_bytes;
 pub mod metrics;
 mod par;
 pub mod peer;
+mod refusals;
 pub mod settle;
 pub mod tpm;
 pub mod transfer;
