@@ -818,6 +818,29 @@ impl Node {
         self.ctl_json(&["status"])
     }
 
+    /// Polls `status` every 200 ms until `pred` holds and returns it; panics with `what`, the
+    /// last status and the log after `timeout`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; last status {s}; log:\n{}",
+                self.log_contents()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `unseal --passphrase-file <the right passphrase>`; asserts the node is then unsealed.
     pub fn unseal(&self) -> serde_json::Value {
         let pf = self.passphrase_file();

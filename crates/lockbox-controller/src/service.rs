@@ -14,6 +14,7 @@ use crate::audit::AuditLog;
 use crate::config::ControllerConfig;
 use crate::metrics::ControllerMetrics;
 use crate::policy::{self, Ask, Op};
+use crate::recent::Recent;
 use crate::refusals::{AUDITED_REFUSALS_PER_WINDOW, REFUSAL_WINDOW, RefusalAudit, RefusalBudgets};
 use crate::revoked::{Revocations, RevokedSet, rfc3339};
 
@@ -39,14 +40,6 @@ const VOUCH_REUSE_MAX: usize = 4096;
 /// of `attestation_ttl`.
 const ATTESTATION_REUSE: Duration = Duration::from_secs(60);
 
-/// The last attestation signed for each exact request message, with when it was signed.
-type RecentAttestations =
-    std::collections::HashMap<Vec<u8>, (std::time::Instant, pb::SignedAttestation)>;
-
-/// The last vouch signed for each (node, TLS key SHA-256), with when it was signed.
-type RecentVouches =
-    std::collections::HashMap<(String, [u8; 32]), (std::time::Instant, pb::SignedVouch)>;
-
 /// Shared state of one controller.
 pub struct ControllerService {
     config: ControllerConfig,
@@ -57,9 +50,9 @@ pub struct ControllerService {
     /// The last list signed, re-served for [`SIGNED_LIST_REUSE`] while the set is unchanged.
     signed_list: std::sync::Mutex<Option<SignedList>>,
     /// Recent vouches, re-served (see [`VOUCH_REUSE_DIVISOR`]).
-    recent_vouches: std::sync::Mutex<RecentVouches>,
+    recent_vouches: Recent<(String, [u8; 32]), pb::SignedVouch>,
     /// Recent attestations, re-served (see [`ATTESTATION_REUSE`]).
-    recent_attestations: std::sync::Mutex<RecentAttestations>,
+    recent_attestations: Recent<Vec<u8>, pb::SignedAttestation>,
     /// How many refusals of each caller were audited lately ([`AUDITED_REFUSALS_PER_WINDOW`]).
     refusal_budgets: std::sync::Mutex<RefusalBudgets>,
 }
@@ -87,8 +80,8 @@ impl ControllerService {
             metrics,
             revocations,
             signed_list: std::sync::Mutex::new(None),
-            recent_vouches: std::sync::Mutex::new(RecentVouches::new()),
-            recent_attestations: std::sync::Mutex::new(RecentAttestations::new()),
+            recent_vouches: Recent::new(VOUCH_REUSE_MAX),
+            recent_attestations: Recent::new(VOUCH_REUSE_MAX),
             refusal_budgets: std::sync::Mutex::new(RefusalBudgets::default()),
         }
     }
@@ -397,14 +390,8 @@ impl ControllerService {
             return Err(self.refuse(&actor, "attest", s).await);
         }
         let reuse = ATTESTATION_REUSE.min(self.config.attestation_ttl / 10);
-        if let Some((at, signed)) = self
-            .recent_attestations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&msg)
-            && at.elapsed() < reuse
-        {
-            return Ok(Response::new(signed.clone()));
+        if let Some(signed) = self.recent_attestations.get(&msg, reuse) {
+            return Ok(Response::new(signed));
         }
         let now = now_ms();
         let body = pb::AttestationBody {
@@ -449,17 +436,7 @@ impl ControllerService {
             body,
             signatures: vec![sig],
         };
-        let mut recent = self
-            .recent_attestations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if recent.len() >= VOUCH_REUSE_MAX {
-            recent.retain(|_, (at, _)| at.elapsed() < reuse);
-            if recent.len() >= VOUCH_REUSE_MAX {
-                recent.clear();
-            }
-        }
-        recent.insert(msg, (std::time::Instant::now(), signed.clone()));
+        self.recent_attestations.put(msg, signed.clone(), reuse);
         Ok(Response::new(signed))
     }
 
@@ -483,14 +460,8 @@ impl ControllerService {
             .await?;
         let reuse = self.config.vouch_ttl / VOUCH_REUSE_DIVISOR;
         let key = (caller.name.clone(), spki);
-        if let Some((at, signed)) = self
-            .recent_vouches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            && at.elapsed() < reuse
-        {
-            return Ok(Response::new(signed.clone()));
+        if let Some(signed) = self.recent_vouches.get(&key, reuse) {
+            return Ok(Response::new(signed));
         }
         let now = now_ms();
         let ttl_ms = u64::try_from(self.config.vouch_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -529,17 +500,7 @@ impl ControllerService {
             body: bytes,
             signatures: vec![sig],
         };
-        let mut recent = self
-            .recent_vouches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if recent.len() >= VOUCH_REUSE_MAX {
-            recent.retain(|_, (at, _)| at.elapsed() < reuse);
-            if recent.len() >= VOUCH_REUSE_MAX {
-                recent.clear();
-            }
-        }
-        recent.insert(key, (std::time::Instant::now(), signed.clone()));
+        self.recent_vouches.put(key, signed.clone(), reuse);
         Ok(Response::new(signed))
     }
 

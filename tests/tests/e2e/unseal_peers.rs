@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockbox_crypto::assist::AssistIdentity;
 use lockbox_crypto::{Keyring, SecretBytes, UnsealSecret};
@@ -42,23 +42,6 @@ fn enroll_peers(c: &mut Cluster, name: &str, peers: &[&str], t: u32, recovery: b
     v
 }
 
-/// Polls `status` until `pred` holds; panics with the last status and the log otherwise.
-fn wait_status(node: &Node, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = node.status();
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last status {s}; log:\n{}",
-            node.log_contents()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -90,7 +73,7 @@ fn peers_restart_with_two_of_three_recovery_and_back_to_keyfile() {
     c.node_mut("host-d").stop();
     c.node_mut("host-a").restart();
     let a = c.node("host-a");
-    let s = wait_status(a, Duration::from_secs(30), "missing peers reported", |s| {
+    let s = a.wait_status(Duration::from_secs(30), "missing peers reported", |s| {
         names(&s["unseal"]["missing"]).len() == 2
     });
     assert_eq!(s["sealed"], true, "{s}");
@@ -114,7 +97,7 @@ fn peers_restart_with_two_of_three_recovery_and_back_to_keyfile() {
     // A second peer comes back: host-a unseals by itself.
     c.node_mut("host-c").spawn_ready();
     let a = c.node("host-a");
-    let s = wait_status(a, Duration::from_secs(60), "unsealed by its peers", |s| {
+    let s = a.wait_status(Duration::from_secs(60), "unsealed by its peers", |s| {
         s["sealed"] == false
     });
     assert_eq!(s["unseal"]["unsealed_by"], "peers", "{s}");
@@ -235,7 +218,7 @@ fn copied_data_dir_revoked_node_and_wrong_owner_stay_sealed() {
     let mut copy = Node::new_uninit(c.node("host-a").opts().clone());
     lockbox_tests::copy_dir(&c.node("host-a").data_dir(), &copy.data_dir());
     copy.spawn_ready();
-    let s = wait_status(&copy, Duration::from_secs(30), "all peers missing", |s| {
+    let s = copy.wait_status(Duration::from_secs(30), "all peers missing", |s| {
         names(&s["unseal"]["missing"]).len() == 3
     });
     assert_eq!(s["sealed"], true, "{s}");
@@ -257,7 +240,7 @@ fn copied_data_dir_revoked_node_and_wrong_owner_stay_sealed() {
     for p in ["host-b", "host-c", "host-d"] {
         c.node_mut(p).spawn_ready();
     }
-    let s = wait_status(&copy, Duration::from_secs(60), "revocation named", |s| {
+    let s = copy.wait_status(Duration::from_secs(60), "revocation named", |s| {
         s["unseal"]["missing_errors"]
             .to_string()
             .contains("revoked")
@@ -303,7 +286,7 @@ fn whole_cluster_cold_start_unseals() {
     }
     for ((n, (k, b)), _) in ["host-a", "host-b", "host-c"].iter().zip(&keys).zip(0..) {
         let node = c.node(n);
-        let s = wait_status(node, Duration::from_secs(60), "cold start unsealed", |s| {
+        let s = node.wait_status(Duration::from_secs(60), "cold start unsealed", |s| {
             s["sealed"] == false
         });
         assert_eq!(s["unseal"]["unsealed_by"], "peers", "{n}: {s}");

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockbox_tests::cluster::Cluster;
 use lockbox_tests::{Node, NodeOptions, UnsealMethod};
@@ -13,22 +13,6 @@ use lockbox_tpm::swtpm::Swtpm;
 use serde_json::Value;
 
 const RECOVERY: &str = "tpm recovery passphrase";
-
-fn wait_status(node: &Node, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = node.status();
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last status {s}; log:\n{}",
-            node.log_contents()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
@@ -58,7 +42,7 @@ fn tpm2_restart_unseals_and_a_copy_beside_another_tpm_stays_sealed() {
         },
         ..NodeOptions::default()
     });
-    let s = wait_status(&node, Duration::from_secs(30), "unsealed by the TPM", |s| {
+    let s = node.wait_status(Duration::from_secs(30), "unsealed by the TPM", |s| {
         s["sealed"] == false
     });
     assert_eq!(s["unseal"]["method"], "tpm2", "{s}");
@@ -68,7 +52,7 @@ fn tpm2_restart_unseals_and_a_copy_beside_another_tpm_stays_sealed() {
     let bytes = node.key_bytes(&key);
 
     node.restart();
-    wait_status(&node, Duration::from_secs(30), "unsealed again", |s| {
+    node.wait_status(Duration::from_secs(30), "unsealed again", |s| {
         s["sealed"] == false
     });
     assert_eq!(node.key_bytes(&key), bytes);
@@ -85,12 +69,9 @@ fn tpm2_restart_unseals_and_a_copy_beside_another_tpm_stays_sealed() {
     let mut copy = Node::new_uninit(opts);
     lockbox_tests::copy_dir(&node.data_dir(), &copy.data_dir());
     copy.spawn_ready();
-    let s = wait_status(
-        &copy,
-        Duration::from_secs(30),
-        "the TPM part reported",
-        |s| names(&s["unseal"]["missing"]) == ["tpm2"],
-    );
+    let s = copy.wait_status(Duration::from_secs(30), "the TPM part reported", |s| {
+        names(&s["unseal"]["missing"]) == ["tpm2"]
+    });
     assert_eq!(s["sealed"], true, "{s}");
     let err = s["unseal"]["missing_errors"]["tpm2"]
         .as_str()
@@ -135,9 +116,11 @@ fn tpm2_peers_needs_both_parts() {
 
     // Both parts there: a restart unseals.
     c.node_mut("host-a").restart();
-    let s = wait_status(c.node("host-a"), Duration::from_secs(60), "unsealed", |s| {
-        s["sealed"] == false
-    });
+    let s = c
+        .node("host-a")
+        .wait_status(Duration::from_secs(60), "unsealed", |s| {
+            s["sealed"] == false
+        });
     assert_eq!(s["unseal"]["unsealed_by"], "tpm2+peers", "{s}");
     assert_eq!(
         names(&s["unseal"]["answered"]),
@@ -149,18 +132,18 @@ fn tpm2_peers_needs_both_parts() {
     // The TPM without enough peers: sealed.
     c.node_mut("host-b").stop();
     c.node_mut("host-a").restart();
-    let s = wait_status(
-        c.node("host-a"),
-        Duration::from_secs(30),
-        "host-b missing",
-        |s| names(&s["unseal"]["missing"]) == ["host-b"],
-    );
+    let s = c
+        .node("host-a")
+        .wait_status(Duration::from_secs(30), "host-b missing", |s| {
+            names(&s["unseal"]["missing"]) == ["host-b"]
+        });
     assert_eq!(s["sealed"], true, "{s}");
     assert_eq!(names(&s["unseal"]["answered"]), ["tpm2", "host-c"], "{s}");
     c.node_mut("host-b").spawn_ready();
-    wait_status(c.node("host-a"), Duration::from_secs(60), "unsealed", |s| {
-        s["sealed"] == false
-    });
+    c.node("host-a")
+        .wait_status(Duration::from_secs(60), "unsealed", |s| {
+            s["sealed"] == false
+        });
 
     // Every peer up but another TPM: sealed.
     c.node_mut("host-a").stop();
@@ -174,12 +157,11 @@ fn tpm2_peers_needs_both_parts() {
     };
     a.write_config();
     a.spawn_ready();
-    let s = wait_status(
-        c.node("host-a"),
-        Duration::from_secs(30),
-        "tpm2 missing",
-        |s| names(&s["unseal"]["missing"]) == ["tpm2"],
-    );
+    let s = c
+        .node("host-a")
+        .wait_status(Duration::from_secs(30), "tpm2 missing", |s| {
+            names(&s["unseal"]["missing"]) == ["tpm2"]
+        });
     assert_eq!(s["sealed"], true, "{s}");
     std::thread::sleep(Duration::from_secs(2));
     let a = c.node("host-a");
