@@ -47,7 +47,7 @@ mod txn;
 
 pub use backup::{ExportedBackup, RestoreSource, Restored};
 pub use grants::{GrantRole, StoredReceipt};
-pub use lifecycle::{InitSecrets, ensure_keyfile, init, read_keyfile};
+pub use lifecycle::{InitSecrets, ensure_keyfile, init, read_keyfile, refuse_initialized};
 pub(crate) use model::quote;
 pub use model::{
     AuditReport, AuditView, Caller, CloneMode, Destroyed, KeyInfo, KeyMeta, KeyState, Material,

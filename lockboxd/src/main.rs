@@ -129,6 +129,7 @@ fn main() -> ExitCode {
                 passphrase_file,
                 recovery_passphrase_file,
             }) => {
+                lockboxd::custody::refuse_initialized(&config)?;
                 let mut secrets = lockboxd::custody::InitSecrets::default();
                 if policy.method == lockbox_crypto::UnsealMethod::Passphrase {
                     secrets.passphrase = Some(read_passphrase(passphrase_file.as_ref())?);

@@ -148,20 +148,29 @@ pub struct InitSecrets {
     pub tpm2: Option<(Vec<u8>, SecretBytes)>,
 }
 
-/// Initializes a data dir: keyring (root secret + first KEK), node identities, the first audit
-/// record. Refuses a dir that already has a keyring or a database.
-pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let keyring_path = config.keyring_path();
-    let db_path = config.db_path();
-    if keyring_path.exists() {
+/// Refuses a data dir that already has a keyring or a database. `lockboxd init` asks this
+/// first, before it prompts for passphrases, seals to a TPM or enrolls peers, so an operator who
+/// pointed it at a live lockbox hears so at once; [`init`] asks again before it writes.
+pub fn refuse_initialized(config: &Config) -> Result<()> {
+    if config.keyring_path().exists() {
         return Err(CustodyError::AlreadyInitialized(
             config.data_dir.display().to_string(),
         ));
     }
+    let db_path = config.db_path();
     if db_path.exists() {
         return Err(CustodyError::UnfinishedInit(db_path.display().to_string()));
     }
+    Ok(())
+}
+
+/// Initializes a data dir: keyring (root secret + first KEK), node identities, the first audit
+/// record. Refuses a dir that already has a keyring or a database.
+pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    refuse_initialized(config)?;
+    let keyring_path = config.keyring_path();
+    let db_path = config.db_path();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

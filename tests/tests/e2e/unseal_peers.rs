@@ -332,3 +332,59 @@ fn an_enrollment_that_cannot_write_the_keyring_changes_nothing() {
     let bytes = node.key_bytes(&key);
     assert_eq!(bytes.len(), 32);
 }
+
+/// `lockboxd init` with `method = "peers"` enrolls at once: with a peer down it fails naming
+/// that peer and leaves no data dir behind; with the peers up it succeeds, and the new lockbox
+/// unseals at its first start and at every restart while 2 of its 3 peers answer. Here host-a's
+/// chassis is replaced: a new data dir under host-a's identity and address.
+#[test]
+fn init_with_peers_names_an_unreachable_peer_then_enrolls() {
+    let mut c = Cluster::start(&["host-a", "host-b", "host-c", "host-d"], "");
+    c.node_mut("host-a").stop();
+    c.node_mut("host-d").stop();
+    let mut opts = c.node("host-a").opts().clone();
+    opts.unseal = UnsealMethod::Peers {
+        peers: vec!["host-b".into(), "host-c".into(), "host-d".into()],
+        threshold: 2,
+        recovery: Some(RECOVERY.into()),
+    };
+    let mut a = Node::new_uninit(opts);
+
+    let out = a.init_output();
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("host-d"), "{err}");
+    assert!(!err.contains("host-b") && !err.contains("host-c"), "{err}");
+    assert!(!a.keyring_path().exists(), "a failed init left a keyring");
+    assert!(!a.db_dir().exists(), "a failed init left a store");
+
+    c.node_mut("host-d").spawn_ready();
+    let out = a.init_output();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    a.spawn_ready();
+    let s = a.wait_status(Duration::from_secs(60), "unsealed by its peers", |s| {
+        s["sealed"] == false
+    });
+    assert_eq!(s["unseal"]["method"], "peers", "{s}");
+    assert_eq!(s["unseal"]["unsealed_by"], "peers", "{s}");
+    assert_eq!(s["unseal"]["recovery"], true, "{s}");
+    let key = a.create_key(&[]);
+    let bytes = a.key_bytes(&key);
+
+    // Two of the three peers up: a restart unseals alone.
+    c.node_mut("host-d").stop();
+    // A second init is refused for what it is, before any peer is asked (host-d is down).
+    let out = a.init_output();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("already initialized"),
+        "{err}"
+    );
+    a.restart();
+    let s = a.wait_status(Duration::from_secs(60), "unsealed again", |s| {
+        s["sealed"] == false
+    });
+    assert_eq!(names(&s["unseal"]["answered"]), ["host-b", "host-c"], "{s}");
+    assert_eq!(a.key_bytes(&key), bytes);
+    a.stop();
+}
