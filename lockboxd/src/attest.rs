@@ -167,12 +167,21 @@ impl Attestor {
             .custody
             .attest_request(client_tls.trust_domain(), &spki)
             .map_err(|e| e.to_string())?;
+        // Where our audit chain stands (durable): the controller notices a data dir that
+        // comes back behind what it reported before (custody/position.rs).
+        let (audit_seq, audit_hash) = self
+            .custody
+            .audit_position()
+            .await
+            .map_err(|e| format!("audit position: {e}"))?;
         let request = pb::AttestRequest {
             hpke_public_key: request.hpke_public_key.to_vec(),
             hpke_kem_id: request.hpke_kem_id,
             signing_public_key: request.signing_public_key.to_vec(),
             proof: request.proof,
             assist_public_key: request.assist_public_key.to_vec(),
+            audit_checkpoint_seq: audit_seq,
+            audit_checkpoint_hash: audit_hash.to_vec(),
         };
         let mut errors = Vec::new();
         for c in &self.controllers {
@@ -201,15 +210,25 @@ impl Attestor {
 
     /// Runs forever: renew at half-life; on failure retry with backoff (1 s doubling to 60 s)
     /// while keeping the old attestation until it expires.
+    ///
+    /// Once after every unseal it asks at once, even with a saved attestation still good: the
+    /// request reports where our audit chain stands (custody/position.rs), and a start is
+    /// when a data dir restored from an older copy shows; failing that, it goes on by the
+    /// saved attestation's schedule.
     pub async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
+        let mut reported = false;
         loop {
             if self.custody.public_keys().is_err() {
                 // Sealed: nothing to attest with until an unseal.
+                reported = false;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
-            let due = {
+            let due = if !reported {
+                reported = true;
+                0
+            } else {
                 let g = match self.state.read() {
                     Ok(g) => g,
                     Err(p) => p.into_inner(),

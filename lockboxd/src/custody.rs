@@ -14,7 +14,8 @@
 //! - `records`: sealing and opening key records and material;
 //! - `reads`, `keys`, `destroy`, `rotation`, `audit`: the operations on keys and the chain;
 //! - `grants`, `send`, `receive`: the two ends of a peer-to-peer transfer;
-//! - `backup`: offline backups.
+//! - `backup`: offline backups;
+//! - `position`: the audit position reported to controllers (rollback detection).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -37,6 +38,7 @@ mod keys;
 pub(crate) use keys::test_support;
 mod lifecycle;
 mod model;
+mod position;
 mod reads;
 mod receive;
 mod records;

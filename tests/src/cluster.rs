@@ -250,6 +250,31 @@ impl Controller {
         &self.config
     }
 
+    /// The controller's `data_dir` (its audit log and revocation list).
+    pub fn data_dir(&self) -> PathBuf {
+        self.config_path().parent().unwrap().join("data")
+    }
+
+    /// Every record of the controller's audit log, as (actor, action, outcome, detail). The
+    /// controller must be stopped: the log is a database one process opens at a time.
+    pub fn audit_records(&self) -> Vec<(String, String, String, String)> {
+        let store = lockbox_store::Store::open(&self.data_dir().join("audit"), 1 << 20).unwrap();
+        let out = store
+            .iter_after(lockbox_store::Ns::Audit, None)
+            .map(|r| {
+                let e = lockbox_crypto::AuditEntry::decode(&r.unwrap().1).unwrap();
+                (
+                    e.event.actor,
+                    e.event.action,
+                    e.event.outcome,
+                    e.event.detail,
+                )
+            })
+            .collect();
+        store.flush_blocking().unwrap();
+        out
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -214,6 +214,17 @@ impl Rogue {
     /// Asks the controller at `url` to attest this rogue's key pairs, with a valid proof of
     /// possession bound to its TLS key, exactly as lockboxd does.
     pub fn attest(&self, controller_url: &str) -> Result<pb::SignedAttestation, RogueError> {
+        self.attest_at(controller_url, 0, &[])
+    }
+
+    /// [`Rogue::attest`] reporting an audit position (`AttestRequest.audit_checkpoint_seq` and
+    /// `_hash`; 0 and empty report none, as a node that predates them).
+    pub fn attest_at(
+        &self,
+        controller_url: &str,
+        audit_seq: u64,
+        audit_hash: &[u8],
+    ) -> Result<pb::SignedAttestation, RogueError> {
         let (_, spki) = lockbox_tls::load_own_cert(&self.tls).unwrap();
         let hpke_pub = self.hpke.public_key();
         let signing_pub = self.signing.public_key();
@@ -232,6 +243,8 @@ impl Rogue {
             signing_public_key: signing_pub.to_vec(),
             proof: sign_attest_request(&self.signing, &msg),
             assist_public_key: Vec::new(),
+            audit_checkpoint_seq: audit_seq,
+            audit_checkpoint_hash: audit_hash.to_vec(),
         };
         self.run(async {
             let ch = self

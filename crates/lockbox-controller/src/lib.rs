@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod positions;
 mod recent;
 mod refusals;
 pub mod revoked;

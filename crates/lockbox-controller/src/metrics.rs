@@ -34,6 +34,7 @@ pub struct ControllerMetrics {
     attestations: Family<OutcomeLabel, Counter>,
     vouches: Family<OutcomeLabel, Counter>,
     policy_refusals: Family<RuleLabel, Counter>,
+    audit_rollbacks: Counter,
 }
 
 /// The outcomes [`ControllerMetrics::vouch`] counts: `revoked` apart from other refusals, so
@@ -82,6 +83,12 @@ impl ControllerMetrics {
             "Grant requests the policy refused, by the check that refused (caller, op, source, destination, max_keys, max_ttl)",
             Family::<RuleLabel, Counter>::default(),
         );
+        let audit_rollbacks = add(
+            &mut r,
+            "lockbox_controller_audit_rollbacks",
+            "Attestations whose node reported an audit checkpoint behind, or on another chain than, the one it reported before (a data dir restored from an older copy)",
+            Counter::default(),
+        );
         lockbox_metrics::register_build_info(
             &mut r,
             "lockbox_controller_build_info",
@@ -112,7 +119,13 @@ impl ControllerMetrics {
             attestations,
             vouches,
             policy_refusals,
+            audit_rollbacks,
         }
+    }
+
+    /// Counts a node found behind its earlier audit position (`positions.rs`).
+    pub fn audit_rollback(&self) {
+        self.audit_rollbacks.inc();
     }
 
     /// The registry the endpoint serves.

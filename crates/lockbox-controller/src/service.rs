@@ -10,10 +10,11 @@ use lockbox_proto::v1::controller_server::Controller;
 use lockbox_tls::{Role, SpiffeId};
 use tonic::{Request, Response, Status};
 
-use crate::audit::AuditLog;
+use crate::audit::{self, AuditLog};
 use crate::config::ControllerConfig;
 use crate::metrics::ControllerMetrics;
 use crate::policy::{self, Ask, Op};
+use crate::positions::{self, Position};
 use crate::recent::Recent;
 use crate::refusals::{AUDITED_REFUSALS_PER_WINDOW, REFUSAL_WINDOW, RefusalAudit, RefusalBudgets};
 use crate::revoked::{Revocations, RevokedSet, rfc3339};
@@ -55,6 +56,9 @@ pub struct ControllerService {
     recent_attestations: Recent<Vec<u8>, pb::SignedAttestation>,
     /// How many refusals of each caller were audited lately ([`AUDITED_REFUSALS_PER_WINDOW`]).
     refusal_budgets: std::sync::Mutex<RefusalBudgets>,
+    /// Held from reading a node's audit position to writing the new one (`positions.rs`), so
+    /// two attestations in flight never compare against a position the other is replacing.
+    positions: tokio::sync::Mutex<()>,
 }
 
 /// A refused request of a lockbox about itself (`Attest`, `Vouch`), with the outcome the vouch
@@ -83,6 +87,7 @@ impl ControllerService {
             recent_vouches: Recent::new(VOUCH_REUSE_MAX),
             recent_attestations: Recent::new(VOUCH_REUSE_MAX),
             refusal_budgets: std::sync::Mutex::new(RefusalBudgets::default()),
+            positions: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -244,6 +249,44 @@ fn op_from_pb(op: i32) -> Option<Op> {
     }
 }
 
+impl ControllerService {
+    /// Compares a node's reported audit position with the one remembered
+    /// (`positions.rs`). A rollback is recorded (with the new position, one batch), counted
+    /// and logged at once, and the position is then the one to go on from; otherwise returns
+    /// the position to write with the attestation's record, if it moved. Called under the
+    /// `positions` lock.
+    async fn check_position(
+        &self,
+        actor: &str,
+        node: &str,
+        now: Position,
+    ) -> Result<Option<Position>, Status> {
+        let key = positions::key(node, &now.signing_key);
+        let known = match self.audit.mark(&key).map_err(audit_err)? {
+            None => None,
+            Some(bytes) => match Position::decode(&bytes) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "an unreadable audit position: taking the new one");
+                    None
+                }
+            },
+        };
+        let seen = positions::compare(known.as_ref(), &now);
+        let Some(detail) = positions::rollback_detail(node, &seen, &now) else {
+            return Ok(seen.remember().then_some(now));
+        };
+        tracing::warn!(node, %detail, "audit rollback detected");
+        self.metrics.audit_rollback();
+        let record = audit::event(actor, "audit-rollback", "detected", detail);
+        self.audit
+            .append_marked(&self.signer, vec![record], (&key, &now.encode()))
+            .await
+            .map_err(audit_err)?;
+        Ok(None)
+    }
+}
+
 fn audit_err(e: crate::ControllerError) -> Status {
     tracing::error!(error = %e, "audit log write failed");
     Status::internal("the controller cannot write its audit log")
@@ -389,8 +432,34 @@ impl ControllerService {
             ));
             return Err(self.refuse(&actor, "attest", s).await);
         }
+        let mut signing_key = [0u8; 32];
+        signing_key.copy_from_slice(&r.signing_public_key);
+        let position = match positions::from_request(
+            signing_key,
+            r.audit_checkpoint_seq,
+            &r.audit_checkpoint_hash,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                let s = Status::invalid_argument(format!("attestation refused: {e}"));
+                return Err(self.refuse(&actor, "attest", s).await);
+            }
+        };
+        // From here to the write of the new position, one attestation at a time.
+        let _positions = self.positions.lock().await;
+        let remember = match position {
+            Some(p) => self.check_position(&actor, &caller.name, p).await?,
+            None => None,
+        };
         let reuse = ATTESTATION_REUSE.min(self.config.attestation_ttl / 10);
         if let Some(signed) = self.recent_attestations.get(&msg, reuse) {
+            if let Some(p) = remember {
+                let key = positions::key(&caller.name, &signing_key);
+                self.audit
+                    .append_marked(&self.signer, Vec::new(), (&key, &p.encode()))
+                    .await
+                    .map_err(audit_err)?;
+            }
             return Ok(Response::new(signed));
         }
         let now = now_ms();
@@ -416,22 +485,34 @@ impl ControllerService {
             }
         };
         let sig = lockbox_crypto::sign_attestation_body(&self.signer, &self.config.key_id, &body);
-        self.audit
-            .append(
-                &self.signer,
-                &actor,
-                "attest",
-                "ok",
-                format!(
-                    "node {} tls-spki {} assist {} ttl {}",
-                    caller.name,
-                    hex::encode(spki),
-                    assist.map_or_else(|| "none".to_string(), hex::encode),
-                    humantime::format_duration(self.config.attestation_ttl)
-                ),
-            )
-            .await
-            .map_err(audit_err)?;
+        let detail = format!(
+            "node {} tls-spki {} assist {} ttl {}{}",
+            caller.name,
+            hex::encode(spki),
+            assist.map_or_else(|| "none".to_string(), hex::encode),
+            humantime::format_duration(self.config.attestation_ttl),
+            position.map_or_else(String::new, |p| format!(
+                " audit-checkpoint {} {}",
+                p.seq,
+                hex::encode(p.hash)
+            )),
+        );
+        match remember {
+            // The new position in the same batch as the record of the attestation.
+            Some(p) => {
+                let key = positions::key(&caller.name, &signing_key);
+                let record = audit::event(&actor, "attest", "ok", detail);
+                self.audit
+                    .append_marked(&self.signer, vec![record], (&key, &p.encode()))
+                    .await
+            }
+            None => {
+                self.audit
+                    .append(&self.signer, &actor, "attest", "ok", detail)
+                    .await
+            }
+        }
+        .map_err(audit_err)?;
         let signed = pb::SignedAttestation {
             body,
             signatures: vec![sig],

@@ -17,6 +17,7 @@ mod metrics;
 mod migrate;
 mod prometheus_rules;
 mod revoke;
+mod rollback;
 mod seal;
 mod shred;
 mod transfer;

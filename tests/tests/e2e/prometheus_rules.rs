@@ -90,6 +90,11 @@ const METRICS: &[(&str, Kind, &[&str])] = &[
         Kind::Histogram,
         &["method"],
     ),
+    (
+        "lockbox_controller_audit_rollbacks_total",
+        Kind::Counter,
+        &[],
+    ),
     ("lockbox_controller_build_info", Kind::Gauge, &["version"]),
 ];
 

@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -97,30 +96,6 @@ fn controller_cli(ctl: &Controller, args: &[&str]) -> Output {
             .arg(ctl.config_path()),
         Duration::from_secs(30),
     )
-}
-
-fn data_dir(ctl: &Controller) -> PathBuf {
-    ctl.config_path().parent().unwrap().join("data")
-}
-
-/// Every record of the controller's audit log (it must be stopped), as (actor, action,
-/// outcome, detail).
-fn audit_records(data: &Path) -> Vec<(String, String, String, String)> {
-    let store = lockbox_store::Store::open(&data.join("audit"), 1 << 20).unwrap();
-    let out = store
-        .iter_after(lockbox_store::Ns::Audit, None)
-        .map(|r| {
-            let e = lockbox_crypto::AuditEntry::decode(&r.unwrap().1).unwrap();
-            (
-                e.event.actor,
-                e.event.action,
-                e.event.outcome,
-                e.event.detail,
-            )
-        })
-        .collect();
-    store.flush_blocking().unwrap();
-    out
 }
 
 fn count(records: &[(String, String, String, String)], action: &str, detail: &str) -> usize {
@@ -288,7 +263,7 @@ fn a_revoked_node_gets_no_vouch_and_no_attestation_until_unrevoked() {
     // The audit log is intact and names every change exactly once, and the refusals.
     let out = ctl.audit_verify();
     assert!(out.status.success(), "{}", describe_output(&out));
-    let records = audit_records(&data_dir(&ctl));
+    let records = ctl.audit_records();
     assert_eq!(
         count(&records, "revoke", "node host-a revoked at"),
         1,
@@ -333,7 +308,7 @@ fn a_damaged_revocation_list_stops_the_controller_naming_it() {
     let pki = Pki::new(TRUST_DOMAIN);
     let mut ctl = Controller::start(&pki, "ctl-1", "", "1h");
     ctl.stop();
-    let path = data_dir(&ctl).join("revoked");
+    let path = ctl.data_dir().join("revoked");
     std::fs::write(&path, "lockbox-controller revoked 1\nid nothex\n").unwrap();
     let out = run_with_timeout(
         Command::new(&binaries().controller)
@@ -375,7 +350,7 @@ fn a_caller_refused_in_a_loop_is_audited_up_to_a_budget() {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     }
     ctl.stop();
-    let records = audit_records(&data_dir(&ctl));
+    let records = ctl.audit_records();
     let refused = count(&records, "vouch", "only lockbox identities");
     assert_eq!(
         refused, 61,

@@ -99,6 +99,16 @@ pub struct AttestRequest {
     /// The node's assist public key (32 bytes, ristretto255), covered by the proof when set.
     #[prost(bytes = "vec", tag = "5")]
     pub assist_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// The node's newest durable audit checkpoint: its sequence number and the SHA-256 entry
+    /// hash of that checkpoint record (SPEC.md "Audit position"). The controller remembers the
+    /// highest position each node identity reported and records an `audit-rollback` when a node
+    /// comes back behind it or on another chain at the same position (a data dir restored from
+    /// an older copy). 0 and empty from nodes that predate it; not covered by the proof (the
+    /// mTLS identity of the connection already names the node).
+    #[prost(uint64, tag = "6")]
+    pub audit_checkpoint_seq: u64,
+    #[prost(bytes = "vec", tag = "7")]
+    pub audit_checkpoint_hash: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VouchRequest {}
