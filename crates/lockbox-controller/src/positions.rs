@@ -15,22 +15,22 @@
 //! `LockboxControllerAuditRollback`). The new position is remembered, so one rollback is
 //! reported once.
 //!
-//! Positions are node records of the audit database (`audit-position/<node>/<signing key>`,
-//! one per node identity), written in the same atomic batch as the record of the attestation
-//! or rollback that moved them. Losing one only weakens the check (the next report is taken
-//! as the first); never a refusal.
+//! Positions are node records of the audit database (`audit-position/<node>`, one per node
+//! name), written in the same atomic batch as the record of the attestation or rollback that
+//! moved them. Losing one only weakens the check (the next report is taken as the first);
+//! never a refusal. What a node reporting positions in a loop can make the controller write is
+//! bounded: the attestation record as before (re-served for a minute), and beyond it at most
+//! one rollback record and one position write per node a minute (`service.rs`); rollbacks past
+//! that are counted and logged, not recorded.
 
 use lockbox_runtime::now_unix_ms as now_ms;
 
-/// The audit database's node-record key of the position of `node` under `signing_key`. One
-/// per identity: a node initialized afresh under the same name starts a chain of its own, and
-/// whoever attests under a new key cannot reset the position the old identity reported (a
-/// copy of the old data dir still has the old key).
-pub fn key(node: &str, signing_key: &[u8; 32]) -> Vec<u8> {
+/// The audit database's node-record key of `node`'s position: one per node name, so what a
+/// node can make the controller keep is bounded by the names the CA issues (a node that
+/// attests under a new signing key replaces its record: a node initialized afresh).
+pub fn key(node: &str) -> Vec<u8> {
     let mut k = b"audit-position/".to_vec();
     k.extend_from_slice(node.as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(hex::encode(signing_key).as_bytes());
     k
 }
 

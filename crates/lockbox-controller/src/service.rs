@@ -59,7 +59,15 @@ pub struct ControllerService {
     /// Held from reading a node's audit position to writing the new one (`positions.rs`), so
     /// two attestations in flight never compare against a position the other is replacing.
     positions: tokio::sync::Mutex<()>,
+    /// Nodes whose rollback was recorded, or whose position was written on its own, within
+    /// [`POSITION_WRITES_EVERY`]: at most one of each per node in that time.
+    rollbacks_recorded: Recent<String, ()>,
+    positions_written: Recent<String, ()>,
 }
+
+/// How often a node can make this controller record a rollback, or write its position apart
+/// from an attestation record (`positions.rs`).
+const POSITION_WRITES_EVERY: Duration = Duration::from_secs(60);
 
 /// A refused request of a lockbox about itself (`Attest`, `Vouch`), with the outcome the vouch
 /// metric counts (`metrics::VOUCH_OUTCOMES`): `revoked` or `refused`.
@@ -88,6 +96,8 @@ impl ControllerService {
             recent_attestations: Recent::new(VOUCH_REUSE_MAX),
             refusal_budgets: std::sync::Mutex::new(RefusalBudgets::default()),
             positions: tokio::sync::Mutex::new(()),
+            rollbacks_recorded: Recent::new(VOUCH_REUSE_MAX),
+            positions_written: Recent::new(VOUCH_REUSE_MAX),
         }
     }
 
@@ -261,7 +271,7 @@ impl ControllerService {
         node: &str,
         now: Position,
     ) -> Result<Option<Position>, Status> {
-        let key = positions::key(node, &now.signing_key);
+        let key = positions::key(node);
         let known = match self.audit.mark(&key).map_err(audit_err)? {
             None => None,
             Some(bytes) => match Position::decode(&bytes) {
@@ -276,13 +286,24 @@ impl ControllerService {
         let Some(detail) = positions::rollback_detail(node, &seen, &now) else {
             return Ok(seen.remember().then_some(now));
         };
-        tracing::warn!(node, %detail, "audit rollback detected");
         self.metrics.audit_rollback();
+        let node_name = node.to_string();
+        if self
+            .rollbacks_recorded
+            .get(&node_name, POSITION_WRITES_EVERY)
+            .is_some()
+        {
+            tracing::warn!(node, %detail, "audit rollback detected again within a minute: counted, not recorded");
+            return Ok(None);
+        }
+        tracing::warn!(node, %detail, "audit rollback detected");
         let record = audit::event(actor, "audit-rollback", "detected", detail);
         self.audit
             .append_marked(&self.signer, vec![record], (&key, &now.encode()))
             .await
             .map_err(audit_err)?;
+        self.rollbacks_recorded
+            .put(node_name, (), POSITION_WRITES_EVERY);
         Ok(None)
     }
 }
@@ -453,12 +474,21 @@ impl ControllerService {
         };
         let reuse = ATTESTATION_REUSE.min(self.config.attestation_ttl / 10);
         if let Some(signed) = self.recent_attestations.get(&msg, reuse) {
-            if let Some(p) = remember {
-                let key = positions::key(&caller.name, &signing_key);
+            // No attestation record to ride with: the position alone, once a minute at most
+            // (a position not written only lags, which never reads as a rollback).
+            if let Some(p) = remember
+                && self
+                    .positions_written
+                    .get(&caller.name, POSITION_WRITES_EVERY)
+                    .is_none()
+            {
+                let key = positions::key(&caller.name);
                 self.audit
                     .append_marked(&self.signer, Vec::new(), (&key, &p.encode()))
                     .await
                     .map_err(audit_err)?;
+                self.positions_written
+                    .put(caller.name.clone(), (), POSITION_WRITES_EVERY);
             }
             return Ok(Response::new(signed));
         }
@@ -500,7 +530,7 @@ impl ControllerService {
         match remember {
             // The new position in the same batch as the record of the attestation.
             Some(p) => {
-                let key = positions::key(&caller.name, &signing_key);
+                let key = positions::key(&caller.name);
                 let record = audit::event(&actor, "attest", "ok", detail);
                 self.audit
                     .append_marked(&self.signer, vec![record], (&key, &p.encode()))

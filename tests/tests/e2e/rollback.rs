@@ -102,11 +102,12 @@ fn a_data_dir_restored_from_an_older_copy_is_reported_by_the_controller() {
 
 /// The controller's side, driven by a client that reports positions of its choosing: a
 /// position that cannot be read is refused by name; one behind, or on another chain at the
-/// same number, is recorded each time it first shows (also when the attestation itself is
-/// re-served from the controller's recent ones); the same position again is not.
+/// same number, is recorded when it first shows (also when the attestation itself is re-served
+/// from the controller's recent ones), at most once a minute per node (a node reporting
+/// rollbacks in a loop is counted, not recorded each time); the same position again is not.
 #[test]
 fn the_controller_compares_positions_strictly() {
-    let mut c = Cluster::start(&["host-a"], "");
+    let mut c = Cluster::start(&["host-a", "host-b"], "");
     let url = c.controller.url.clone();
     let rogue = lockbox_tests::rogue::Rogue::new(c.lockbox_tls("host-a"), "host-a");
     for (seq, hash, why) in [
@@ -125,16 +126,30 @@ fn the_controller_compares_positions_strictly() {
     rogue.attest_at(&url, 12, &[2; 32]).unwrap();
     rogue.attest_at(&url, 11, &[3; 32]).unwrap();
     rogue.attest_at(&url, 11, &[3; 32]).unwrap();
-    rogue.attest_at(&url, 11, &[4; 32]).unwrap();
+    // Within the minute: counted and logged, not recorded.
+    for seq in (1..=10).rev() {
+        rogue.attest_at(&url, seq, &[5; 32]).unwrap();
+    }
+    // The same number on another chain, on another node.
+    let b = lockbox_tests::rogue::Rogue::new(c.lockbox_tls("host-b"), "host-b");
+    b.attest_at(&url, 7, &[3; 32]).unwrap();
+    b.attest_at(&url, 7, &[4; 32]).unwrap();
+    assert_eq!(
+        c.controller.log().matches("counted, not recorded").count(),
+        10,
+        "{}",
+        c.controller.log()
+    );
     let found = rollbacks(&mut c);
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(
-        found[0].contains("checkpoint 11 (0303") && found[0].contains("behind checkpoint 12"),
+        found[0].contains("node host-a reports audit checkpoint 11 (0303")
+            && found[0].contains("behind checkpoint 12"),
         "{found:?}"
     );
     assert!(
-        found[1].contains("checkpoint 11 (0404")
-            && found[1].contains("another chain than checkpoint 11 (0303"),
+        found[1].contains("node host-b reports audit checkpoint 7 (0404")
+            && found[1].contains("another chain than checkpoint 7 (0303"),
         "{found:?}"
     );
 }
