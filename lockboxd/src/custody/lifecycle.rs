@@ -130,6 +130,7 @@ pub fn ensure_keyfile(path: &Path) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(path))?;
+    crate::failpoint::hit("keyfile-created");
     f.write_all(secret.expose_secret()).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))?;
     Ok(())
@@ -182,6 +183,7 @@ pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Res
         parallelism: 1,
     };
     load_or_create_assist(&config.assist_key_path())?;
+    crate::failpoint::hit("init-after-assist");
     let recovery = match (&secrets.recovery, policy.recovery) {
         (Some(r), true) => Some((check_passphrase(r, "recovery passphrase")?, argon)),
         (None, true) => {
@@ -245,6 +247,7 @@ pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Res
         }
         return Err(e);
     }
+    crate::failpoint::hit("init-after-store");
     // The keyring goes last: its presence is what "initialized" means.
     write_file_atomic(&keyring_path, &keyring.encode(), 0o600)?;
     Ok(())

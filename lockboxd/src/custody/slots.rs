@@ -116,6 +116,7 @@ impl Custody {
             // with nothing replaced.
             txn.audit(Some(&u), caller, Event::ok("unseal-enroll", "", detail))?;
             let bytes = next.encode();
+            crate::failpoint::hit("enroll-before-keyring");
             if let Err(e) = write_file_atomic(&self.keyring_path, &bytes, 0o600) {
                 // A step after the rename (the directory's fsync) may have failed: the next
                 // start unseals with what the file holds, so memory and the audit follow it.
@@ -124,6 +125,7 @@ impl Custody {
                 }
                 tracing::warn!(error = %e, "the new keyring is in place, but not known durable");
             }
+            crate::failpoint::hit("enroll-after-keyring");
             self.set_keyring(next);
             txn.apply()?.durable().await
         }
