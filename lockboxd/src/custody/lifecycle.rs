@@ -114,26 +114,63 @@ pub(super) fn load_or_create_assist(path: &Path) -> Result<AssistIdentity> {
 }
 
 /// Creates the keyfile (32 random bytes, mode 0600) unless it exists.
+///
+/// The bytes go to a temporary file first (written, synced), which is then hard-linked into
+/// place: a kill part-way leaves no key file at all (never an empty or short one, which every
+/// later `init` or `unseal enroll` would refuse until removed by hand), and a key file that
+/// appeared meanwhile is kept, never replaced. The directory is synced after, so that a power
+/// loss cannot keep a keyring wrapped to this key file and lose the file. Where hard links are
+/// not supported (e.g. FAT media) the file is created in place, as before.
 pub fn ensure_keyfile(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let secret = SecretBytes::random(32)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    crate::failpoint::hit("keyfile-created");
-    f.write_all(secret.expose_secret()).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))?;
-    Ok(())
+    let write_new = |at: &Path| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(at)
+            .map_err(io_err(at))?;
+        crate::failpoint::hit("keyfile-created");
+        f.write_all(secret.expose_secret()).map_err(io_err(at))?;
+        f.sync_all().map_err(io_err(at))
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keyfile".into());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
+        _ => {}
+    }
+    write_new(&tmp)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        tracing::warn!(error = %e, path = %tmp.display(), "cannot remove a temporary key file");
+    }
+    match linked {
+        Ok(()) => {}
+        // Made meanwhile by another caller: that one stands.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(),
+                "cannot hard-link the new key file into place; writing it in place");
+            write_new(path)?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// What `init` needs besides the config: the secrets of the slots it creates.
@@ -250,6 +287,15 @@ pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Res
     crate::failpoint::hit("init-after-store");
     // The keyring goes last: its presence is what "initialized" means.
     write_file_atomic(&keyring_path, &keyring.encode(), 0o600)?;
+    // The data dir's own name, when this call made it: a power loss must not take back an
+    // init it reported done. Best effort: the data dir itself is complete and synced.
+    let parent = match config.data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Err(e) = std::fs::File::open(parent).and_then(|d| d.sync_all()) {
+        tracing::warn!(error = %e, dir = %parent.display(), "cannot sync the data dir's parent");
+    }
     Ok(())
 }
 

@@ -71,7 +71,7 @@ fn assert_audit_verifies(node: &Node, after: &str) {
 /// The keyring fingerprint an audit record's detail names (`keyring <method> <hex>`).
 fn keyring_named(detail: &str) -> Option<String> {
     let rest = &detail[detail.find("keyring ")? + "keyring ".len()..];
-    let mut words = rest.split(|c: char| c == ' ' || c == ',' || c == ';');
+    let mut words = rest.split([' ', ',', ';']);
     let _method = words.next()?;
     words.next().map(str::to_owned)
 }
@@ -161,7 +161,10 @@ fn enroll_killed_after_the_keyring_is_replaced_is_audited() {
 
     restart_after_crash(&mut node, fp);
     let s = node.status();
-    assert_eq!(s["sealed"], false, "the new key file slot did not unseal: {s}");
+    assert_eq!(
+        s["sealed"], false,
+        "the new key file slot did not unseal: {s}"
+    );
     assert_eq!(s["unseal"]["method"], "keyfile", "{s}");
     assert_eq!(node.key_bytes(&key), bytes);
     let records = audit_records(&node);
@@ -276,6 +279,10 @@ fn a_watermark_sealed_under_a_retired_kek_does_not_stop_the_restart() {
     node.kill9();
 
     restart_after_crash(&mut node, "a late watermark write");
+    assert!(
+        node.log_contents().contains("a finished rotation retired"),
+        "the start does not say why it did not check the watermark"
+    );
     assert_eq!(node.status()["sealed"], false);
     assert_eq!(node.key_bytes(&key), bytes);
     // The start wrote a current watermark, so the rollback check is back in force.
@@ -295,7 +302,12 @@ fn init_killed_midway_says_what_to_do_and_can_be_run_again() {
         let mut node = Node::new_uninit(NodeOptions::default());
         set_failpoint(&mut node, Some(fp));
         let out = node.init_output();
-        assert_eq!(out.status.code(), Some(FAILPOINT_EXIT), "{fp}: {}", describe_output(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(FAILPOINT_EXIT),
+            "{fp}: {}",
+            describe_output(&out)
+        );
         assert!(
             !String::from_utf8_lossy(&out.stdout).contains("initialized"),
             "{fp}: {}",
