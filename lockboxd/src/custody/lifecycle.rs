@@ -467,7 +467,13 @@ impl Custody {
         let mut txn = self.write_txn().await;
         self.check_head(&txn.state(), &unlocked)?;
         self.set_unlocked(Some(unlocked.clone()));
-        let detail = format!("kek {}", keyring.current_kek_id());
+        // The keyring opened, named as an enrollment's records name it (`slots.rs`): after a
+        // crash in the middle of one, this says whether it took effect.
+        let detail = format!(
+            "kek {}, keyring {}",
+            keyring.current_kek_id(),
+            super::slots::keyring_fingerprint(&keyring)
+        );
         txn.audit(Some(&unlocked), caller, Event::ok("unseal", "", detail))?;
         if txn.state().key_states.is_none() {
             // A data dir of an earlier release: count the key records by state once.
