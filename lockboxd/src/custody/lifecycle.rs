@@ -361,6 +361,17 @@ async fn init_store(
     Ok(())
 }
 
+/// What the audit watermark check found (see `Custody::check_watermark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watermark {
+    /// No watermark file.
+    Absent,
+    /// The store holds the record it names.
+    Checked,
+    /// Sealed under a KEK a finished rotation retired: stale, to be rewritten.
+    Retired,
+}
+
 impl Custody {
     /// Opens an initialized data dir. The node starts sealed; call [`Custody::unseal`] (the
     /// daemon does so at once for the keyfile method).
@@ -465,7 +476,7 @@ impl Custody {
             hpke: Arc::new(hpke),
         });
         let mut txn = self.write_txn().await;
-        self.check_head(&txn.state(), &unlocked)?;
+        let watermark = self.check_head(&txn.state(), &unlocked)?;
         self.set_unlocked(Some(unlocked.clone()));
         // The keyring opened, named as an enrollment's records name it (`slots.rs`): after a
         // crash in the middle of one, this says whether it took effect.
@@ -475,6 +486,10 @@ impl Custody {
             super::slots::keyring_fingerprint(&keyring)
         );
         txn.audit(Some(&unlocked), caller, Event::ok("unseal", "", detail))?;
+        if watermark == Watermark::Retired {
+            // A checkpoint, so that a current watermark is written once this batch is durable.
+            txn.checkpoint(&unlocked)?;
+        }
         if txn.state().key_states.is_none() {
             // A data dir of an earlier release: count the key records by state once.
             let counts = self.count_key_states(&unlocked)?;
@@ -497,7 +512,7 @@ impl Custody {
     /// The sealed audit head must match the chain's last record: otherwise records were
     /// appended or removed behind the daemon's back. Entries written while sealed (refused
     /// unseal attempts) follow the head legitimately and are covered by the next head.
-    pub(super) fn check_head(&self, ws: &WriteState, u: &Unlocked) -> Result<()> {
+    pub(super) fn check_head(&self, ws: &WriteState, u: &Unlocked) -> Result<Watermark> {
         let Some(sealed) = self.store.get(Ns::Node, NODE_AUDIT_HEAD)? else {
             return Err(CustodyError::Corrupt("audit head record is missing".into()));
         };
@@ -530,13 +545,36 @@ impl Custody {
     /// must not be ahead of the log, and the record it names must be the one it recorded: a
     /// store that lost its tail, or a database rolled back to an older copy while the data dir
     /// kept its files, refuses to unseal instead of silently serving the older state.
-    fn check_watermark(&self, ws: &WriteState, u: &Unlocked) -> Result<()> {
+    ///
+    /// A watermark sealed under a KEK older than every KEK of the keyring predates the last
+    /// finished rotation, which wrote a watermark of its own before it dropped that KEK: it
+    /// is an older checkpoint's, written late (a checkpoint's writer writes it after its batch
+    /// is durable, without the writer lock, and a rotation may run in between), or left by a
+    /// failed write. It proves nothing either way, as a missing one does not, and is not
+    /// cause to refuse: [`Watermark::Retired`] asks the unseal for a checkpoint, which writes
+    /// a current one. One sealed under a KEK newer than the keyring's (a keyring put back
+    /// from an older copy) is still refused.
+    fn check_watermark(&self, ws: &WriteState, u: &Unlocked) -> Result<Watermark> {
         let sealed = match std::fs::read(&self.watermark_path) {
             Ok(b) => b,
             // Data dirs of earlier releases, and nodes that never checkpointed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Watermark::Absent),
             Err(e) => return Err(io_err(&self.watermark_path)(e)),
         };
+        if let Ok(kek) = lockbox_crypto::sealed_kek_id(&sealed)
+            && u.unsealed
+                .kek_ids()
+                .first()
+                .is_some_and(|&oldest| kek < oldest)
+        {
+            tracing::warn!(
+                path = %self.watermark_path.display(),
+                kek,
+                "the audit watermark is sealed under a KEK a finished rotation retired: it \
+                 predates that rotation's checkpoint; not checked, a current one is written now"
+            );
+            return Ok(Watermark::Retired);
+        }
         let plain = u
             .unsealed
             .open(RecordKind::AuditHead, AUDIT_WATERMARK, &sealed)
@@ -569,7 +607,7 @@ impl Custody {
             .get(Ns::Audit, &seq.to_be_bytes())?
             .map(|b| lockbox_crypto::AuditEntry::decode(&b).map(|e| e.hash()));
         match recorded {
-            Some(Ok(h)) if h.as_slice() == hash => Ok(()),
+            Some(Ok(h)) if h.as_slice() == hash => Ok(Watermark::Checked),
             _ => Err(CustodyError::AuditRolledBack(format!(
                 "audit record {seq} is not the one {path} recorded at a checkpoint: the log \
                  was rewritten or rolled back"
