@@ -217,8 +217,11 @@ impl Custody {
         outcome: &str,
         detail: String,
     ) -> Result<()> {
-        let u = self.unlocked().ok();
         let mut txn = self.write_txn().await;
+        // Read under the writer lock, which seal and unseal hold while they change it: read
+        // before, an unseal in between left a record written unsealed that does not move the
+        // sealed head, and `audit verify` reported the log's last record as tampered with.
+        let u = self.unlocked().ok();
         let event = if outcome == "ok" {
             Event::ok(action, "", detail)
         } else {
