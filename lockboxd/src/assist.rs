@@ -802,6 +802,30 @@ mod tests {
         assert_eq!(revocations(dir.path(), &[("ctl-1", 1)]).list(), ["host-x"]);
     }
 
+    /// A save killed part-way leaves its temporary file (any bytes) beside the lists saved
+    /// before: the next start loads those and ignores the leftover, and the next save
+    /// replaces it.
+    #[test]
+    fn a_save_killed_midway_leaves_the_lists_saved_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = [("ctl-1", 1)];
+        let r = revocations(dir.path(), &ctl);
+        let now = now_ms();
+        let l = list(&controller(1), "ctl-1", now, &["host-x".into()], 0);
+        assert_eq!(r.accept(l), Ok(true));
+        r.save();
+        let tmp = dir.path().join(".revocations.tmp");
+        std::fs::write(&tmp, b"\x0a\xff half a list").unwrap();
+        let again = revocations(dir.path(), &ctl);
+        assert_eq!(again.list(), ["host-x"]);
+        let names = ["host-x".to_string(), "host-y".to_string()];
+        let l = list(&controller(1), "ctl-1", now + 1, &names, 0);
+        assert_eq!(again.accept(l), Ok(true));
+        again.save();
+        assert!(!tmp.exists());
+        assert_eq!(revocations(dir.path(), &ctl).list(), names);
+    }
+
     /// A controller that answers `Revocations` with one fixed list.
     struct Fixed(pb::SignedRevocations);
 

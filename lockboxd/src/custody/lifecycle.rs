@@ -114,25 +114,63 @@ pub(super) fn load_or_create_assist(path: &Path) -> Result<AssistIdentity> {
 }
 
 /// Creates the keyfile (32 random bytes, mode 0600) unless it exists.
+///
+/// The bytes go to a temporary file first (written, synced), which is then hard-linked into
+/// place: a kill part-way leaves no key file at all (never an empty or short one, which every
+/// later `init` or `unseal enroll` would refuse until removed by hand), and a key file that
+/// appeared meanwhile is kept, never replaced. The directory is synced after, so that a power
+/// loss cannot keep a keyring wrapped to this key file and lose the file. Where hard links are
+/// not supported (e.g. FAT media) the file is created in place, as before.
 pub fn ensure_keyfile(path: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let secret = SecretBytes::random(32)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.write_all(secret.expose_secret()).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))?;
-    Ok(())
+    let write_new = |at: &Path| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(at)
+            .map_err(io_err(at))?;
+        crate::failpoint::hit("keyfile-created");
+        f.write_all(secret.expose_secret()).map_err(io_err(at))?;
+        f.sync_all().map_err(io_err(at))
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keyfile".into());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
+        _ => {}
+    }
+    write_new(&tmp)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        tracing::warn!(error = %e, path = %tmp.display(), "cannot remove a temporary key file");
+    }
+    match linked {
+        Ok(()) => {}
+        // Made meanwhile by another caller: that one stands.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(),
+                "cannot hard-link the new key file into place; writing it in place");
+            write_new(path)?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// What `init` needs besides the config: the secrets of the slots it creates.
@@ -182,6 +220,7 @@ pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Res
         parallelism: 1,
     };
     load_or_create_assist(&config.assist_key_path())?;
+    crate::failpoint::hit("init-after-assist");
     let recovery = match (&secrets.recovery, policy.recovery) {
         (Some(r), true) => Some((check_passphrase(r, "recovery passphrase")?, argon)),
         (None, true) => {
@@ -245,8 +284,18 @@ pub async fn init(config: &Config, policy: &Policy, secrets: InitSecrets) -> Res
         }
         return Err(e);
     }
+    crate::failpoint::hit("init-after-store");
     // The keyring goes last: its presence is what "initialized" means.
     write_file_atomic(&keyring_path, &keyring.encode(), 0o600)?;
+    // The data dir's own name, when this call made it: a power loss must not take back an
+    // init it reported done. Best effort: the data dir itself is complete and synced.
+    let parent = match config.data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Err(e) = std::fs::File::open(parent).and_then(|d| d.sync_all()) {
+        tracing::warn!(error = %e, dir = %parent.display(), "cannot sync the data dir's parent");
+    }
     Ok(())
 }
 
@@ -310,6 +359,17 @@ async fn init_store(
     store.commit(batch).await?;
     store.flush_blocking()?;
     Ok(())
+}
+
+/// What the audit watermark check found (see `Custody::check_watermark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Watermark {
+    /// No watermark file.
+    Absent,
+    /// The store holds the record it names.
+    Checked,
+    /// Sealed under a KEK a finished rotation retired: stale, to be rewritten.
+    Retired,
 }
 
 impl Custody {
@@ -416,10 +476,20 @@ impl Custody {
             hpke: Arc::new(hpke),
         });
         let mut txn = self.write_txn().await;
-        self.check_head(&txn.state(), &unlocked)?;
+        let watermark = self.check_head(&txn.state(), &unlocked)?;
         self.set_unlocked(Some(unlocked.clone()));
-        let detail = format!("kek {}", keyring.current_kek_id());
+        // The keyring opened, named as an enrollment's records name it (`slots.rs`): after a
+        // crash in the middle of one, this says whether it took effect.
+        let detail = format!(
+            "kek {}, keyring {}",
+            keyring.current_kek_id(),
+            super::slots::keyring_fingerprint(&keyring)
+        );
         txn.audit(Some(&unlocked), caller, Event::ok("unseal", "", detail))?;
+        if watermark == Watermark::Retired {
+            // A checkpoint, so that a current watermark is written once this batch is durable.
+            txn.checkpoint(&unlocked)?;
+        }
         if txn.state().key_states.is_none() {
             // A data dir of an earlier release: count the key records by state once.
             let counts = self.count_key_states(&unlocked)?;
@@ -442,7 +512,7 @@ impl Custody {
     /// The sealed audit head must match the chain's last record: otherwise records were
     /// appended or removed behind the daemon's back. Entries written while sealed (refused
     /// unseal attempts) follow the head legitimately and are covered by the next head.
-    pub(super) fn check_head(&self, ws: &WriteState, u: &Unlocked) -> Result<()> {
+    pub(super) fn check_head(&self, ws: &WriteState, u: &Unlocked) -> Result<Watermark> {
         let Some(sealed) = self.store.get(Ns::Node, NODE_AUDIT_HEAD)? else {
             return Err(CustodyError::Corrupt("audit head record is missing".into()));
         };
@@ -475,13 +545,36 @@ impl Custody {
     /// must not be ahead of the log, and the record it names must be the one it recorded: a
     /// store that lost its tail, or a database rolled back to an older copy while the data dir
     /// kept its files, refuses to unseal instead of silently serving the older state.
-    fn check_watermark(&self, ws: &WriteState, u: &Unlocked) -> Result<()> {
+    ///
+    /// A watermark sealed under a KEK older than every KEK of the keyring predates the last
+    /// finished rotation, which wrote a watermark of its own before it dropped that KEK: it
+    /// is an older checkpoint's, written late (a checkpoint's writer writes it after its batch
+    /// is durable, without the writer lock, and a rotation may run in between), or left by a
+    /// failed write. It proves nothing either way, as a missing one does not, and is not
+    /// cause to refuse: [`Watermark::Retired`] asks the unseal for a checkpoint, which writes
+    /// a current one. One sealed under a KEK newer than the keyring's (a keyring put back
+    /// from an older copy) is still refused.
+    fn check_watermark(&self, ws: &WriteState, u: &Unlocked) -> Result<Watermark> {
         let sealed = match std::fs::read(&self.watermark_path) {
             Ok(b) => b,
             // Data dirs of earlier releases, and nodes that never checkpointed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Watermark::Absent),
             Err(e) => return Err(io_err(&self.watermark_path)(e)),
         };
+        if let Ok(kek) = lockbox_crypto::sealed_kek_id(&sealed)
+            && u.unsealed
+                .kek_ids()
+                .first()
+                .is_some_and(|&oldest| kek < oldest)
+        {
+            tracing::warn!(
+                path = %self.watermark_path.display(),
+                kek,
+                "the audit watermark is sealed under a KEK a finished rotation retired: it \
+                 predates that rotation's checkpoint; not checked, a current one is written now"
+            );
+            return Ok(Watermark::Retired);
+        }
         let plain = u
             .unsealed
             .open(RecordKind::AuditHead, AUDIT_WATERMARK, &sealed)
@@ -514,7 +607,7 @@ impl Custody {
             .get(Ns::Audit, &seq.to_be_bytes())?
             .map(|b| lockbox_crypto::AuditEntry::decode(&b).map(|e| e.hash()));
         match recorded {
-            Some(Ok(h)) if h.as_slice() == hash => Ok(()),
+            Some(Ok(h)) if h.as_slice() == hash => Ok(Watermark::Checked),
             _ => Err(CustodyError::AuditRolledBack(format!(
                 "audit record {seq} is not the one {path} recorded at a checkpoint: the log \
                  was rewritten or rolled back"

@@ -52,6 +52,7 @@ impl Custody {
         }
         let (keyring, unsealed) = keyring.add_kek(&u.unsealed)?;
         write_file_atomic(&self.keyring_path, &keyring.encode(), 0o600)?;
+        crate::failpoint::hit("rotate-after-add-kek");
         let unlocked = Arc::new(Unlocked {
             unsealed,
             signing: u.signing.clone(),
@@ -151,6 +152,7 @@ impl Custody {
                     let full = std::mem::take(txn.batch());
                     self.store.commit(full).await?;
                     self.keys_written.fetch_add(1, Ordering::SeqCst);
+                    crate::failpoint::hit("rotate-after-reseal-batch");
                 }
             }
         }
@@ -161,10 +163,12 @@ impl Custody {
         // The lock stays held until the keyring no longer holds the old KEK.
         let mut applied = txn.apply()?;
         applied.durable_locked().await?;
+        crate::failpoint::hit("rotate-before-drop");
         // Every record is now under the new KEK: drop the old ones from the keyring, which is
         // what makes destroyed material (still in the log-structured store) undecryptable.
         let (keyring, unsealed) = keyring.retain_current_only(&unlocked.unsealed)?;
         write_file_atomic(&self.keyring_path, &keyring.encode(), 0o600)?;
+        crate::failpoint::hit("rotate-after-drop");
         self.set_keyring(keyring);
         self.set_unlocked(Some(Arc::new(Unlocked {
             unsealed,

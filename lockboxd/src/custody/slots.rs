@@ -5,7 +5,7 @@
 //! `assist.rs`); here are the keyring and the audit records.
 
 use lockbox_crypto::assist::PeerSlot;
-use lockbox_crypto::{NewSlot, RecoveryChange, SecretBytes, UnsealMethod};
+use lockbox_crypto::{Keyring, NewSlot, RecoveryChange, SecretBytes, UnsealMethod};
 use lockbox_store::write_file_atomic;
 
 use super::txn::Event;
@@ -46,6 +46,19 @@ pub enum Enroll<'a> {
         /// The key the peer slot splits.
         peers_key: &'a SecretBytes,
     },
+}
+
+/// How the audit log names a keyring: its primary method and the first 8 bytes of the
+/// SHA-256 of its file, in hex (of wrapped keys only: it tells keyrings apart, nothing more).
+/// An enrollment's records and every unseal's name the keyring they wrote or opened.
+pub(super) fn keyring_fingerprint(keyring: &Keyring) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(keyring.encode());
+    format!(
+        "{} {}",
+        keyring.method().as_str(),
+        hex::encode(&digest[..8])
+    )
 }
 
 impl Custody {
@@ -112,10 +125,26 @@ impl Custody {
                 },
             };
             let next = keyring.rewrap(&u.unsealed, slot, recovery)?;
-            // Staged before the file changes: a change the audit chain cannot take is refused
-            // with nothing replaced.
-            txn.audit(Some(&u), caller, Event::ok("unseal-enroll", "", detail))?;
+            let detail = format!("{detail}; keyring {}", keyring_fingerprint(&next));
+            // On record, durably, before the file changes (a change the audit chain cannot
+            // take is refused with nothing replaced): a kill between the two leaves a `begun`
+            // record naming the keyring being written, and the next unseal's record names the
+            // keyring it opened, so the log says whether the enrollment took effect. Without
+            // it, a kill after the rename left a node unsealing by a method no record named.
+            txn.audit(
+                Some(&u),
+                caller,
+                Event {
+                    action: "unseal-enroll",
+                    key_id: "",
+                    outcome: "begun",
+                    detail: detail.clone(),
+                },
+            )?;
+            let mut applied = txn.apply()?;
+            applied.durable_locked().await?;
             let bytes = next.encode();
+            crate::failpoint::hit("enroll-before-keyring");
             if let Err(e) = write_file_atomic(&self.keyring_path, &bytes, 0o600) {
                 // A step after the rename (the directory's fsync) may have failed: the next
                 // start unseals with what the file holds, so memory and the audit follow it.
@@ -124,7 +153,10 @@ impl Custody {
                 }
                 tracing::warn!(error = %e, "the new keyring is in place, but not known durable");
             }
+            crate::failpoint::hit("enroll-after-keyring");
             self.set_keyring(next);
+            let mut txn = applied.next();
+            txn.audit(Some(&u), caller, Event::ok("unseal-enroll", "", detail))?;
             txn.apply()?.durable().await
         }
         .await;
@@ -185,8 +217,11 @@ impl Custody {
         outcome: &str,
         detail: String,
     ) -> Result<()> {
-        let u = self.unlocked().ok();
         let mut txn = self.write_txn().await;
+        // Read under the writer lock, which seal and unseal hold while they change it: read
+        // before, an unseal in between left a record written unsealed that does not move the
+        // sealed head, and `audit verify` reported the log's last record as tampered with.
+        let u = self.unlocked().ok();
         let event = if outcome == "ok" {
             Event::ok(action, "", detail)
         } else {

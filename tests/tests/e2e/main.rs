@@ -9,6 +9,7 @@ mod config;
 mod consumers;
 mod controller;
 mod crash;
+mod crash_slots;
 mod disk_full;
 mod durability;
 mod hardening;
