@@ -104,6 +104,9 @@ pub struct Custody {
     keyring_path: PathBuf,
     /// Where the sealed audit watermark is written after each durable checkpoint.
     watermark_path: PathBuf,
+    /// The checkpoint sequence number of the last watermark this process wrote: one only
+    /// ever replaces it with a newer one (`txn.rs`, `write_watermark`).
+    watermark_written: std::sync::Mutex<u64>,
     keyfile_path: PathBuf,
     keyring: RwLock<Keyring>,
     policy: Policy,

@@ -437,6 +437,7 @@ impl Custody {
             store,
             keyring_path,
             watermark_path: config.watermark_path(),
+            watermark_written: std::sync::Mutex::new(0),
             keyfile_path: config.unseal.keyfile.clone(),
             keyring: RwLock::new(keyring),
             policy: policy.clone(),

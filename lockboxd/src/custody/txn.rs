@@ -142,8 +142,9 @@ pub(super) struct WriteTxn<'a> {
     ws: Option<MutexGuard<'a, WriteState>>,
     before: WriteState,
     batch: Batch,
-    /// The audit watermark to write once the batch is durable (set by a checkpoint).
-    watermark: Option<Vec<u8>>,
+    /// The audit watermark to write once the batch is durable (set by a checkpoint): its
+    /// checkpoint's sequence number and the sealed bytes.
+    watermark: Option<(u64, Vec<u8>)>,
 }
 
 impl Custody {
@@ -300,12 +301,10 @@ impl<'a> WriteTxn<'a> {
         };
         self.push_entry(entry);
         let ws = self.state();
-        self.watermark = Some(seal_position(
-            &u.unsealed,
-            AUDIT_WATERMARK,
+        self.watermark = Some((
             ws.audit_seq,
-            &ws.audit_hash,
-        )?);
+            seal_position(&u.unsealed, AUDIT_WATERMARK, ws.audit_seq, &ws.audit_hash)?,
+        ));
         Ok(())
     }
 
@@ -387,7 +386,7 @@ pub(super) struct Applied<'a> {
     ws: MutexGuard<'a, WriteState>,
     generation: u64,
     /// Written once the batch is durable, never before (it must not run ahead of the store).
-    watermark: Option<Vec<u8>>,
+    watermark: Option<(u64, Vec<u8>)>,
 }
 
 impl<'a> Applied<'a> {
@@ -411,7 +410,7 @@ impl<'a> Applied<'a> {
         } = self;
         drop(ws);
         custody.store.durable(generation).await?;
-        custody.write_watermark(watermark.as_deref());
+        custody.write_watermark(watermark);
         Ok(())
     }
 
@@ -419,8 +418,7 @@ impl<'a> Applied<'a> {
     /// run ahead of it).
     pub async fn durable_locked(&mut self) -> Result<()> {
         self.custody.store.durable(self.generation).await?;
-        self.custody
-            .write_watermark(self.watermark.take().as_deref());
+        self.custody.write_watermark(self.watermark.take());
         Ok(())
     }
 
@@ -434,15 +432,30 @@ impl Custody {
     /// Writes the sealed audit watermark (after the batch holding its checkpoint is durable).
     /// A failure is logged, not returned: the mutation it follows is durable and answered;
     /// the watermark only lags (the rollback check is then against an older checkpoint).
-    fn write_watermark(&self, sealed: Option<&[u8]>) {
-        if let Some(sealed) = sealed
-            && let Err(e) = lockbox_store::write_file_atomic(&self.watermark_path, sealed, 0o600)
-        {
-            tracing::error!(
+    ///
+    /// Only ever forward: writers reach here after their batch is durable, outside the writer
+    /// lock, so an older checkpoint's writer can arrive after a newer one's (both woken by one
+    /// sync, or a rotation in between that re-sealed under a new KEK and retired the KEK the
+    /// older watermark is sealed under). Writing it then would put back a watermark that lags,
+    /// or one no KEK of the keyring opens.
+    fn write_watermark(&self, watermark: Option<(u64, Vec<u8>)>) {
+        let Some((seq, sealed)) = watermark else {
+            return;
+        };
+        let mut written = self
+            .watermark_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seq <= *written {
+            return;
+        }
+        match lockbox_store::write_file_atomic(&self.watermark_path, &sealed, 0o600) {
+            Ok(()) => *written = seq,
+            Err(e) => tracing::error!(
                 error = %e,
                 path = %self.watermark_path.display(),
                 "cannot write the audit watermark"
-            );
+            ),
         }
     }
 
@@ -513,5 +526,25 @@ mod tests {
             over.len() <= MAX_AUDIT_KEY_ID + 4 && over.ends_with("more bytes)"),
             "{over}"
         );
+    }
+}
+
+#[cfg(test)]
+mod watermark_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::keys::test_support::custody;
+
+    /// A checkpoint's writer that arrives after a newer one's (both woken by one sync, or a
+    /// KEK rotation in between) leaves the newer watermark in place.
+    #[tokio::test]
+    async fn an_older_watermark_arriving_late_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = custody(dir.path(), "").await;
+        c.write_watermark(Some((2000, b"newer".to_vec())));
+        c.write_watermark(Some((1000, b"older".to_vec())));
+        c.write_watermark(Some((2000, b"again".to_vec())));
+        assert_eq!(std::fs::read(&c.watermark_path).unwrap(), b"newer");
+        c.write_watermark(Some((2001, b"next".to_vec())));
+        assert_eq!(std::fs::read(&c.watermark_path).unwrap(), b"next");
     }
 }
