@@ -16,6 +16,7 @@ mod keys;
 mod metrics;
 mod migrate;
 mod prometheus_rules;
+mod review_controller;
 mod revoke;
 mod seal;
 mod shred;
