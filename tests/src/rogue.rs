@@ -492,3 +492,41 @@ struct Padding {
     #[prost(bytes = "vec", tag = "15")]
     pad: Vec<u8>,
 }
+
+impl Rogue {
+    /// `Controller.IssueGrant` at `url` with whatever request the test built, under this
+    /// rogue's TLS identity (an orchestrator's, say): what lockboxctl would refuse to send.
+    pub fn issue_grant(
+        &self,
+        controller_url: &str,
+        request: pb::IssueGrantRequest,
+    ) -> Result<pb::SignedGrant, RogueError> {
+        self.run(async {
+            let ch = self
+                .channel(controller_url, Expect::role(Role::Controller))
+                .await?;
+            Ok(ControllerClient::new(ch)
+                .max_encoding_message_size(64 << 20)
+                .issue_grant(request)
+                .await?
+                .into_inner())
+        })
+    }
+
+    /// `Controller.CosignGrant` at `url` of `grant` as the test built it.
+    pub fn cosign_grant(
+        &self,
+        controller_url: &str,
+        grant: pb::SignedGrant,
+    ) -> Result<pb::SignedGrant, RogueError> {
+        self.run(async {
+            let ch = self
+                .channel(controller_url, Expect::role(Role::Controller))
+                .await?;
+            Ok(ControllerClient::new(ch)
+                .cosign_grant(pb::CosignGrantRequest { grant: Some(grant) })
+                .await?
+                .into_inner())
+        })
+    }
+}

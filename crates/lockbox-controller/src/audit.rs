@@ -31,8 +31,38 @@ pub struct AuditLog {
 
 use lockbox_runtime::now_unix_ms as now_ms;
 
-/// An audit event stamped now (the key id field is for lockboxes; the controller has none).
+/// Longest detail of a record, in bytes (as lockboxd's): a refusal quotes what it refused,
+/// and a caller must not be able to make one record as large as its request.
+pub const MAX_DETAIL: usize = 1024;
+
+/// `s` with control characters escaped, cut to at most `max` bytes plus a note of how many
+/// bytes of `s` were left out.
+pub fn bounded(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.char_indices() {
+        let before = out.len();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            out.push_str(&format!("… ({} more bytes)", s.len() - i));
+            return out;
+        }
+    }
+    out
+}
+
+/// An audit event stamped now (the key id field is for lockboxes; the controller has none);
+/// the detail bounded to [`MAX_DETAIL`] bytes.
 pub fn event(actor: &str, action: &str, outcome: &str, detail: String) -> AuditEvent {
+    let detail = if detail.len() > MAX_DETAIL || detail.chars().any(char::is_control) {
+        bounded(&detail, MAX_DETAIL)
+    } else {
+        detail
+    };
     AuditEvent {
         time_unix_ms: now_ms(),
         actor: actor.into(),
@@ -188,5 +218,20 @@ impl AuditLog {
     pub fn close(&self) -> Result<(), ControllerError> {
         self.store.flush_blocking()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_are_bounded_and_escaped() {
+        let e = event("a", "b", "refused", "x".repeat(5000));
+        assert!(e.detail.len() < MAX_DETAIL + 32, "{}", e.detail.len());
+        assert!(e.detail.ends_with("… (3976 more bytes)"), "{}", e.detail);
+        let e = event("a", "b", "refused", "line\n\u{1b}[2J".into());
+        assert_eq!(e.detail, "line\\n\\u{1b}[2J");
+        assert_eq!(bounded("héllo", 3), "hé… (3 more bytes)");
     }
 }

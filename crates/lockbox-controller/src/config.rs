@@ -110,6 +110,116 @@ pub const MIN_VOUCH_TTL_SECS: u64 = 10;
 /// Longest `vouch_ttl_secs`: peers refuse a vouch that lives longer than an hour.
 pub const MAX_VOUCH_TTL_SECS: u64 = lockbox_crypto::vouch::MAX_VOUCH_LIFETIME_MS / 1000;
 
+/// Longest `attestation_ttl`: how long a node whose renewals stop (taken out of
+/// `allowed_nodes`, revoked) keeps a valid attestation.
+pub const MAX_ATTESTATION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest `max_ttl` of a policy rule: grants ask for their ttl in whole seconds.
+pub const MIN_GRANT_TTL: Duration = Duration::from_secs(1);
+/// Longest `max_ttl` of a policy rule: grants live minutes (DESIGN.md §6), and verifiers
+/// bound nothing else about their lifetime.
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest key id (this controller's and those of `[[controllers]]`): what grant,
+/// attestation and vouch bodies carry as `issuer_key_id`.
+pub const MAX_KEY_ID_LEN: usize = lockbox_crypto::grant::MAX_GRANT_NAME_LEN;
+
+pub use crate::files::MAX_CONFIG_LEN;
+
+/// A controller key id: 1 to [`MAX_KEY_ID_LEN`] letters, digits, `-`, `_` or `.`.
+pub fn check_key_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_KEY_ID_LEN
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{:?} is not a key id: 1 to {MAX_KEY_ID_LEN} letters, digits, '-', '_' or '.'",
+            id.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// A policy rule's `caller`: `*`, the SPIFFE id of an orchestrator or admin of `trust_domain`,
+/// or a prefix ending in `*` that some such id can start with. Anything else would silently
+/// match no one (a `*` inside, another trust domain, a typo of the scheme) or a role that can
+/// never ask for grants.
+fn check_caller_pattern(p: &str, trust_domain: &str) -> Result<(), String> {
+    let shown = || p.chars().take(64).collect::<String>();
+    if p == "*" {
+        return Ok(());
+    }
+    let base = format!("spiffe://{trust_domain}/");
+    let (fixed, prefix) = match p.strip_suffix('*') {
+        Some(fixed) => (fixed, true),
+        None => (p, false),
+    };
+    if fixed.contains('*') {
+        return Err(format!(
+            "{:?}: '*' may only end a pattern (\"spiffe://{trust_domain}/admin/*\")",
+            shown()
+        ));
+    }
+    if fixed.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{:?} holds spaces or control characters", shown()));
+    }
+    let role_ok = |role: &str| matches!(role, "orchestrator" | "admin");
+    if prefix {
+        if base.starts_with(fixed) {
+            return Ok(());
+        }
+        let Some(rest) = fixed.strip_prefix(&base) else {
+            return Err(format!(
+                "{:?} matches no SPIFFE id of trust domain {trust_domain}",
+                shown()
+            ));
+        };
+        match rest.split_once('/') {
+            Some((role, _)) if !role_ok(role) => Err(format!(
+                "{:?}: only orchestrator and admin identities may ask for grants",
+                shown()
+            )),
+            _ => Ok(()),
+        }
+    } else {
+        match lockbox_tls::SpiffeId::parse(p) {
+            Ok(id) if id.trust_domain != trust_domain => Err(format!(
+                "{:?} is not in trust domain {trust_domain}",
+                shown()
+            )),
+            Ok(id) if !role_ok(id.role.as_str()) => Err(format!(
+                "{:?}: only orchestrator and admin identities may ask for grants",
+                shown()
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{:?} is not a SPIFFE id ({e})", shown())),
+        }
+    }
+}
+
+/// A node pattern of `from`/`to`: `*`, a node name, or a prefix of one followed by `*`.
+fn check_node_pattern(p: &str) -> Result<(), String> {
+    match p.strip_suffix('*') {
+        Some("") => Ok(()),
+        Some(prefix) => {
+            if prefix.len() < crate::revoked::MAX_NODE_LEN
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?} is not a node pattern: \"*\", a node name, or the start of one \
+                     followed by '*' (letters, digits, '-', '_', '.'; '*' only at the end)",
+                    p.chars().take(64).collect::<String>()
+                ))
+            }
+        }
+        None => crate::revoked::check_node_name(p),
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -164,12 +274,15 @@ fn duration(path: &Path, field: String, s: &str) -> Result<Duration, ControllerE
 }
 
 impl ControllerConfig {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file: a regular file (a FIFO or device is refused, not
+    /// waited on) of at most [`MAX_CONFIG_LEN`] bytes of UTF-8.
     pub fn load(path: &Path) -> Result<ControllerConfig, ControllerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ControllerError::Config {
+        let err = |message: String| ControllerError::Config {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes = crate::files::read_bounded(path, MAX_CONFIG_LEN).map_err(err)?;
+        let text = String::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
         Self::parse(&text, path)
     }
 
@@ -186,18 +299,7 @@ impl ControllerConfig {
                 format!("unsupported version {}, expected 1", raw.version),
             ));
         }
-        if raw.key_id.is_empty()
-            || !raw
-                .key_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(
-                path,
-                "key_id".into(),
-                "must be non-empty letters, digits, '-', '_' or '.'".into(),
-            ));
-        }
+        check_key_id(&raw.key_id).map_err(|m| invalid(path, "key_id".into(), m))?;
         let listen = raw.listen.parse().map_err(|_| {
             invalid(
                 path,
@@ -226,6 +328,7 @@ impl ControllerConfig {
         let mut seen_keys = std::collections::BTreeMap::new();
         for (i, c) in raw.controllers.iter().enumerate() {
             let f = |name: &str| format!("controllers[{i}].{name}");
+            check_key_id(&c.key_id).map_err(|m| invalid(path, f("key_id"), m))?;
             let public = lockbox_crypto::decode_public_key(&c.public_key)
                 .map_err(|e| invalid(path, f("public_key"), e.to_string()))?;
             if c.key_id == raw.key_id {
@@ -271,6 +374,34 @@ impl ControllerConfig {
             ));
         }
         let attestation_ttl = duration(path, "attestation_ttl".into(), &raw.attestation_ttl)?;
+        if attestation_ttl > MAX_ATTESTATION_TTL {
+            return Err(invalid(
+                path,
+                "attestation_ttl".into(),
+                format!(
+                    "{} is longer than {} (an attestation is how long a node cut off here \
+                     keeps working: its renewals stop, the one it holds does not)",
+                    humantime::format_duration(attestation_ttl),
+                    humantime::format_duration(MAX_ATTESTATION_TTL)
+                ),
+            ));
+        }
+        if let Some(nodes) = &raw.allowed_nodes {
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, n) in nodes.iter().enumerate() {
+                let field = format!("allowed_nodes[{i}]");
+                crate::revoked::check_node_name(n).map_err(|m| {
+                    invalid(
+                        path,
+                        field.clone(),
+                        format!("{m} (allowed_nodes names nodes exactly, without patterns)"),
+                    )
+                })?;
+                if !seen.insert(n.as_str()) {
+                    return Err(invalid(path, field, format!("node {n} is listed twice")));
+                }
+            }
+        }
         if !(MIN_VOUCH_TTL_SECS..=MAX_VOUCH_TTL_SECS).contains(&raw.vouch_ttl_secs) {
             return Err(invalid(
                 path,
@@ -288,24 +419,69 @@ impl ControllerConfig {
             let f = |name: &str| format!("policy[{i}].{name}");
             let mut ops = Vec::new();
             for op in &r.ops {
-                ops.push(Op::parse(op).ok_or_else(|| {
+                let op = Op::parse(op).ok_or_else(|| {
                     invalid(
                         path,
                         f("ops"),
                         format!("unknown op {op:?}, expected copy, move or replicate"),
                     )
-                })?);
+                })?;
+                if ops.contains(&op) {
+                    return Err(invalid(
+                        path,
+                        f("ops"),
+                        format!("{} is listed twice", op.as_str()),
+                    ));
+                }
+                ops.push(op);
+            }
+            if ops.is_empty() {
+                return Err(invalid(
+                    path,
+                    f("ops"),
+                    "is empty: a rule allows at least one of copy, move, replicate".into(),
+                ));
+            }
+            for (name, patterns) in [("from", &r.from), ("to", &r.to)] {
+                if patterns.is_empty() {
+                    return Err(invalid(
+                        path,
+                        f(name),
+                        "is empty: a rule names at least one node pattern (\"*\" for any)".into(),
+                    ));
+                }
+                for (j, p) in patterns.iter().enumerate() {
+                    check_node_pattern(p)
+                        .map_err(|m| invalid(path, format!("policy[{i}].{name}[{j}]"), m))?;
+                }
             }
             if r.max_keys == 0 {
                 return Err(invalid(path, f("max_keys"), "must be at least 1".into()));
             }
+            let max_ttl = duration(path, f("max_ttl"), &r.max_ttl)?;
+            if !(MIN_GRANT_TTL..=MAX_GRANT_TTL).contains(&max_ttl) {
+                return Err(invalid(
+                    path,
+                    f("max_ttl"),
+                    format!(
+                        "{} is not between {} and {} (grants are short-lived: their ttl is \
+                         asked in whole seconds, and lockboxes keep a used grant until it \
+                         expires)",
+                        humantime::format_duration(max_ttl),
+                        humantime::format_duration(MIN_GRANT_TTL),
+                        humantime::format_duration(MAX_GRANT_TTL)
+                    ),
+                ));
+            }
+            check_caller_pattern(&r.caller, &raw.trust_domain)
+                .map_err(|m| invalid(path, f("caller"), m))?;
             policy.push(Rule {
                 index: i,
                 caller: Pattern::new(&r.caller),
                 ops,
                 from: r.from.iter().map(|p| Pattern::new(p)).collect(),
                 to: r.to.iter().map(|p| Pattern::new(p)).collect(),
-                max_ttl: duration(path, f("max_ttl"), &r.max_ttl)?,
+                max_ttl,
                 max_keys: r.max_keys,
             });
         }
@@ -440,5 +616,131 @@ ca = "ca"
                 .to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    /// Review findings: what the parser used to take and must refuse, each naming its field.
+    /// An unbounded ttl overflowed `now + ttl` (a panic, or a wrapped expiry) and let an
+    /// attestation outlive every cut-off; a `*` inside a pattern, a caller of another trust
+    /// domain, an empty `ops`/`from`/`to` or a pattern in `allowed_nodes` silently matched
+    /// nothing; a key id over 128 bytes made every grant unsignable.
+    #[test]
+    fn review_bounds_and_patterns_are_refused_by_field() {
+        let rule = |extra: &str| {
+            format!(
+                "{BASE}\n[[policy]]\ncaller = \"spiffe://example.org/orchestrator/cinder\"\nops = [\"copy\"]\n{extra}\n"
+            )
+        };
+        let long_id = "k".repeat(129);
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("attestation_ttl = \"1000years\"\n{BASE}"),
+                "attestation_ttl",
+            ),
+            (
+                format!("attestation_ttl = \"8days\"\n{BASE}"),
+                "attestation_ttl",
+            ),
+            (rule("max_ttl = \"600000000years\""), "policy[0].max_ttl"),
+            (rule("max_ttl = \"25h\""), "policy[0].max_ttl"),
+            (rule("max_ttl = \"500ms\""), "policy[0].max_ttl"),
+            (BASE.replace("ctl-1", &long_id), "key_id"),
+            (
+                format!("allowed_nodes = [\"host-*\"]\n{BASE}"),
+                "allowed_nodes[0]",
+            ),
+            (
+                format!("allowed_nodes = [\"host-a\", \"host-a\"]\n{BASE}"),
+                "allowed_nodes[1]",
+            ),
+            (
+                format!("allowed_nodes = [\"\"]\n{BASE}"),
+                "allowed_nodes[0]",
+            ),
+            (
+                format!("allowed_nodes = [\"h\u{0430}st\"]\n{BASE}"),
+                "allowed_nodes[0]",
+            ),
+            (rule("from = [\"host-*-a\"]"), "policy[0].from[0]"),
+            (rule("to = [\"*\", \"../etc\"]"), "policy[0].to[1]"),
+            (rule("from = []"), "policy[0].from"),
+            (rule("to = []"), "policy[0].to"),
+            (
+                BASE.to_string()
+                    + "\n[[policy]]\ncaller = \"spiffe://example.org/admin/*\"\nops = []\n",
+                "policy[0].ops",
+            ),
+            (
+                BASE.to_string()
+                    + "\n[[policy]]\ncaller = \"spiffe://example.org/admin/*\"\nops = [\"copy\", \"copy\"]\n",
+                "policy[0].ops",
+            ),
+        ];
+        let callers = [
+            "cinder",
+            "spiffe://other.org/orchestrator/cinder",
+            "spiffe://example.org/*/cinder",
+            "spiffe://other.org/*",
+            "spiffe://example.org/lockbox/host-a",
+            "spiffe://example.org/lockbox/*",
+            "",
+        ];
+        let mut cases = cases;
+        for c in callers {
+            cases.push((
+                format!("{BASE}\n[[policy]]\ncaller = \"{c}\"\nops = [\"copy\"]\n"),
+                "policy[0].caller",
+            ));
+        }
+        for bad in ["", "bad id", &long_id] {
+            let key = lockbox_crypto::encode_public_key(
+                &lockbox_crypto::SigningIdentity::generate()
+                    .unwrap()
+                    .public_key(),
+            );
+            cases.push((
+                format!("{BASE}\n[[controllers]]\nkey_id = \"{bad}\"\npublic_key = \"{key}\"\n"),
+                "controllers[0].key_id",
+            ));
+        }
+        for (text, field) in cases {
+            let e = match ControllerConfig::parse(&text, Path::new("t")) {
+                Ok(_) => panic!("accepted ({field}): {text}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
+        // What stays accepted.
+        for caller in [
+            "*",
+            "spiffe://example.org/*",
+            "spiffe://example.org/admin/*",
+            "spiffe://example.org/orchestrator/cin*",
+            "spiffe://example.org/admin/alice",
+        ] {
+            let text = format!(
+                "allowed_nodes = [\"host-a\", \"host-b\"]\nattestation_ttl = \"7days\"\n{BASE}\n[[policy]]\ncaller = \"{caller}\"\nops = [\"copy\", \"move\"]\nfrom = [\"host-*\", \"db-1\"]\nto = [\"*\"]\nmax_ttl = \"24h\"\n"
+            );
+            ControllerConfig::parse(&text, Path::new("t"))
+                .unwrap_or_else(|e| panic!("{caller}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_file_is_read_bounded_and_only_if_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_CONFIG_LEN + 1).unwrap();
+        let e = ControllerConfig::load(&big).unwrap_err().to_string();
+        assert!(e.contains("more than the 1048576 allowed"), "{e}");
+        let fifo = dir.path().join("fifo.toml");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let e = ControllerConfig::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("a FIFO"), "{e}");
     }
 }

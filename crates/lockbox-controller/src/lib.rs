@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod config;
+mod files;
 pub mod metrics;
 pub mod policy;
 pub mod positions;
@@ -36,7 +37,7 @@ pub enum ControllerError {
         message: String,
     },
     /// The signing key file is missing, unreadable or malformed.
-    #[error("signing key {path}: {message}")]
+    #[error("field `signing_key`: {path}: {message}")]
     SigningKey {
         /// The file.
         path: String,
@@ -76,13 +77,37 @@ pub enum ControllerError {
     },
 }
 
-/// Reads the 32-byte Ed25519 seed.
+/// Reads the 32-byte Ed25519 seed: a regular file (never a FIFO or device: `files`), of
+/// exactly 32 bytes, that no other user may read (the controller's only secret: whoever reads
+/// it signs grants), as `init` writes it.
 pub fn load_signing_key(path: &Path) -> Result<SigningIdentity, ControllerError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let err = |message: String| ControllerError::SigningKey {
         path: path.display().to_string(),
         message,
     };
-    let bytes = SecretBytes::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
+    let files::Opened { file, meta } = files::open_regular(path).map_err(err)?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:o} lets other users read the signing key; chmod 600 it",
+            mode & 0o777
+        )));
+    }
+    if meta.len() != files::SIGNING_KEY_LEN {
+        return Err(err(format!(
+            "{} bytes, expected {} (the seed `init` writes)",
+            meta.len(),
+            files::SIGNING_KEY_LEN
+        )));
+    }
+    // Room for one byte more than a seed, so a file that grew is seen without the buffer
+    // growing (and leaving an unwiped copy behind); moved, not copied, into the secret.
+    let mut buf = Vec::with_capacity(files::SIGNING_KEY_LEN as usize + 1);
+    let read = file.take(files::SIGNING_KEY_LEN + 1).read_to_end(&mut buf);
+    let bytes = SecretBytes::new(buf);
+    read.map_err(|e| err(e.to_string()))?;
     SigningIdentity::from_secret(&bytes).map_err(|e| err(e.to_string()))
 }
 

@@ -161,6 +161,8 @@ fn main() -> ExitCode {
     };
     lockbox_runtime::init_tracing(config.log_format == "json");
     lockbox_tls::install_default_provider();
+    // `init` writes the key file; its refusals (e.g. one exists already) are not config errors.
+    let initializing = matches!(args.command, Some(Command::Init));
     let result: anyhow::Result<()> = match args.command {
         Some(Command::Init) => lockbox_controller::init(&config)
             .map(|block| {
@@ -176,12 +178,22 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Some(Command::AuditVerify) => (|| {
             let signer = load_signing_key(&config.signing_key)?;
+            // A log that is not there is not one to verify: opening it would make an empty
+            // one (and its data dir), and "ok: 0 records" would hide a deleted log or a
+            // wrong data_dir.
+            let audit_dir = config.data_dir.join("audit");
+            if !audit_dir.is_dir() {
+                anyhow::bail!(
+                    "no audit log at {} (data_dir {}): nothing to verify; a controller makes \
+                     it at its first start",
+                    audit_dir.display(),
+                    config.data_dir.display()
+                );
+            }
             // Opening the database checks (and may repair the torn tail of) its journal, so
             // never while another process writes it: not while the controller runs, nor while
             // `revoke` records a change (it holds this lock while it has the log open).
-            std::fs::create_dir_all(&config.data_dir)?;
             let _lock = revoked::DirLock::acquire(&config.data_dir)?;
-            let audit_dir = config.data_dir.join("audit");
             if revoked::audit_log_in_use(&audit_dir)? {
                 anyhow::bail!(
                     "the audit log {} is in use: stop the controller first",
@@ -220,7 +232,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A file the config names (the signing key) that cannot be used is a config
+            // error, as a bad field is: exit 78 (EX_CONFIG), so supervisors do not restart
+            // into the same failure.
+            let config_error = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<lockbox_controller::ControllerError>(),
+                    Some(
+                        lockbox_controller::ControllerError::Config { .. }
+                            | lockbox_controller::ControllerError::SigningKey { .. }
+                    )
+                )
+            });
+            if config_error && !initializing {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

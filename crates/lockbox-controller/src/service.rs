@@ -159,6 +159,14 @@ impl ControllerService {
             ));
             return Err(refused(self.refuse(&actor, action, s).await));
         }
+        // Only a node `revoke` can name: one this controller stood for but could not revoke
+        // (a name over 128 bytes, which certificates allow) could never be cut off.
+        if let Err(why) = crate::revoked::check_node_name(&caller.name) {
+            let s = Status::permission_denied(format!(
+                "this controller attests and vouches only for nodes it can revoke: {why}"
+            ));
+            return Err(refused(self.refuse(&actor, action, s).await));
+        }
         if let Some(allowed) = &self.config.allowed_nodes
             && !allowed.iter().any(|n| n == &caller.name)
         {
@@ -380,13 +388,10 @@ impl Controller for ControllerService {
         &self,
         req: Request<pb::CosignGrantRequest>,
     ) -> Result<Response<pb::SignedGrant>, Status> {
-        let op = req
-            .get_ref()
-            .grant
-            .as_ref()
-            .and_then(|g| lockbox_crypto::decode_grant_body(&g.body).ok())
-            .map_or("unspecified", |b| lockbox_crypto::op_name(b.op));
-        let cosigned = self.cosign_grant_counted(req).await;
+        // The op of the body, once the caller is checked and the body decoded (nothing of a
+        // request is parsed before its caller is known).
+        let mut op = "unspecified";
+        let cosigned = self.cosign_grant_counted(req, &mut op).await;
         self.metrics.grant(
             op,
             if cosigned.is_ok() {
@@ -622,7 +627,7 @@ impl ControllerService {
         let caller = self.caller(&req)?;
         let actor = caller.uri();
         let r = req.into_inner();
-        match self.issue(&caller, &r) {
+        match self.issue(&caller, &r).await {
             Ok((signed, summary)) => {
                 self.audit
                     .append(&self.signer, &actor, "issue-grant", "ok", summary)
@@ -637,11 +642,12 @@ impl ControllerService {
     async fn cosign_grant_counted(
         &self,
         req: Request<pb::CosignGrantRequest>,
+        op: &mut &'static str,
     ) -> Result<Response<pb::SignedGrant>, Status> {
         let caller = self.caller(&req)?;
         let actor = caller.uri();
         let r = req.into_inner();
-        match self.cosign(&caller, r.grant) {
+        match self.cosign(&caller, r.grant, op).await {
             Ok((signed, summary)) => {
                 self.audit
                     .append(&self.signer, &actor, "cosign-grant", "ok", summary)
@@ -655,7 +661,11 @@ impl ControllerService {
 }
 
 impl ControllerService {
-    fn issue(
+    /// Checks, in order of cost, each before any later work: the caller's role, the
+    /// request's shape (op, node names, reason, a key count), the policy (a caller without a
+    /// rule, or past its `max_keys`, gets no key id parsed), every key id, the revocations;
+    /// then signs.
+    async fn issue(
         &self,
         caller: &SpiffeId,
         r: &pb::IssueGrantRequest,
@@ -667,7 +677,7 @@ impl ControllerService {
         }
         let op = op_from_pb(r.op)
             .ok_or_else(|| Status::invalid_argument("op must be copy, move or replicate"))?;
-        validate_request(&r.key_ids, &r.source_node, &r.dest_node, &r.reason)?;
+        validate_shape(r.key_ids.len(), &r.source_node, &r.dest_node, &r.reason)?;
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
         let uri = caller.uri();
         let ttl = policy::decide(
@@ -682,6 +692,8 @@ impl ControllerService {
             },
         )
         .map_err(|r| self.policy_refusal(r))?;
+        validate_key_ids(&r.key_ids)?;
+        self.refuse_revoked(&r.source_node, &r.dest_node).await?;
         let grant_id =
             lockbox_crypto::random_array::<16>().map_err(|e| Status::internal(e.to_string()))?;
         let now = now_ms();
@@ -711,10 +723,11 @@ impl ControllerService {
         ))
     }
 
-    fn cosign(
+    async fn cosign(
         &self,
         caller: &SpiffeId,
         grant: Option<pb::SignedGrant>,
+        op_label: &mut &'static str,
     ) -> Result<(pb::SignedGrant, String), Status> {
         if caller.role == Role::Lockbox {
             return Err(Status::permission_denied(format!(
@@ -732,6 +745,7 @@ impl ControllerService {
         // Strictly, as verifiers decode it: canonical encoding, every field bounded.
         let body = lockbox_crypto::decode_grant_body(&grant.body)
             .map_err(|e| Status::invalid_argument(format!("grant refused: {e}")))?;
+        *op_label = lockbox_crypto::op_name(body.op);
         if body.trust_domain != self.config.trust_domain {
             return Err(Status::permission_denied(format!(
                 "grant is for trust domain {:?}, not {}",
@@ -786,18 +800,25 @@ impl ControllerService {
                 issuer.key_id
             )));
         }
+        self.check_signatures(&grant)?;
         // Every check of IssueGrant, as if this controller issued it.
-        validate_request(
-            &body.key_ids,
+        validate_shape(
+            body.key_ids.len(),
             &body.source_node,
             &body.dest_node,
             &body.reason,
         )?;
         match lockbox_tls::SpiffeId::parse(&body.requested_by) {
-            Ok(id) if id.trust_domain == self.config.trust_domain => {}
+            // IssueGrant serves orchestrators and admins only (lockboxes are refused, and
+            // controllers do not get past the handshake): a body naming another requester
+            // was not issued under any policy.
+            Ok(id)
+                if id.trust_domain == self.config.trust_domain
+                    && matches!(id.role, Role::Orchestrator | Role::Admin) => {}
             _ => {
                 return Err(Status::invalid_argument(format!(
-                    "requested_by {:?} is not a SPIFFE id of trust domain {}",
+                    "requested_by {:?} is not the SPIFFE id of an orchestrator or admin of \
+                     trust domain {}",
                     body.requested_by.chars().take(64).collect::<String>(),
                     self.config.trust_domain
                 )));
@@ -826,41 +847,95 @@ impl ControllerService {
             },
         )
         .map_err(|r| self.policy_refusal(r))?;
+        validate_key_ids(&body.key_ids)?;
+        self.refuse_revoked(&body.source_node, &body.dest_node)
+            .await?;
         let sig = lockbox_crypto::sign_grant_body(&self.signer, &self.config.key_id, &grant.body);
         grant.signatures.push(sig);
         Ok((grant, grant_summary(&body, &remaining)))
     }
 }
 
-fn validate_request(
-    key_ids: &[String],
-    source: &str,
-    dest: &str,
-    reason: &str,
-) -> Result<(), Status> {
-    if key_ids.is_empty() {
+impl ControllerService {
+    /// Refuses a grant that names a node revoked here, as source or destination: a revoked
+    /// node gets no attestation or vouch from this controller, and no key either (the
+    /// attestation it still holds lives up to `attestation_ttl`, and verifiers do not consult
+    /// revocations on transfers). Fails closed when the list cannot be read.
+    async fn refuse_revoked(&self, source: &str, dest: &str) -> Result<(), Status> {
+        let revoked = self.revocations.current().await.map_err(|e| {
+            Status::unavailable(format!(
+                "this controller cannot read its revocation list, so it signs no grant: {e}"
+            ))
+        })?;
+        for (side, node) in [("source", source), ("destination", dest)] {
+            if let Some(r) = revoked.get(node) {
+                let reason = if r.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", r.reason)
+                };
+                return Err(Status::permission_denied(format!(
+                    "the {side} node {node} was revoked at {} by this controller ({}){reason}; \
+                     no grant names a revoked node",
+                    rfc3339(r.revoked_unix_ms),
+                    self.config.key_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every signature a grant to cosign carries, checked before it is signed again (what
+    /// this controller returns carries them all): at most one per key id, each key id one a
+    /// controller config accepts, each 64 bytes, and each of a controller this one trusts
+    /// valid. A lockbox refuses a grant with a bad signature of a controller it trusts, so one
+    /// that carries such a signature is refused here rather than cosigned in vain.
+    fn check_signatures(&self, grant: &pb::SignedGrant) -> Result<(), Status> {
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &grant.signatures {
+            crate::config::check_key_id(&s.key_id).map_err(|why| {
+                Status::invalid_argument(format!("grant refused: a signature's key id: {why}"))
+            })?;
+            if !seen.insert(s.key_id.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "grant refused: two signatures by {}",
+                    s.key_id
+                )));
+            }
+            if s.signature.len() != 64 {
+                return Err(Status::invalid_argument(format!(
+                    "grant refused: the signature by {} is {} bytes, not 64",
+                    s.key_id,
+                    s.signature.len()
+                )));
+            }
+            if let Some(public) = self.config.cosign_from.get(&s.key_id)
+                && lockbox_crypto::verify_signature(
+                    public,
+                    lockbox_crypto::GRANT_DOMAIN,
+                    &grant.body,
+                    &s.signature,
+                )
+                .is_err()
+            {
+                return Err(Status::permission_denied(format!(
+                    "grant refused: bad signature from controller {} (the body was changed \
+                     after it signed, or the signature is not its)",
+                    s.key_id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cheap checks of a grant request, made before the policy is asked: at least one key id,
+/// node names, source and destination distinct, the reason one line of at most 1024 bytes.
+fn validate_shape(keys: usize, source: &str, dest: &str, reason: &str) -> Result<(), Status> {
+    if keys == 0 {
         return Err(Status::invalid_argument(
             "a grant names at least one key id",
         ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for k in key_ids {
-        // Grants carry key ids in one canonical spelling (lower-case hyphenated), the one
-        // lockboxes store: two spellings of one key would otherwise count as two keys.
-        let canonical = uuid::Uuid::parse_str(k)
-            .map_err(|_| Status::invalid_argument(format!("key id {k:?} is not a UUID")))?
-            .hyphenated()
-            .to_string();
-        if canonical != *k {
-            return Err(Status::invalid_argument(format!(
-                "key id {k:?} must be written in canonical form ({canonical})"
-            )));
-        }
-        if !seen.insert(canonical) {
-            return Err(Status::invalid_argument(format!(
-                "key id {k} appears twice"
-            )));
-        }
     }
     let node_ok = |n: &str| crate::revoked::check_node_name(n).is_ok();
     if !node_ok(source) || !node_ok(dest) {
@@ -876,7 +951,45 @@ fn validate_request(
     if reason.len() > 1024 {
         return Err(Status::invalid_argument("reason longer than 1024 bytes"));
     }
+    // Lockboxes audit it and `lockboxctl grant inspect` prints it: one line of text.
+    if reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "reason may not contain control characters (newlines, tabs, escapes)",
+        ));
+    }
     Ok(())
+}
+
+/// Every key id of a grant: canonical UUIDs, none twice.
+fn validate_key_ids(key_ids: &[String]) -> Result<(), Status> {
+    let mut seen = std::collections::BTreeSet::new();
+    for k in key_ids {
+        // Grants carry key ids in one canonical spelling (lower-case hyphenated), the one
+        // lockboxes store: two spellings of one key would otherwise count as two keys.
+        let canonical = uuid::Uuid::parse_str(k)
+            .map_err(|_| {
+                Status::invalid_argument(format!("key id \"{}\" is not a UUID", quote(k)))
+            })?
+            .hyphenated()
+            .to_string();
+        if canonical != *k {
+            return Err(Status::invalid_argument(format!(
+                "key id {k:?} must be written in canonical form ({canonical})"
+            )));
+        }
+        if !seen.insert(canonical) {
+            return Err(Status::invalid_argument(format!(
+                "key id {k} appears twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A prefix of a string from a request, for a refusal (which is returned and audited): at
+/// most 64 bytes, the rest counted.
+fn quote(s: &str) -> String {
+    crate::audit::bounded(s, 64)
 }
 
 fn grant_summary(body: &pb::GrantBody, ttl: &Duration) -> String {

@@ -16,7 +16,6 @@ use lockbox_crypto::{
     BackupIdentity, BackupRecipient, MAX_BACKUP_LEN, RECIPIENT_PREFIX, open_backup,
 };
 use lockbox_proto::v1 as pb;
-use zeroize::Zeroizing;
 
 use crate::out::outln;
 use crate::{emit, json, labels, parse_label};
@@ -77,43 +76,22 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Replaces `path` atomically: a mode-0600 temporary file beside it, fsync, rename, fsync of
-/// the directory. A crash leaves the old file or the new one, never half of one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = write_new(&tmp, bytes, 0o600).and_then(|_| {
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
 /// Every recipient named by one `--recipient`: the string itself, or each non-comment line of
 /// the file it names.
 fn resolve_recipient(arg: &str) -> Result<Vec<BackupRecipient>> {
     if arg.starts_with(RECIPIENT_PREFIX) {
         return Ok(vec![BackupRecipient::parse(arg)?]);
     }
-    let text = std::fs::read_to_string(arg).map_err(|e| {
+    let text = crate::input::read_text(
+        Path::new(arg),
+        crate::input::MAX_RECIPIENT_FILE,
+        "recipient file",
+    )
+    .map_err(|e| {
         anyhow!(
-            "--recipient {arg:?} is neither a {RECIPIENT_PREFIX}… string nor a readable \
-             recipient file ({e})"
+            "--recipient {} is neither a {RECIPIENT_PREFIX}… string nor a readable \
+             recipient file ({e})",
+            crate::input::quote(arg)
         )
     })?;
     let found: Vec<BackupRecipient> = text
@@ -169,15 +147,18 @@ pub async fn export(
     for r in &recipients {
         resolved.extend(resolve_recipient(r)?);
     }
+    let labels = labels(label_args)?;
+    // Ready before lockboxd seals (and audits) the export: mode 0600, renamed into place.
+    let pending = crate::output::Pending::prepare(output, 0o600)?;
     let r = c
         .export_backup(pb::ExportBackupRequest {
             recipients: resolved.iter().map(ToString::to_string).collect(),
-            labels: labels(label_args),
+            labels,
         })
         .await
         .map_err(err)?
         .into_inner();
-    write_atomic(output, &r.backup)?;
+    pending.commit(&r.backup)?;
     let shape = json::BackupExported {
         bytes: r.backup.len(),
         file: output.display().to_string(),
@@ -199,23 +180,15 @@ pub async fn export(
 
 /// `backup restore`: nothing reaches the daemon unless the whole file verified.
 pub async fn restore(socket: &Path, file: &Path, identity_path: &Path, j: bool) -> Result<()> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(identity_path)
-            .with_context(|| format!("reading identity {}", identity_path.display()))?,
-    );
-    let identity = BackupIdentity::from_file_text(&text)
+    let raw =
+        crate::input::read_secret_file(identity_path, crate::input::MAX_IDENTITY_FILE, "identity")?;
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| anyhow!("identity {} is not UTF-8 text", identity_path.display()))?;
+    let identity = BackupIdentity::from_file_text(text)
         .with_context(|| format!("identity {}", identity_path.display()))?;
-    let size = std::fs::metadata(file)
-        .with_context(|| format!("reading backup {}", file.display()))?
-        .len();
-    if size > MAX_BACKUP_LEN as u64 {
-        bail!(
-            "backup {} refused, nothing imported: {size} bytes, at most {MAX_BACKUP_LEN}",
-            file.display()
-        );
-    }
-    let bytes =
-        std::fs::read(file).with_context(|| format!("reading backup {}", file.display()))?;
+    // Bounded whatever the file is (a FIFO or device says nothing of its size up front).
+    let bytes = crate::input::read_file(file, MAX_BACKUP_LEN as u64, "backup")
+        .map_err(|e| anyhow!("{e}, nothing imported"))?;
     let opened = open_backup(&identity, &bytes)
         .map_err(|e| anyhow!("backup {} refused, nothing imported: {e}", file.display()))?;
     // Opened here first so that a wrong file or identity is refused without the daemon; then

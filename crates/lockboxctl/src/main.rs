@@ -18,8 +18,10 @@ use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 mod backup;
+mod input;
 mod json;
 mod out;
+mod output;
 mod remote;
 
 use out::outln;
@@ -229,15 +231,11 @@ enum ModeArg {
     NewKey,
 }
 
-fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("label {s:?} must look like key=value")),
-    }
-}
+use input::parse_label;
 
-fn labels(v: Vec<(String, String)>) -> HashMap<String, String> {
-    v.into_iter().collect()
+/// The `--label` flags as a map (the same name twice is refused, not silently collapsed).
+fn labels(v: Vec<(String, String)>) -> Result<HashMap<String, String>> {
+    input::labels(v)
 }
 
 fn policy_name(p: i32) -> &'static str {
@@ -408,15 +406,19 @@ async fn connect(socket: &std::path::Path) -> Result<LockboxClient<Channel>> {
         .max_encoding_message_size(max))
 }
 
+/// A passphrase from its file (bounded, one line: `input::passphrase_line`) or the terminal.
 fn read_secret_line(file: Option<&PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
-    let text = match file {
-        Some(f) => Zeroizing::new(
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-        ),
-        None => Zeroizing::new(rpassword::prompt_password("passphrase: ")?),
-    };
-    let line = text.lines().next().unwrap_or("");
-    Ok(Zeroizing::new(line.as_bytes().to_vec()))
+    match file {
+        Some(f) => {
+            let what = format!("passphrase file {}", f.display());
+            let text = input::read_secret_file(f, input::MAX_PASSPHRASE_FILE, &what)?;
+            input::passphrase_line(&text, &what)
+        }
+        None => {
+            let typed = Zeroizing::new(rpassword::prompt_password("passphrase: ")?);
+            input::passphrase_line(typed.as_bytes(), "the passphrase")
+        }
+    }
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -455,7 +457,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let r = c
                     .create_key(pb::CreateKeyRequest {
                         length,
-                        labels: labels(l),
+                        labels: labels(l)?,
                         clone_policy: policy as i32,
                         key_id: key_id.unwrap_or_default(),
                     })
@@ -531,7 +533,7 @@ async fn run(cli: Cli) -> Result<()> {
                 labels: l,
                 include_destroyed,
             } => {
-                let filter = labels(l);
+                let filter = labels(l)?;
                 let mut keys = Vec::new();
                 let mut token = String::new();
                 loop {
@@ -567,7 +569,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let r = c
                     .snapshot_key(pb::SnapshotKeyRequest {
                         key_id: id,
-                        labels: labels(l),
+                        labels: labels(l)?,
                     })
                     .await
                     .map_err(err)?
@@ -589,7 +591,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .clone_key(pb::CloneKeyRequest {
                         key_id: id,
                         mode: mode as i32,
-                        labels: labels(l),
+                        labels: labels(l)?,
                     })
                     .await
                     .map_err(err)?
@@ -876,7 +878,7 @@ async fn transfer(
     })
 }
 
-async fn verify_grant(socket: &std::path::Path, file: &PathBuf, j: bool) -> Result<()> {
+async fn verify_grant(socket: &std::path::Path, file: &std::path::Path, j: bool) -> Result<()> {
     let grant = remote::read_grant(file)?;
     let mut c = connect(socket).await?;
     let r = c

@@ -12,8 +12,10 @@ use lockbox_proto::v1::controller_client::ControllerClient;
 use lockbox_tls::{ClientTls, Expect, Role, TlsFiles};
 use prost::Message;
 
+use crate::input::printable;
 use crate::json::{self, GrantOutput, SignatureCheck};
 use crate::out::{self, out, outln};
+use crate::output::Pending;
 
 /// `lockboxctl pki …`
 #[derive(Subcommand)]
@@ -215,22 +217,30 @@ pub enum OpArg {
     Replicate,
 }
 
-/// Reads a grant file (printable armor).
-pub fn read_grant(path: &PathBuf) -> Result<pb::SignedGrant> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// Reads a grant file (printable armor), at most as long as grant text may be.
+pub fn read_grant(path: &std::path::Path) -> Result<pb::SignedGrant> {
+    let text = crate::input::read_text(
+        path,
+        lockbox_crypto::grant::MAX_GRANT_TEXT_LEN as u64,
+        "grant file",
+    )?;
     lockbox_crypto::grant_from_text(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-fn write_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>) -> Result<()> {
+fn write_grant(grant: &pb::SignedGrant, out: Option<Pending>) -> Result<()> {
     let text = lockbox_crypto::grant_to_text(grant);
     match out {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display())),
+        Some(p) => p.commit(text.as_bytes()),
         None => {
             out!("{text}");
             Ok(())
         }
     }
+}
+
+/// The `-o` file of a grant verb, made ready before the controller is asked.
+fn prepare_out(out: Option<&PathBuf>) -> Result<Option<Pending>> {
+    out.map(|p| Pending::prepare(p, 0o644)).transpose()
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -239,10 +249,10 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
         // reason (e.g. "received fatal alert: UnknownCA") is deep in the error chain.
         anyhow!(
             "the controller refused the connection or is unreachable: {}",
-            lockbox_tls::error_chain(&s)
+            printable(&lockbox_tls::error_chain(&s))
         )
     } else {
-        anyhow!("{}", s.message())
+        anyhow!("{}", printable(s.message()))
     }
 }
 
@@ -308,6 +318,16 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
                 Some(t) => ttl_seconds(&t)?,
                 None => 0,
             };
+            // What the controller would refuse, refused before it is asked (a refusal there
+            // is an audit record); the output file made ready before a grant exists.
+            crate::input::check_grant_keys(&keys)?;
+            crate::input::check_node("--from", &from)?;
+            crate::input::check_node("--to", &to)?;
+            if from == to {
+                bail!("--from and --to name the same node {from}");
+            }
+            crate::input::check_reason(&reason)?;
+            let out = prepare_out(out.as_ref())?;
             let op = match op {
                 OpArg::Copy => pb::GrantOp::Copy,
                 OpArg::Move => pb::GrantOp::Move,
@@ -326,7 +346,7 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            output_grant(&grant, out.as_ref(), json_out)
+            output_grant(&grant, out, json_out)
         }
         GrantCommand::Cosign {
             file,
@@ -334,24 +354,33 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
             controller,
         } => {
             let grant = read_grant(&file)?;
+            let out = prepare_out(out.as_ref())?;
             let mut client = controller.connect().await?;
             let grant = client
                 .cosign_grant(pb::CosignGrantRequest { grant: Some(grant) })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            output_grant(&grant, out.as_ref(), json_out)
+            output_grant(&grant, out, json_out)
         }
         GrantCommand::Verify { .. } => bail!("grant verify talks to the local lockbox"),
         GrantCommand::Inspect { file, trust_keys } => {
             let grant = read_grant(&file)?;
             let mut trusted = lockbox_crypto::TrustedControllers::new();
             for t in &trust_keys {
-                let (id, key) = t
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("--trust-key {t:?} must look like KEYID=PUBKEY"))?;
+                let (id, key) = t.split_once('=').ok_or_else(|| {
+                    anyhow!(
+                        "--trust-key {} must look like KEYID=PUBKEY",
+                        crate::input::quote(t)
+                    )
+                })?;
+                crate::input::check_key_id(id)?;
                 let key = lockbox_crypto::decode_public_key(key)
                     .map_err(|e| anyhow!("--trust-key {id}: {e}"))?;
+                // Two keys under one id: one would silently replace the other.
+                if trusted.get(id).is_some() {
+                    bail!("--trust-key {id} is given twice");
+                }
                 trusted.insert(id.to_string(), key);
             }
             let (body, sigs) = lockbox_crypto::inspect_grant(&grant, &trusted)
@@ -369,21 +398,28 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
                     json::GrantInspected::new(&body, lockbox_crypto::op_name(body.op), checks);
                 outln!("{}", serde_json::to_string(&shape)?);
             } else {
+                // Whatever the file says is shown, signed or not: escaped, so a crafted grant
+                // cannot drive the terminal of whoever inspects it.
+                let p = |s: &str| printable(s);
                 outln!("grant:      {}", hex::encode(&body.grant_id));
                 outln!("op:         {}", lockbox_crypto::op_name(body.op));
-                outln!("from -> to: {} -> {}", body.source_node, body.dest_node);
-                outln!("keys:       {}", body.key_ids.join(" "));
+                outln!(
+                    "from -> to: {} -> {}",
+                    p(&body.source_node),
+                    p(&body.dest_node)
+                );
+                outln!("keys:       {}", p(&body.key_ids.join(" ")));
                 outln!(
                     "valid:      {} .. {}",
                     out::time(body.not_before_unix_ms),
                     out::time(body.expires_unix_ms)
                 );
-                outln!("asked by:   {}", body.requested_by);
-                outln!("reason:     {}", body.reason);
+                outln!("asked by:   {}", p(&body.requested_by));
+                outln!("reason:     {}", p(&body.reason));
                 for (id, r) in &sigs {
                     match r {
-                        Ok(()) => outln!("signature:  {id}: valid"),
-                        Err(e) => outln!("signature:  {id}: {e}"),
+                        Ok(()) => outln!("signature:  {}: valid", p(id)),
+                        Err(e) => outln!("signature:  {}: {}", p(id), p(&e.to_string())),
                     }
                 }
             }
@@ -392,13 +428,14 @@ pub async fn run_grant(cmd: GrantCommand, json_out: bool) -> Result<()> {
     }
 }
 
-fn output_grant(grant: &pb::SignedGrant, out: Option<&PathBuf>, json_out: bool) -> Result<()> {
+fn output_grant(grant: &pb::SignedGrant, out: Option<Pending>, json_out: bool) -> Result<()> {
     if json_out {
         let body = pb::GrantBody::decode(grant.body.as_slice()).context("decoding the grant")?;
         let output = match out {
             Some(p) => {
+                let shown = p.path().display().to_string();
                 write_grant(grant, Some(p))?;
-                GrantOutput::File(p.display().to_string())
+                GrantOutput::File(shown)
             }
             None => GrantOutput::Text(lockbox_crypto::grant_to_text(grant)),
         };

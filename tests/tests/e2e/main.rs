@@ -17,6 +17,7 @@ mod keys;
 mod metrics;
 mod migrate;
 mod prometheus_rules;
+mod review_controller;
 mod revoke;
 mod rollback;
 mod seal;

@@ -222,7 +222,11 @@ struct Dir {
 impl Dir {
     fn new() -> Dir {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("signing.key"), [0x42; 32]).unwrap();
+        let key = tmp.path().join("signing.key");
+        std::fs::write(&key, [0x42; 32]).unwrap();
+        // As `init` writes it: the controller refuses a signing key others may read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         Dir { tmp }
     }
     fn data(&self) -> PathBuf {
