@@ -1,6 +1,6 @@
 //! The `lockboxd` binary: arguments, config, logging, signals and exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -44,20 +44,54 @@ enum Command {
 }
 
 fn read_passphrase(file: Option<&PathBuf>) -> anyhow::Result<SecretBytes> {
-    let mut text = match file {
-        Some(f) => zeroize::Zeroizing::new(
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-        ),
+    let text: zeroize::Zeroizing<Vec<u8>> = match file {
+        Some(f) => read_passphrase_file(f)?,
         None => {
             let first = zeroize::Zeroizing::new(rpassword::prompt_password("new passphrase: ")?);
             let again = zeroize::Zeroizing::new(rpassword::prompt_password("repeat passphrase: ")?);
             anyhow::ensure!(*first == *again, "the passphrases differ");
-            first
+            zeroize::Zeroizing::new(first.as_bytes().to_vec())
         }
     };
-    let trimmed = text.trim_end_matches(['\n', '\r']).as_bytes().to_vec();
-    zeroize::Zeroize::zeroize(&mut *text);
-    Ok(SecretBytes::new(trimmed))
+    // The rule lockboxctl applies to the same files: one line, so that what init sets,
+    // `lockboxctl unseal --passphrase-file` (or a prompt) can give.
+    let what = file.map_or_else(|| "the passphrase".to_string(), |f| f.display().to_string());
+    let line = lockbox_crypto::passphrase_line(&text).map_err(|e| anyhow::anyhow!("{what} {e}"))?;
+    Ok(SecretBytes::new(line.to_vec()))
+}
+
+/// Largest passphrase file `init` reads (a passphrase is a line of text).
+const MAX_PASSPHRASE_FILE: u64 = 64 << 10;
+
+/// The bytes of a passphrase file, at most [`MAX_PASSPHRASE_FILE`], in a buffer that is wiped
+/// when dropped and never reallocated while read. Opened without waiting, so a FIFO nobody
+/// writes to reads as empty (and is refused as such) instead of hanging `init`; a pipe that is
+/// written to (`<(pass show x)`) is read as usual. `/dev/zero` or a huge file is refused by
+/// its size instead of filling memory.
+fn read_passphrase_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .with_context(|| format!("reading {shown}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {shown}"))?;
+    anyhow::ensure!(!meta.is_dir(), "reading {shown}: is a directory");
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+        .with_context(|| format!("reading {shown}"))?;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_FILE as usize + 1));
+    file.take(MAX_PASSPHRASE_FILE + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {shown}"))?;
+    anyhow::ensure!(
+        buf.len() as u64 <= MAX_PASSPHRASE_FILE,
+        "{shown} refused: more than {MAX_PASSPHRASE_FILE} bytes (a passphrase file holds one line)"
+    );
+    Ok(buf)
 }
 
 /// Enrolls the peers slot at `init`: every peer of `[unseal] peers` must be reachable and

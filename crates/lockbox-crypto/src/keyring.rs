@@ -1085,5 +1085,43 @@ fn open_key(
     Some(out)
 }
 
+/// Why a passphrase read from a file or a terminal was refused ([`passphrase_line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PassphraseLineError {
+    /// Nothing but line ends.
+    #[error("is empty")]
+    Empty,
+    /// A line end inside: which line is meant cannot be told.
+    #[error("holds more than one line: a passphrase file holds the passphrase alone, on one line")]
+    MoreThanOneLine,
+    /// Not text.
+    #[error("is not UTF-8 text")]
+    NotUtf8,
+}
+
+/// The passphrase a passphrase file (or a line typed at a prompt) holds: one line of UTF-8
+/// text, without its final line ends (`\n`, `\r\n`). The one rule for `lockboxd init` and
+/// every `lockboxctl` command that reads a passphrase, so that whatever one sets the other can
+/// give: a passphrase of two lines set by one and sent as its first line by the other would
+/// open nothing. Borrowed from `text`, so the caller keeps the only copy in its own wiped
+/// buffer.
+pub fn passphrase_line(text: &[u8]) -> std::result::Result<&[u8], PassphraseLineError> {
+    let mut end = text.len();
+    while end > 0 && matches!(text[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let line = &text[..end];
+    if line.is_empty() {
+        return Err(PassphraseLineError::Empty);
+    }
+    if line.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+        return Err(PassphraseLineError::MoreThanOneLine);
+    }
+    if std::str::from_utf8(line).is_err() {
+        return Err(PassphraseLineError::NotUtf8);
+    }
+    Ok(line)
+}
+
 #[cfg(test)]
 mod tests;

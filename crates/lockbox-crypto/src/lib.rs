@@ -71,7 +71,8 @@ pub use grant::{
 };
 pub use identity::{HpkeIdentity, SigningIdentity, verify_signature};
 pub use keyring::{
-    Argon2Params, Keyring, NewSlot, RecoveryChange, UnsealMethod, UnsealSecret, Unsealed,
+    Argon2Params, Keyring, NewSlot, PassphraseLineError, RecoveryChange, UnsealMethod,
+    UnsealSecret, Unsealed, passphrase_line,
 };
 /// The signed formats this crate checks, as the daemon's domain sees them: grants and
 /// receipts are protobuf messages signed as their exact bytes (SPEC.md), so these message

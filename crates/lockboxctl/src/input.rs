@@ -84,23 +84,7 @@ pub fn read_text(path: &Path, max: u64, what: &str) -> Result<String> {
 /// refused: sending the first line only, or nothing, would unseal or enroll with another
 /// passphrase than the file holds.
 pub fn passphrase_line(text: &[u8], what: &str) -> Result<Zeroizing<Vec<u8>>> {
-    let mut end = text.len();
-    while end > 0 && matches!(text[end - 1], b'\n' | b'\r') {
-        end -= 1;
-    }
-    let line = &text[..end];
-    if line.is_empty() {
-        bail!("{what} is empty");
-    }
-    if line.iter().any(|b| matches!(b, b'\n' | b'\r')) {
-        bail!(
-            "{what} holds more than one line: a passphrase file holds the passphrase alone \
-             (lockboxd init takes the whole file)"
-        );
-    }
-    if std::str::from_utf8(line).is_err() {
-        bail!("{what} is not UTF-8 text");
-    }
+    let line = lockbox_crypto::passphrase_line(text).map_err(|e| anyhow!("{what} {e}"))?;
     Ok(Zeroizing::new(line.to_vec()))
 }
 

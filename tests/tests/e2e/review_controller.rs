@@ -16,7 +16,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -50,22 +50,12 @@ fn refused(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn data_dir(ctl: &Controller) -> PathBuf {
-    ctl.config_path().parent().unwrap().join("data")
-}
-
 /// Every record of a stopped controller's audit log, as (action, outcome, detail).
 fn audit_records(ctl: &Controller) -> Vec<(String, String, String)> {
-    let store = lockbox_store::Store::open(&data_dir(ctl).join("audit"), 1 << 20).unwrap();
-    let out = store
-        .iter_after(lockbox_store::Ns::Audit, None)
-        .map(|r| {
-            let e = lockbox_crypto::AuditEntry::decode(&r.unwrap().1).unwrap();
-            (e.event.action, e.event.outcome, e.event.detail)
-        })
-        .collect();
-    store.flush_blocking().unwrap();
-    out
+    ctl.audit_records()
+        .into_iter()
+        .map(|(_, action, outcome, detail)| (action, outcome, detail))
+        .collect()
 }
 
 /// `lockboxctl grant issue` by `id` at `ctl`, `extra` flags after the usual ones.
@@ -425,7 +415,7 @@ fn audit_verify_without_an_audit_log_refuses_and_creates_nothing() {
     std::fs::write(
         &cfg,
         text.replace(
-            &data_dir(&ctl).display().to_string(),
+            &ctl.data_dir().display().to_string(),
             &missing.display().to_string(),
         ),
     )
@@ -743,13 +733,12 @@ fn grant_inspect_escapes_what_a_grant_file_says() {
     assert!(shown.contains("\\u{1b}]0;owned"), "{shown}");
 }
 
-/// Finding 14 (lockboxd, not fixed here): `lockboxd init --passphrase-file` takes the whole
-/// file (inner newlines included, unbounded, waiting on a FIFO), so a two-line file sets a
-/// passphrase that neither `lockboxctl unseal` (one line per file) nor a terminal prompt can
-/// give: the node opens only with its recovery slot, if it has one. init must refuse what
-/// lockboxctl refuses (empty, more than one line) and read the file as lockboxctl does.
+/// Finding 14: `lockboxd init --passphrase-file` took the whole file (inner newlines included,
+/// unbounded, waiting on a FIFO), so a two-line file set a passphrase that neither `lockboxctl
+/// unseal` (one line per file) nor a terminal prompt can give: the node opened only with its
+/// recovery slot, if it had one. init now reads the file as lockboxctl does (one rule,
+/// `lockbox_crypto::passphrase_line`), bounded, without waiting on a FIFO nobody writes to.
 #[test]
-#[ignore = "finding 14: needs lockboxd change (init reads passphrase files as lockboxctl does)"]
 fn lockboxd_init_refuses_a_passphrase_file_lockboxctl_cannot_send() {
     let node = Node::new_uninit(lockbox_tests::NodeOptions::passphrase(
         "first passphrase\nsecond line\n",
@@ -757,5 +746,20 @@ fn lockboxd_init_refuses_a_passphrase_file_lockboxctl_cannot_send() {
     let out = node.init_output();
     let err = refused(&out);
     assert!(err.contains("more than one line"), "{err}");
+    assert!(!node.keyring_path().exists(), "init made a keyring");
+
+    let file = node.passphrase_file();
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
+    let err = refused(&node.init_output());
+    assert!(err.contains("more than 65536 bytes"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = refused(&node.init_output());
+    assert!(err.contains("is empty"), "{err}");
     assert!(!node.keyring_path().exists(), "init made a keyring");
 }

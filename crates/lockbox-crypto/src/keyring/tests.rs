@@ -538,3 +538,25 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_passphrase_is_one_line_of_text() {
+    for (text, want) in [
+        (&b"secret words"[..], &b"secret words"[..]),
+        (b"secret words\n", b"secret words"),
+        (b"secret words\r\n", b"secret words"),
+        (b"secret words\n\n", b"secret words"),
+        (b" spaces kept ", b" spaces kept "),
+    ] {
+        assert_eq!(passphrase_line(text).unwrap(), want);
+    }
+    for (text, e) in [
+        (&b""[..], PassphraseLineError::Empty),
+        (b"\r\n", PassphraseLineError::Empty),
+        (b"first\nsecond\n", PassphraseLineError::MoreThanOneLine),
+        (b"first\rsecond", PassphraseLineError::MoreThanOneLine),
+        (b"\xff\xfe", PassphraseLineError::NotUtf8),
+    ] {
+        assert_eq!(passphrase_line(text), Err(e), "{text:?}");
+    }
+}
