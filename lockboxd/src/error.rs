@@ -11,6 +11,13 @@ pub enum CustodyError {
     /// The lockbox holds no KEK: only status and unseal work.
     #[error("lockbox is sealed: unseal it first (lockboxctl unseal)")]
     Sealed,
+    /// A write was about to seal with an unsealed state that is no longer the current one
+    /// (read before the writer lock, then replaced by a KEK rotation): nothing was written.
+    #[error(
+        "the lockbox's keys changed during this request (a KEK rotation): nothing was written; \
+         run it again"
+    )]
+    StaleUnsealedState,
     /// No key id like this one exists here.
     #[error("unknown key {0}")]
     KeyNotFound(String),
@@ -147,6 +154,7 @@ impl CustodyError {
         use tonic::Code;
         match self {
             CustodyError::Sealed => Code::FailedPrecondition,
+            CustodyError::StaleUnsealedState => Code::Aborted,
             CustodyError::KeyNotFound(_) | CustodyError::VersionNotFound { .. } => Code::NotFound,
             CustodyError::KeyDestroyed(_) => Code::FailedPrecondition,
             CustodyError::InvalidArgument(_) => Code::InvalidArgument,

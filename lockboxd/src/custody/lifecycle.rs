@@ -477,6 +477,11 @@ impl Custody {
             hpke: Arc::new(hpke),
         });
         let mut txn = self.write_txn().await;
+        if self.unlocked().is_ok() {
+            // Another unseal got here first (and a rotation may have followed it, which this
+            // keyring copy predates): keep what is in place.
+            return Ok(());
+        }
         let watermark = self.check_head(&txn.state(), &unlocked)?;
         self.set_unlocked(Some(unlocked.clone()));
         // The keyring opened, named as an enrollment's records name it (`slots.rs`): after a

@@ -104,8 +104,10 @@ impl Custody {
         detail: String,
     ) -> Result<()> {
         let res = async {
-            let u = self.unlocked()?;
+            // Under the writer lock (see `audit_refusal`): a rotation cannot retire the KEK
+            // this state seals the audit head under.
             let mut txn = self.write_txn().await;
+            let u = self.unlocked()?;
             let keyring = self.keyring();
             let slot = match primary {
                 Enroll::Keyfile(k) => NewSlot::Keyfile(k),

@@ -235,6 +235,9 @@ impl<'a> WriteTxn<'a> {
         caller: &Caller,
         event: Event<'_>,
     ) -> Result<()> {
+        if let Some(u) = unlocked {
+            self.check_current(u)?;
+        }
         let ws = self.state();
         let entry = AuditEntry {
             seq: ws.audit_seq + 1,
@@ -262,8 +265,23 @@ impl<'a> WriteTxn<'a> {
     /// Signs a checkpoint of the chain so far and moves the sealed head to it (seal, clean
     /// shutdown, the end of a KEK rotation).
     pub fn checkpoint(&mut self, u: &Unlocked) -> Result<()> {
+        self.check_current(u)?;
         self.push_checkpoint(u)?;
         self.put_head(u)
+    }
+
+    /// The state a write seals its audit head (and checkpoint watermark) with must be the
+    /// current one. A copy taken before the writer lock may have been replaced meanwhile by a
+    /// KEK rotation, which then retires the KEK that copy seals under: a head sealed with it
+    /// could not be opened at the next unseal, a restart dead end. Every writer reads the
+    /// state under the lock; this makes one that did not fail, writing nothing, instead of
+    /// poisoning the head.
+    fn check_current(&self, u: &Unlocked) -> Result<()> {
+        match self.custody.unlocked() {
+            Ok(current) if std::ptr::eq(std::sync::Arc::as_ptr(&current), u) => Ok(()),
+            Ok(_) => Err(CustodyError::StaleUnsealedState),
+            Err(e) => Err(e),
+        }
     }
 
     fn put_head(&mut self, u: &Unlocked) -> Result<()> {
@@ -468,8 +486,11 @@ impl Custody {
         key_id: &str,
         err: &CustodyError,
     ) {
-        let Ok(u) = self.unlocked() else { return };
+        // The unsealed state is read under the writer lock, never before it: a KEK rotation
+        // waiting ahead of us would otherwise retire the KEK our copy seals the audit head
+        // under, and the next unseal could not open the head (a restart dead end).
         let mut txn = self.write_txn().await;
+        let Ok(u) = self.unlocked() else { return };
         let detail = err.to_string();
         let res = match txn.audit(Some(&u), caller, Event::refused(action, key_id, detail)) {
             Ok(()) => txn.apply(),
@@ -546,5 +567,35 @@ mod watermark_tests {
         assert_eq!(std::fs::read(&c.watermark_path).unwrap(), b"newer");
         c.write_watermark(Some((2001, b"next".to_vec())));
         assert_eq!(std::fs::read(&c.watermark_path).unwrap(), b"next");
+    }
+
+    /// An unsealed state read before a KEK rotation replaced it cannot seal an audit head:
+    /// the write fails and nothing of it stays; the current state writes as usual.
+    #[tokio::test]
+    async fn a_write_with_a_replaced_unsealed_state_is_refused() {
+        use super::super::keys::test_support::{caller, last_audit};
+        let dir = tempfile::tempdir().unwrap();
+        let c = custody(dir.path(), "").await;
+        let stale = c.unlocked().unwrap();
+        c.rotate_kek(&caller()).await.unwrap();
+        let before = last_audit(&c);
+        let mut txn = c.write_txn().await;
+        let e = txn
+            .audit(Some(&stale), &caller(), super::Event::ok("test", "", ""))
+            .unwrap_err();
+        assert!(matches!(e, super::CustodyError::StaleUnsealedState), "{e}");
+        assert!(matches!(
+            txn.checkpoint(&stale),
+            Err(super::CustodyError::StaleUnsealedState)
+        ));
+        drop(txn);
+        assert_eq!(last_audit(&c), before);
+        let current = c.unlocked().unwrap();
+        let mut txn = c.write_txn().await;
+        txn.audit(Some(&current), &caller(), super::Event::ok("test", "", ""))
+            .unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(last_audit(&c).0, "test");
+        assert!(c.audit_verify().await.unwrap().ok);
     }
 }
