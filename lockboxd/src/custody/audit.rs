@@ -66,8 +66,11 @@ impl Custody {
     /// Walks the whole chain: sequence, links, checkpoint signatures by this node's identity
     /// key, and the sealed head (which catches a removed or edited last record).
     pub async fn audit_verify(&self) -> Result<AuditReport> {
-        let u = self.unlocked()?;
+        // The KEKs to open the head with are read under the writer lock: a copy taken before
+        // it, while a KEK rotation held the lock, misses the KEK the rotation re-seals the
+        // head under, and the head then reads as tampered with.
         let ws = self.write.lock().await;
+        let u = self.unlocked()?;
         let mut verifier = ChainVerifier::new(u.signing.public_key());
         let mut report = AuditReport {
             ok: true,
