@@ -27,7 +27,7 @@ impl Custody {
     /// under the new KEK, which the state it began with does not hold: an error that says
     /// "integrity" about a record nobody touched. Reads change nothing, so reading again is
     /// safe.
-    fn read_unlocked<T>(&self, read: impl Fn(&Unlocked) -> Result<T>) -> Result<T> {
+    pub(super) fn read_unlocked<T>(&self, read: impl Fn(&Unlocked) -> Result<T>) -> Result<T> {
         let u = self.unlocked()?;
         match read(&u) {
             Err(e) => match self.unlocked() {

@@ -133,7 +133,15 @@ impl Custody {
     /// database page is fetched once instead of once per key on it (a 100,000-key lockbox
     /// outgrows the page cache). The result is in key-id order.
     pub fn read_for_transfer(&self, key_ids: &[String]) -> Result<Vec<Outgoing>> {
-        let u = self.unlocked()?;
+        // Read again with the new keys if a KEK rotation ran meanwhile (`read_unlocked`).
+        self.read_unlocked(|u| self.read_for_transfer_with(u, key_ids))
+    }
+
+    fn read_for_transfer_with(
+        &self,
+        u: &super::Unlocked,
+        key_ids: &[String],
+    ) -> Result<Vec<Outgoing>> {
         // Before any record is read (see `AsRead`).
         let written = self.keys_written.load(Ordering::SeqCst);
         let mut ids = key_ids
@@ -143,7 +151,7 @@ impl Custody {
         ids.sort_unstable();
         let metas = crate::par::try_map(&ids, |id| {
             let (sealed, meta) = self
-                .load_meta_sealed(&u, id)?
+                .load_meta_sealed(u, id)?
                 .ok_or_else(|| CustodyError::KeyNotFound(id.clone()))?;
             check_live(id, &meta)?;
             check_not_replica(id, &meta)?;
@@ -165,7 +173,7 @@ impl Custody {
         wanted.sort_unstable();
         let materials = crate::par::try_map(&wanted, |(_, k, i)| {
             let (id, (_, meta)) = &metas[*k];
-            self.open_version(&u, id, &meta.versions[*i])
+            self.open_version(u, id, &meta.versions[*i])
         })?;
         let mut opened: Vec<Vec<(usize, SecretBytes)>> = metas.iter().map(|_| Vec::new()).collect();
         for ((_, k, i), material) in wanted.iter().zip(materials) {
