@@ -21,6 +21,7 @@ mod revoke;
 mod rollback;
 mod seal;
 mod shred;
+mod storm;
 mod transfer;
 mod transfer_adversarial;
 mod transfer_crash;
