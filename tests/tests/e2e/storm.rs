@@ -125,7 +125,9 @@ enum KState {
     },
     /// A key just made by a snapshot or clone whose answer was the only thing seen: active,
     /// any versions; when `bytes` is set, its current version holds them.
-    AnyLive { bytes: Option<Vec<u8>> },
+    AnyLive {
+        bytes: Option<Vec<u8>>,
+    },
     Destroyed,
     Moved(String),
 }
@@ -262,6 +264,9 @@ struct KeyModel {
     must_live: bool,
     /// Verifications at which it was certainly dead everywhere (pruned after a few).
     dead_checks: u32,
+    /// In a transfer whose answer is still awaited (a retry is pending): left alone but for
+    /// reads until the retry answers, so that what the retry's answer means is known.
+    busy: bool,
     /// What happened to it, most recent last (for findings).
     history: Vec<String>,
 }
@@ -346,7 +351,11 @@ impl Gate {
     fn enter(&self, stop: &AtomicBool) -> bool {
         let mut g = self.m.lock().unwrap();
         while g.0 && !stop.load(SeqCst) {
-            g = self.cv.wait_timeout(g, Duration::from_millis(100)).unwrap().0;
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .unwrap()
+                .0;
         }
         if stop.load(SeqCst) {
             return false;
@@ -362,7 +371,11 @@ impl Gate {
         let mut g = self.m.lock().unwrap();
         g.0 = true;
         while g.1 > 0 {
-            g = self.cv.wait_timeout(g, Duration::from_millis(100)).unwrap().0;
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .unwrap()
+                .0;
         }
     }
     fn resume(&self) {
@@ -425,7 +438,9 @@ fn run_ctl(socket: Option<&Path>, args: &[&str], timeout: Duration) -> Result<Ou
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status();
-            Err(format!("lockboxctl {args:?} did not finish within {timeout:?}"))
+            Err(format!(
+                "lockboxctl {args:?} did not finish within {timeout:?}"
+            ))
         }
     }
 }
@@ -642,7 +657,7 @@ impl Client<'_> {
     fn certain_where(&self, m: &Model, f: impl Fn(&KState) -> bool) -> Vec<(String, usize)> {
         let up = self.up_nodes();
         let mut out = Vec::new();
-        for (id, k) in &m.keys {
+        for (id, k) in m.keys.iter().filter(|(_, k)| !k.busy) {
             for &n in k.on.keys() {
                 if up.contains(&n)
                     && let Some(s) = k.certain(n)
@@ -757,6 +772,7 @@ impl Client<'_> {
             on: BTreeMap::new(),
             must_live: false,
             dead_checks: 0,
+            busy: false,
             history: Vec::new(),
         });
     }
@@ -855,7 +871,9 @@ impl Client<'_> {
             }
             Outcome::Unknown(e) => {
                 k.add(n, KState::new_key());
-                k.note(format!("create --key-id on {name} try {tries}: unknown ({e})"));
+                k.note(format!(
+                    "create --key-id on {name} try {tries}: unknown ({e})"
+                ));
                 if tries < 6 {
                     m.pending.push(Pending::Create {
                         node: n,
@@ -898,7 +916,11 @@ impl Client<'_> {
                         self.name(n)
                     ));
                 }
-                if y["created"] == true { Outcome::Ack(y) } else { Outcome::Ack(x) }
+                if y["created"] == true {
+                    Outcome::Ack(y)
+                } else {
+                    Outcome::Ack(x)
+                }
             }
             (Outcome::Ack(mut x), _) | (_, Outcome::Ack(mut x)) => {
                 // The other call's answer was lost: it may be the one that created the key.
@@ -936,7 +958,12 @@ impl Client<'_> {
                 id,
                 policy,
                 tries,
-            } => self.create_with_id(m, node, id, policy, tries),
+            } => {
+                // Read back meanwhile (and maybe changed since): no retry needed.
+                if m.keys[&id].cands(node).contains(&KState::Absent) {
+                    self.create_with_id(m, node, id, policy, tries)
+                }
+            }
             Pending::Transfer {
                 src,
                 dest,
@@ -997,8 +1024,9 @@ impl Client<'_> {
             Outcome::Ack(v) => {
                 let id = v["key_id"].as_str().unwrap().to_owned();
                 if m.keys.contains_key(&id) {
-                    self.sh
-                        .finding(format!("{kind} of {src} on {name} answered a known id {id}"));
+                    self.sh.finding(format!(
+                        "{kind} of {src} on {name} answered a known id {id}"
+                    ));
                     return;
                 }
                 let family = m.keys[&src].family;
@@ -1019,7 +1047,8 @@ impl Client<'_> {
                 match self.sh.observe(n, &id, false) {
                     Ok(o) => {
                         if mode == "new-key"
-                            && let (Some(a), Some(b)) = (o.current_bytes(), src_state.current_bytes())
+                            && let (Some(a), Some(b)) =
+                                (o.current_bytes(), src_state.current_bytes())
                             && a == b
                         {
                             self.sh.finding(format!(
@@ -1154,7 +1183,8 @@ impl Client<'_> {
             }
             Outcome::Refused(e) => {
                 k.note(format!("rekey --commit on {name}: refused ({e})"));
-                self.sh.odd(format!("rekey --commit of {id} on {name}: {e}"));
+                self.sh
+                    .odd(format!("rekey --commit of {id} on {name}: {e}"));
             }
             Outcome::Skipped => {}
         }
@@ -1172,7 +1202,11 @@ impl Client<'_> {
         if cascade {
             args.push("--cascade");
         }
-        let kind = if cascade { "destroy-cascade" } else { "destroy" };
+        let kind = if cascade {
+            "destroy-cascade"
+        } else {
+            "destroy"
+        };
         let family = m.keys[&id].family;
         match self.sh.call(kind, n, &[n], &args) {
             Outcome::Ack(v) => {
@@ -1236,6 +1270,7 @@ impl Client<'_> {
         let mut ks: Vec<(String, KState)> = m
             .keys
             .iter()
+            .filter(|(_, k)| !k.busy)
             .filter_map(|(id, k)| {
                 let s = k.certain(src)?;
                 let ok_src = matches!(s, KState::Live { .. });
@@ -1329,14 +1364,21 @@ impl Client<'_> {
                     .collect();
                 let want: BTreeSet<String> = keys.iter().map(|(k, _)| k.clone()).collect();
                 if got != want || v["dest_node"] != dname || v["op"] != op {
-                    self.sh.finding(format!(
-                        "{op} {sname} -> {dname} of {want:?} answered {v}"
-                    ));
+                    self.sh
+                        .finding(format!("{op} {sname} -> {dname} of {want:?} answered {v}"));
                     return;
                 }
                 for (id, s) in &keys {
                     let k = m.keys.get_mut(id).unwrap();
-                    k.set(dest, s.clone());
+                    k.busy = false;
+                    // An earlier attempt may have stored it (read back since, bytes known).
+                    let live: Vec<KState> =
+                        k.cands(dest).into_iter().filter(KState::is_live).collect();
+                    if live.is_empty() {
+                        k.set(dest, s.clone());
+                    } else {
+                        k.on.insert(dest, live);
+                    }
                     if op == "move" {
                         k.set(src, KState::Moved(dname.into()));
                     }
@@ -1347,6 +1389,9 @@ impl Client<'_> {
                 }
             }
             Outcome::Skipped => {
+                for (id, _) in &keys {
+                    m.keys.get_mut(id).unwrap().busy = true;
+                }
                 m.pending.push(Pending::Transfer {
                     src,
                     dest,
@@ -1367,7 +1412,11 @@ impl Client<'_> {
                     }
                     k.note(format!("{op} {sname} -> {dname} try {tries}: failed ({e})"));
                 }
-                if tries < 6 {
+                let retry = tries < 6;
+                for (id, _) in &keys {
+                    m.keys.get_mut(id).unwrap().busy = retry;
+                }
+                if retry {
                     m.pending.push(Pending::Transfer {
                         src,
                         dest,
@@ -1515,7 +1564,10 @@ impl Storm<'_> {
                 {
                     // The failpoint fired during start-up (an interrupted rotation resumed):
                     // a crash like any other; start again without it.
-                    eprintln!("storm: {} stopped at failpoint {f} while starting", NAMES[i]);
+                    eprintln!(
+                        "storm: {} stopped at failpoint {f} while starting",
+                        NAMES[i]
+                    );
                     self.event(format!("failpoint hit at start: {f}"));
                     return self.restart(i, None, None);
                 }
@@ -1574,6 +1626,18 @@ impl Storm<'_> {
             if delay.is_some() {
                 self.event("started with sync-delay");
             }
+            if self.rng.chance(12) {
+                // Killed again while it starts (replaying its journal, unsealing, resuming a
+                // rotation): the start after that must still work.
+                self.c.nodes[i].opts_mut().env.clear();
+                self.c.nodes[i].spawn();
+                let ms = self.rng.below(400);
+                std::thread::sleep(Duration::from_millis(ms));
+                if self.c.nodes[i].try_exit().is_none() {
+                    self.c.nodes[i].kill9();
+                    self.event("kill -9 during start-up");
+                }
+            }
             self.restart(i, fp, delay);
         }
     }
@@ -1620,8 +1684,8 @@ impl Storm<'_> {
                                     let o = sh.observe(n, &id, true);
                                     // A destroyed or moved key must not be readable.
                                     let readable =
-                                        matches!(o, Ok(KState::Destroyed | KState::Moved(_)))
-                                            .then(|| {
+                                        matches!(o, Ok(KState::Destroyed | KState::Moved(_))).then(
+                                            || {
                                                 run_ctl(
                                                     Some(&sh.nodes[n].socket),
                                                     &["key", "get", &id, "--format", "hex"],
@@ -1629,7 +1693,8 @@ impl Storm<'_> {
                                                 )
                                                 .map(|o| o.status.success())
                                                 .unwrap_or(false)
-                                            });
+                                            },
+                                        );
                                     (t, id, n, o, readable)
                                 })
                                 .collect::<Vec<_>>()
@@ -1902,11 +1967,10 @@ impl Storm<'_> {
                     self.event("unseal enroll");
                     match out {
                         Ok(o) if o.status.success() => {}
-                        Ok(o) if self.armed[i].is_none() => self.sh.odd(format!(
-                            "unseal enroll on {}: {}",
-                            NAMES[i],
-                            stderr_of(&o)
-                        )),
+                        Ok(o) if self.armed[i].is_none() => {
+                            self.sh
+                                .odd(format!("unseal enroll on {}: {}", NAMES[i], stderr_of(&o)))
+                        }
                         _ => {}
                     }
                     self.dwell(50);
@@ -2067,11 +2131,7 @@ fn storm(cfg: StormConfig) {
             v[0], v[1], v[2], v[3]
         ));
     }
-    let keys: usize = sh
-        .models
-        .iter()
-        .map(|m| m.lock().unwrap().keys.len())
-        .sum();
+    let keys: usize = sh.models.iter().map(|m| m.lock().unwrap().keys.len()).sum();
     eprintln!(
         "storm: seed {} ran {:.0} s: {} operations (ack {}, refused {}, unknown {}, skipped {}), {} verifications, {} keys in the model at the end\n{}\n  chaos: {:?}\n  unexpected refusals: {}",
         cfg.seed,
@@ -2174,10 +2234,7 @@ fn a_refusal_audited_across_a_kek_rotation_leaves_a_node_that_restarts() {
     let port = lockbox_tests::cluster::free_port();
     let mut node = lockbox_tests::Node::start(lockbox_tests::NodeOptions {
         shred_rotation: Some(ShredRotation::Immediate),
-        env: vec![(
-            "LOCKBOX_STORE_FAULT".into(),
-            "sync-delay-ms:3000".into(),
-        )],
+        env: vec![("LOCKBOX_STORE_FAULT".into(), "sync-delay-ms:3000".into())],
         extra_tables: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
         ..lockbox_tests::NodeOptions::default()
     });
@@ -2226,4 +2283,60 @@ fn a_refusal_audited_across_a_kek_rotation_leaves_a_node_that_restarts() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_eq!(node.key_bytes(&keep), keep_bytes);
+}
+
+/// The model's matching: an observation is admitted only by a state it agrees with, bytes
+/// included where the model knows them.
+#[test]
+fn storm_model_admits_only_what_was_acknowledged() {
+    let live = |rekeying, current, vs: &[(u64, Option<u8>)]| KState::Live {
+        rekeying,
+        current,
+        versions: vs
+            .iter()
+            .map(|(v, b)| (*v, b.map(|b| vec![b; 32])))
+            .collect(),
+    };
+    let seen = live(false, 1, &[(1, Some(7))]);
+    assert!(live(false, 1, &[(1, None)]).admits(&seen));
+    assert!(live(false, 1, &[(1, Some(7))]).admits(&seen));
+    assert!(
+        !live(false, 1, &[(1, Some(8))]).admits(&seen),
+        "other bytes"
+    );
+    assert!(!live(true, 1, &[(1, None)]).admits(&seen), "rekeying");
+    assert!(
+        !live(false, 2, &[(1, None), (2, None)]).admits(&seen),
+        "versions"
+    );
+    assert!(KState::AnyLive { bytes: None }.admits(&seen));
+    assert!(
+        KState::AnyLive {
+            bytes: Some(vec![7; 32])
+        }
+        .admits(&seen)
+    );
+    assert!(
+        !KState::AnyLive {
+            bytes: Some(vec![9; 32])
+        }
+        .admits(&seen)
+    );
+    for dead in [
+        KState::Absent,
+        KState::Destroyed,
+        KState::Moved("host-b".into()),
+    ] {
+        assert!(!dead.admits(&seen));
+        assert!(!live(false, 1, &[(1, None)]).admits(&dead));
+        assert!(dead.admits(&dead.clone()));
+    }
+    assert!(!KState::Moved("host-b".into()).admits(&KState::Moved("host-c".into())));
+    // Pinning keeps the bytes the model knew for versions the read did not fetch.
+    let m = live(true, 1, &[(1, Some(1)), (2, None)]).merged(&live(
+        true,
+        1,
+        &[(1, None), (2, Some(2))],
+    ));
+    assert_eq!(m, live(true, 1, &[(1, Some(1)), (2, Some(2))]));
 }
