@@ -1434,6 +1434,10 @@ impl Client<'_> {
 // ---------------------------------------------------------------------------------------
 // The chaos thread: kills, restarts, verification.
 
+/// One key read back by [`Storm::check`]: client, key id, node, what was read, and (for a
+/// destroyed or moved key) whether `key get` still returned bytes.
+type ReadBack = (usize, String, usize, Result<KState, String>, Option<bool>);
+
 struct Storm<'a> {
     c: Cluster,
     sh: &'a Shared,
@@ -1501,7 +1505,7 @@ impl Storm<'_> {
 
     /// Notices nodes that exited by themselves.
     fn reap(&mut self) {
-        for i in 0..self.c.nodes.len() {
+        for (i, name) in NAMES.iter().enumerate() {
             if let Some(st) = self.c.nodes[i].try_exit() {
                 self.sh.nodes[i].down.store(true, SeqCst);
                 let fp = self.armed[i];
@@ -1511,13 +1515,13 @@ impl Storm<'_> {
                         if st.code() == Some(FAILPOINT_EXIT)
                             && log.contains(&format!("failpoint {f}: exiting now")) =>
                     {
-                        eprintln!("storm: {} stopped at failpoint {f}", NAMES[i]);
+                        eprintln!("storm: {} stopped at failpoint {f}", name);
                         self.event(format!("failpoint hit: {f}"));
                         self.armed[i] = None;
                     }
                     _ => self.fail(&format!(
                         "{} exited by itself ({st}), armed with {fp:?}; log tail:\n{}",
-                        NAMES[i],
+                        name,
                         tail(&log, 60)
                     )),
                 }
@@ -1672,37 +1676,36 @@ impl Storm<'_> {
             }
             c
         };
-        let results: Vec<(usize, String, usize, Result<KState, String>, Option<bool>)> =
-            std::thread::scope(|s| {
-                let hs: Vec<_> = chunks
-                    .into_iter()
-                    .map(|chunk| {
-                        s.spawn(move || {
-                            chunk
-                                .into_iter()
-                                .map(|(t, id, n)| {
-                                    let o = sh.observe(n, &id, true);
-                                    // A destroyed or moved key must not be readable.
-                                    let readable =
-                                        matches!(o, Ok(KState::Destroyed | KState::Moved(_))).then(
-                                            || {
-                                                run_ctl(
-                                                    Some(&sh.nodes[n].socket),
-                                                    &["key", "get", &id, "--format", "hex"],
-                                                    OP_TIMEOUT,
-                                                )
-                                                .map(|o| o.status.success())
-                                                .unwrap_or(false)
-                                            },
-                                        );
-                                    (t, id, n, o, readable)
-                                })
-                                .collect::<Vec<_>>()
-                        })
+        let results: Vec<ReadBack> = std::thread::scope(|s| {
+            let hs: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .into_iter()
+                            .map(|(t, id, n)| {
+                                let o = sh.observe(n, &id, true);
+                                // A destroyed or moved key must not be readable.
+                                let readable =
+                                    matches!(o, Ok(KState::Destroyed | KState::Moved(_))).then(
+                                        || {
+                                            run_ctl(
+                                                Some(&sh.nodes[n].socket),
+                                                &["key", "get", &id, "--format", "hex"],
+                                                OP_TIMEOUT,
+                                            )
+                                            .map(|o| o.status.success())
+                                            .unwrap_or(false)
+                                        },
+                                    );
+                                (t, id, n, o, readable)
+                            })
+                            .collect::<Vec<_>>()
                     })
-                    .collect();
-                hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-            });
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
         let mut problems = Vec::new();
         let mut live_on: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
         for (t, id, n, o, readable) in results {
