@@ -2386,3 +2386,23 @@ fn audit_verify_during_a_kek_rotation_does_not_report_tampering() {
         stderr_of(&v)
     );
 }
+
+/// Finding 3 (7 of 20 `unseal enroll` calls in the seed-202 storm): an enrollment that waits
+/// for the writer lock behind a KEK rotation is refused with "malformed unsealed keyring
+/// state (kek ids differ from this keyring)". `Custody::enroll_slots` reads the unsealed
+/// state before it takes the lock and re-wraps the keyring read after it; the rotation in
+/// between changed the KEK ids. Nothing is damaged (it is refused), but the error sends an
+/// operator looking for corruption, and the same ordering is finding 1's cause.
+#[test]
+#[ignore = "finding 3"]
+fn an_enrollment_behind_a_kek_rotation_is_not_refused() {
+    let (node, destroying, keep, keep_bytes, kek) = node_rotating_under_the_lock();
+    let out = node.ctl(&["unseal", "enroll"]);
+    destroyed_and_rotated(&node, destroying, kek);
+    assert!(
+        out.status.success(),
+        "unseal enroll behind a KEK rotation: {}",
+        stderr_of(&out)
+    );
+    assert_eq!(node.key_bytes(&keep), keep_bytes);
+}
