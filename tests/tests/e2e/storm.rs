@@ -1445,6 +1445,9 @@ struct Storm<'a> {
     seed: u64,
     /// Failpoint each node was started with, if any.
     armed: Vec<Option<&'static str>>,
+    /// The flag file of each node started with `sync-error-when:` (its syncs fail, as an
+    /// `fdatasync` returning EIO, while the file exists), if any.
+    eio: Vec<Option<PathBuf>>,
     /// Whether each node's current process was started with a held-up sync.
     delayed: Vec<bool>,
     verifications: u64,
@@ -1510,6 +1513,7 @@ impl Storm<'_> {
                 self.sh.nodes[i].down.store(true, SeqCst);
                 let fp = self.armed[i];
                 let log = self.c.nodes[i].log_contents();
+                let eio_set = self.eio[i].as_ref().is_some_and(|f| f.exists());
                 match fp {
                     Some(f)
                         if st.code() == Some(FAILPOINT_EXIT)
@@ -1518,6 +1522,11 @@ impl Storm<'_> {
                         eprintln!("storm: {} stopped at failpoint {f}", name);
                         self.event(format!("failpoint hit: {f}"));
                         self.armed[i] = None;
+                    }
+                    _ if eio_set && st.code() == Some(75) => {
+                        // The store failed a sync and stopped the daemon (fail-stop, 75).
+                        self.event("fail-stop on a failed sync (exit 75)");
+                        let _ = std::fs::remove_file(self.eio[i].take().unwrap());
                     }
                     _ => self.fail(&format!(
                         "{} exited by itself ({st}), armed with {fp:?}; log tail:\n{}",
@@ -1544,9 +1553,30 @@ impl Storm<'_> {
     /// Starts node `i` again (after a crash) with `env`, and waits until it is ready,
     /// unsealed and attested: anything else within [`RESTART_BOUND`] is a finding.
     fn restart(&mut self, i: usize, failpoint: Option<&'static str>, delay_ms: Option<u64>) {
+        self.restart_with(i, failpoint, delay_ms, false)
+    }
+
+    /// [`Storm::restart`], with syncs that fail while a flag file exists when `eio`.
+    fn restart_with(
+        &mut self,
+        i: usize,
+        failpoint: Option<&'static str>,
+        delay_ms: Option<u64>,
+        eio: bool,
+    ) {
+        if let Some(f) = self.eio[i].take() {
+            let _ = std::fs::remove_file(f);
+        }
+        let flag = self.sh.work.join(format!("eio-{}", NAMES[i]));
         let node = &mut self.c.nodes[i];
         assert!(!node.is_running());
         let mut env = Vec::new();
+        if eio {
+            env.push((
+                "LOCKBOX_STORE_FAULT".to_string(),
+                format!("sync-error-when:{}", flag.display()),
+            ));
+        }
         if let Some(f) = failpoint {
             env.push(("LOCKBOX_FAILPOINT".to_string(), f.to_string()));
         }
@@ -1606,7 +1636,10 @@ impl Storm<'_> {
         }
         self.armed[i] = failpoint;
         self.delayed[i] = delay_ms.is_some();
-        self.sh.nodes[i].shaky.store(failpoint.is_some(), SeqCst);
+        self.eio[i] = eio.then_some(flag);
+        self.sh.nodes[i]
+            .shaky
+            .store(failpoint.is_some() || eio, SeqCst);
         self.sh.nodes[i].down.store(false, SeqCst);
     }
 
@@ -1623,7 +1656,11 @@ impl Storm<'_> {
                 .rng
                 .chance(15)
                 .then(|| FAILPOINTS[self.rng.index(FAILPOINTS.len())]);
-            let delay = self.rng.chance(25).then(|| self.rng.range(20, 400));
+            let eio = self.rng.chance(8);
+            let delay = (!eio && self.rng.chance(25)).then(|| self.rng.range(20, 400));
+            if eio {
+                self.event("started with sync-error-when");
+            }
             if let Some(f) = fp {
                 self.event(format!("armed: {f}"));
             }
@@ -1642,7 +1679,7 @@ impl Storm<'_> {
                     self.event("kill -9 during start-up");
                 }
             }
-            self.restart(i, fp, delay);
+            self.restart_with(i, fp, delay, eio);
         }
     }
 
@@ -1879,7 +1916,7 @@ impl Storm<'_> {
     /// One round: workload for a while, a chaos action, the nodes back, verification.
     fn round(&mut self) {
         let dwell = self.rng.range(200, 2500);
-        let action = self.rng.weighted(&[50, 14, 10, 8, 8, 6, 10]);
+        let action = self.rng.weighted(&[50, 14, 10, 8, 8, 6, 6, 10]);
         match action {
             // SIGKILL a node at a random moment.
             0 => {
@@ -1979,6 +2016,23 @@ impl Storm<'_> {
                     self.dwell(50);
                 }
             }
+            // A sync fails (EIO) on a node started for it: it must stop (75), answering
+            // nothing it could not make durable.
+            6 => {
+                self.dwell(dwell);
+                if let Some(i) = (0..NAMES.len()).find(|&i| self.eio[i].is_some()) {
+                    std::fs::write(self.eio[i].as_ref().unwrap(), b"fail").unwrap();
+                    self.event("sync made to fail");
+                    let until = Instant::now() + Duration::from_secs(3);
+                    while self.c.nodes[i].is_running() && Instant::now() < until {
+                        self.dwell(20);
+                    }
+                    if self.c.nodes[i].is_running() {
+                        // Nothing was written meanwhile: no sync to fail.
+                        self.kill(i);
+                    }
+                }
+            }
             // No crash: verify on a quiet cluster (catches what a crash did not cause).
             _ => self.dwell(dwell),
         }
@@ -1988,7 +2042,7 @@ impl Storm<'_> {
         self.restart_down();
         // A node still armed whose failpoint never came: disarm it (a crash of its own).
         for i in 0..NAMES.len() {
-            if self.armed[i].is_some() && self.rng.chance(30) {
+            if (self.armed[i].is_some() || self.eio[i].is_some()) && self.rng.chance(30) {
                 self.kill(i);
                 self.restart(i, None, None);
             }
@@ -2072,6 +2126,7 @@ fn storm(cfg: StormConfig) {
         rng: Rng(master.next()),
         seed: cfg.seed,
         armed: vec![None; NAMES.len()],
+        eio: vec![None; NAMES.len()],
         delayed: vec![false; NAMES.len()],
         verifications: 0,
     };
