@@ -1351,7 +1351,40 @@ impl Client<'_> {
         self.sh.nodes[src].transfers.fetch_add(1, SeqCst);
         self.sh.nodes[dest].transfers.fetch_add(1, SeqCst);
         let g = grant.display().to_string();
-        let o = self.sh.call(kind, src, &[src, dest], &["transfer", &g]);
+        let o = if tries == 0 && self.rng.chance(20) {
+            // A hedging orchestrator: the same grant run twice at once. One completion only.
+            let hedged: &'static str = if op == "move" {
+                "move-hedged"
+            } else {
+                "copy-hedged"
+            };
+            let (a, b) = std::thread::scope(|s| {
+                let h = s.spawn(|| self.sh.call(hedged, src, &[src, dest], &["transfer", &g]));
+                let b = self.sh.call(hedged, src, &[src, dest], &["transfer", &g]);
+                (h.join().unwrap(), b)
+            });
+            match (a, b) {
+                (Outcome::Ack(x), Outcome::Ack(y)) => {
+                    if x["fresh"] == true && y["fresh"] == true {
+                        self.sh.finding(format!(
+                            "one {op} grant ({g}) {sname} -> {dname} completed twice by two concurrent runs: {x} {y}"
+                        ));
+                    }
+                    if x["key_ids"] != y["key_ids"] || x["grant_id"] != y["grant_id"] {
+                        self.sh.finding(format!(
+                            "two runs of one {op} grant answered different receipts: {x} {y}"
+                        ));
+                    }
+                    Outcome::Ack(x)
+                }
+                (Outcome::Ack(x), _) | (_, Outcome::Ack(x)) => Outcome::Ack(x),
+                (Outcome::Unknown(e), _) | (_, Outcome::Unknown(e)) => Outcome::Unknown(e),
+                (Outcome::Refused(e), _) | (_, Outcome::Refused(e)) => Outcome::Refused(e),
+                (Outcome::Skipped, Outcome::Skipped) => Outcome::Skipped,
+            }
+        } else {
+            self.sh.call(kind, src, &[src, dest], &["transfer", &g])
+        };
         self.sh.nodes[src].transfers.fetch_sub(1, SeqCst);
         self.sh.nodes[dest].transfers.fetch_sub(1, SeqCst);
         match o {
