@@ -1949,7 +1949,16 @@ impl Storm<'_> {
     /// One round: workload for a while, a chaos action, the nodes back, verification.
     fn round(&mut self) {
         let dwell = self.rng.range(200, 2500);
-        let action = self.rng.weighted(&[50, 14, 10, 8, 8, 6, 6, 10]);
+        let mut action = self.rng.weighted(&[50, 14, 10, 8, 8, 6, 6, 10]);
+        if self
+            .armed
+            .iter()
+            .any(|f| f.is_some_and(|f| f.starts_with("enroll")))
+            && self.rng.chance(60)
+        {
+            // An enroll failpoint fires only at an enrollment: run one.
+            action = 5;
+        }
         match action {
             // SIGKILL a node at a random moment.
             0 => {
