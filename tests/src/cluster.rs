@@ -592,3 +592,19 @@ pub fn lockbox_tls_files(pki: &Pki, name: &str) -> lockbox_tls::TlsFiles {
         ca: id.ca,
     }
 }
+
+impl Controller {
+    /// SIGKILLs the controller (no clean shutdown) and reaps it; [`Controller::spawn`]
+    /// starts it again on the same port and data.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// True while the controller process runs (as far as this handle knows).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}

@@ -1060,6 +1060,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+impl Node {
+    /// Whether the daemon has exited on its own (a failpoint, a crash): reaps it and returns
+    /// its exit status, or `None` while it runs (or when no daemon was started). For tests
+    /// that poll a daemon they did not stop themselves.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(st)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ mod revoke;
 mod rollback;
 mod seal;
 mod shred;
+mod storm;
 mod transfer;
 mod transfer_adversarial;
 mod transfer_crash;
