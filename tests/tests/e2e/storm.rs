@@ -54,9 +54,6 @@ const FAILPOINTS: [&str; 7] = [
     "rotate-before-drop",
     "rotate-after-drop",
 ];
-/// Whether the storm goes on past finding 1 (healing it, counted), so a long run can find
-/// others: `LOCKBOX_STORM_STRICT=1` stops at it instead. Set once by [`storm`].
-static KNOWN_FINDING_1: AtomicBool = AtomicBool::new(true);
 /// Where a finding leaves the nodes' directories.
 const FINDINGS_DIR: &str = "/tmp/storm-findings";
 
@@ -1859,32 +1856,7 @@ impl Storm<'_> {
             }
             match run_ctl(Some(&slot.socket), &["audit", "verify"], OP_TIMEOUT) {
                 Ok(o) => {
-                    let mut v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-                    if KNOWN_FINDING_1.load(SeqCst)
-                        && v["error"]
-                            .as_str()
-                            .is_some_and(|e| e.starts_with("audit head: record sealed under kek"))
-                    {
-                        // Finding 1 (see its reproducer): the head sealed under a retired KEK
-                        // by a refusal audited across a rotation. Any audited write moves the
-                        // head under the current KEK again: a refused request does, and
-                        // changes nothing else. Then the log must verify.
-                        eprintln!("storm: known finding 1 on {}: {v}", slot.name);
-                        *sh.stats
-                            .lock()
-                            .unwrap()
-                            .chaos
-                            .entry("known finding 1 seen (healed)".into())
-                            .or_default() += 1;
-                        let _ = run_ctl(
-                            Some(&slot.socket),
-                            &["key", "destroy", "not-a-key-id"],
-                            OP_TIMEOUT,
-                        );
-                        let again =
-                            run_ctl(Some(&slot.socket), &["audit", "verify"], OP_TIMEOUT).unwrap();
-                        v = serde_json::from_slice(&again.stdout).unwrap_or(Value::Null);
-                    }
+                    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
                     if v["ok"] != true {
                         problems.push(format!(
                             "audit verify on {}: {v} {}",
@@ -2118,7 +2090,6 @@ fn storm(cfg: StormConfig) {
         "storm: seed {} (LOCKBOX_STORM_SEED to replay), {} s, {} clients",
         cfg.seed, cfg.seconds, cfg.clients
     );
-    KNOWN_FINDING_1.store(std::env::var_os("LOCKBOX_STORM_STRICT").is_none(), SeqCst);
     let mut c = Cluster::start(&NAMES, "");
     // host-c rotates its KEK after every shredding destroy or MOVE: rotations (and their
     // failpoints) under load.
@@ -2316,7 +2287,8 @@ fn audit_records_metric(port: u16) -> u64 {
         .unwrap_or_else(|| panic!("no lockbox_audit_records_total in {body}")) as u64
 }
 
-/// Finding 1 (seed 101): a refusal audited while a KEK rotation holds the writer lock seals
+/// Finding 1 (seed 101; fixed: the unsealed state is read under the writer lock, and
+/// `txn.audit` refuses a replaced one): a refusal audited while a KEK rotation holds the writer lock seals
 /// the audit head under the KEK that rotation retires. `Custody::audit_refusal` reads the
 /// unsealed state before it takes the writer lock; the rotation (here the one a shredding
 /// destroy runs under the lock it holds through its sync) drops the old KEK; the refusal's
@@ -2378,7 +2350,6 @@ fn destroyed_and_rotated(
 }
 
 #[test]
-#[ignore = "finding 1"]
 fn a_refusal_audited_across_a_kek_rotation_leaves_a_node_that_restarts() {
     let (mut node, destroying, keep, keep_bytes, kek) = node_rotating_under_the_lock();
     // A request refused before it takes the lock (a malformed key id): audited meanwhile.
@@ -2464,13 +2435,12 @@ fn storm_model_admits_only_what_was_acknowledged() {
     assert_eq!(m, live(true, 1, &[(1, Some(1)), (2, Some(2))]));
 }
 
-/// Finding 2: `audit verify` run while a KEK rotation holds the writer lock reports a
+/// Finding 2 (fixed: `audit_verify` takes the lock first): `audit verify` run while a KEK rotation holds the writer lock reports a
 /// tampered log ("audit head: record sealed under kek N, which is not in the keyring") on a
 /// sound one: `Custody::audit_verify` reads the unsealed state before it waits for the lock,
 /// and opens the head the rotation re-sealed under the new KEK with the KEKs from before it.
 /// A false alarm (the next verify passes), but one that says "tampering".
 #[test]
-#[ignore = "finding 2"]
 fn audit_verify_during_a_kek_rotation_does_not_report_tampering() {
     let (node, destroying, _, _, kek) = node_rotating_under_the_lock();
     let v = node.ctl(&["audit", "verify"]);
@@ -2484,14 +2454,13 @@ fn audit_verify_during_a_kek_rotation_does_not_report_tampering() {
     );
 }
 
-/// Finding 3 (7 of 20 `unseal enroll` calls in the seed-202 storm): an enrollment that waits
+/// Finding 3 (fixed with finding 1; 7 of 20 `unseal enroll` calls in the seed-202 storm): an enrollment that waits
 /// for the writer lock behind a KEK rotation is refused with "malformed unsealed keyring
 /// state (kek ids differ from this keyring)". `Custody::enroll_slots` reads the unsealed
 /// state before it takes the lock and re-wraps the keyring read after it; the rotation in
 /// between changed the KEK ids. Nothing is damaged (it is refused), but the error sends an
 /// operator looking for corruption, and the same ordering is finding 1's cause.
 #[test]
-#[ignore = "finding 3"]
 fn an_enrollment_behind_a_kek_rotation_is_not_refused() {
     let (node, destroying, keep, keep_bytes, kek) = node_rotating_under_the_lock();
     let out = node.ctl(&["unseal", "enroll"]);
